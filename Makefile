@@ -1,0 +1,56 @@
+# The ImageNet course book. Every target does its own set-up: it creates .venv when missing and
+# reinstalls only when pyproject.toml or the lock file changed.
+#
+#   make test        unit tests + every notebook under nbval (smoke profile)
+#   make book        the website, every notebook executed (local profile) -> _build/html
+#   make lab         JupyterLab on the chapters
+#   make bench       the benchmarks (printed ratios, not tests)
+#   make gpu-check   nbval suite + benchmarks on whatever device is present, JSON in bench/results/
+#   make outputs     re-execute the notebooks (smoke) and store the outputs nbval checks
+#   make lock        re-pin requirements/constraints.txt from the current .venv
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+LOCK   := requirements/constraints.txt
+STAMP  := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+NOTEBOOKS := chapters labs
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: test book lab bench gpu-check outputs lock clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(LOCK)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the book's packages into $(VENV) (pinned by $(LOCK))..."
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev,book,lab]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: $(STAMP)
+	IMAGENET_BOOK_PROFILE=smoke $(BIN)/python -m pytest tests $(NOTEBOOKS) \
+		--nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider
+
+book: $(STAMP)
+	IMAGENET_BOOK_PROFILE=$${IMAGENET_BOOK_PROFILE:-local} $(BIN)/jupyter-book build . -W --keep-going
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab chapters
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
+
+outputs: $(STAMP)
+	IMAGENET_BOOK_PROFILE=smoke $(BIN)/python tools/notebooks.py store $(NOTEBOOKS)
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^imagenet-book' > $(LOCK)
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,15 @@
+"""imagenet_book: the helper package of the ImageNet course book.
+
+Every notebook starts with::
+
+    import imagenet_book as ib
+    cfg = ib.start()
+
+The package is the source of truth for what the chapters build: each public function's
+docstring names the chapter that teaches it.
+"""
+
+from .runtime import PROFILES, Profile, Setup, SetupError, seed_everything, start
+
+__all__ = ["PROFILES", "Profile", "Setup", "SetupError", "seed_everything", "start"]
+__version__ = "0.1.0"

@@ -1,0 +1,239 @@
+"""The one setup call every notebook makes: :func:`start`.
+
+``start()`` decides, in this order and once per notebook:
+
+* the **profile** (``smoke`` / ``local`` / ``full``): the sizes of every experiment;
+* the **device** the tensors live on;
+* the **seed** of every random number generator;
+* the **data root** (where datasets are read from, and downloaded to when allowed) and the
+  **cache root** (where generated stand-ins, decoded caches and checkpoints go).
+
+It prints one line saying what it chose and why, and returns a :class:`Setup` that the rest of
+the notebook passes around. A profile changes sizes only (image size, subset size, epochs, batch
+size): every chapter runs the same functions under every profile.
+
+Taught in: chapters/01_imagenet.ipynb (and used as the first code cell of every notebook).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["PROFILES", "Profile", "Setup", "SetupError", "start", "seed_everything"]
+
+ENV_PROFILE = "IMAGENET_BOOK_PROFILE"
+ENV_DATA = "IMAGENET_BOOK_DATA"
+ENV_CACHE = "IMAGENET_BOOK_CACHE"
+ENV_DEVICE = "IMAGENET_BOOK_DEVICE"
+
+
+class SetupError(ValueError):
+    """A setting given to :func:`start` (or through its environment variables) is invalid."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The sizes of every experiment in the book, for one scale of machine.
+
+    Attributes:
+        name: ``"smoke"``, ``"local"`` or ``"full"``.
+        img_size: side, in pixels, of the square images the models see.
+        batch_size: images per optimisation step (the global batch).
+        epochs: passes over the training subset in a pretraining run.
+        train_per_class: training images kept per class (``None``: all of them).
+        val_per_class: validation images kept per class (``None``: all of them).
+        allow_download: whether datasets may be fetched from the internet.
+        where: who the profile is for.
+    """
+
+    name: str
+    img_size: int
+    batch_size: int
+    epochs: int
+    train_per_class: int | None
+    val_per_class: int | None
+    allow_download: bool
+    where: str
+
+
+# The recipe's sizes live here and nowhere else. Chapters read them from ``cfg.profile``.
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", img_size=32, batch_size=16, epochs=1,
+        train_per_class=8, val_per_class=4, allow_download=False,
+        where="tests, CI and nbval: tiny built-in stand-in data, seconds per notebook",
+    ),
+    "local": Profile(
+        name="local", img_size=64, batch_size=64, epochs=4,
+        train_per_class=200, val_per_class=50, allow_download=False,
+        where="a laptop or 2-core CPU: real data if the data root has it, else stand-ins; minutes per chapter",
+    ),
+    "full": Profile(
+        name="full", img_size=224, batch_size=256, epochs=40,
+        train_per_class=None, val_per_class=None, allow_download=True,
+        where="Colab or any CUDA machine: the real datasets, downloaded when missing",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What :func:`start` chose. Pass it to the package's functions that need sizes or paths.
+
+    Attributes:
+        profile: the :class:`Profile` in force.
+        device: where tensors and models go (``torch.device``).
+        seed: the seed every generator was given.
+        data_root: folder that holds (or will hold) the datasets.
+        cache_root: folder for generated stand-ins, decoded caches and checkpoints.
+        reasons: for each choice above, why it was made (``"argument"``, ``"env ..."``, ...).
+    """
+
+    profile: Profile
+    device: torch.device
+    seed: int
+    data_root: Path
+    cache_root: Path
+    reasons: dict[str, str]
+
+    def summary(self) -> str:
+        """The one line :func:`start` prints."""
+        r = self.reasons
+        return (
+            f"imagenet_book: profile={self.profile.name} ({r['profile']}), "
+            f"device={self.device} ({r['device']}), seed={self.seed}, "
+            f"data={self.data_root} ({r['data_root']}), cache={self.cache_root} ({r['cache_root']})"
+        )
+
+
+def _user_cache_dir() -> Path:
+    if sys.platform.startswith("win"):
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = str(Path.home() / "Library" / "Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "imagenet_book"
+
+
+def _choose_profile(profile: str | None, cuda: bool) -> tuple[Profile, str]:
+    if profile is not None:
+        name, why, source = profile, "argument", "the argument profile="
+    elif os.environ.get(ENV_PROFILE):
+        name = os.environ[ENV_PROFILE]
+        why = source = f"env {ENV_PROFILE}"
+    else:
+        name = "full" if cuda else "local"
+        why = "default: CUDA available" if cuda else "default: no CUDA"
+        source = "the default"
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise SetupError(
+            f"Unknown profile {name!r} (from {source}). "
+            f"Choose one of: {', '.join(PROFILES)}."
+        )
+    return PROFILES[key], why
+
+
+def _choose_device(cuda: bool) -> tuple[torch.device, str]:
+    wanted = os.environ.get(ENV_DEVICE)
+    if wanted:
+        try:
+            device = torch.device(wanted)
+        except RuntimeError as err:
+            raise SetupError(
+                f"Invalid device {wanted!r} (from env {ENV_DEVICE}). "
+                "Use cpu, cuda, cuda:N or mps, or unset it to choose automatically."
+            ) from err
+        if device.type == "cuda" and not cuda:
+            raise SetupError(
+                f"Device {wanted!r} (from env {ENV_DEVICE}) asked for CUDA, but torch sees no CUDA "
+                "GPU. Unset it, or set it to cpu."
+            )
+        return device, f"env {ENV_DEVICE}"
+    if cuda:
+        return torch.device("cuda"), torch.cuda.get_device_name(0)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps"), "Apple GPU"
+    return torch.device("cpu"), "no GPU found"
+
+
+def _choose_dir(env: str, default: Path) -> tuple[Path, str, bool]:
+    """Return (path, reason, must_exist): a folder set by the user must exist already."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value).expanduser().resolve(), f"env {env}", True
+    return default, "default", False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device).
+
+    Taught in: chapters/01_imagenet.ipynb.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False) -> Setup:
+    """Set up a notebook: choose profile, device, seed, data and cache roots; print one line.
+
+    Args:
+        profile: ``"smoke"``, ``"local"`` or ``"full"``. ``None``: env ``IMAGENET_BOOK_PROFILE``,
+            else ``"full"`` when CUDA is available and ``"local"`` otherwise.
+        seed: seed for ``random``, NumPy and torch.
+        quiet: do not print the summary line (for library code and tests).
+
+    Environment:
+        ``IMAGENET_BOOK_DATA``: data root (must exist). Default: ``<user cache>/imagenet_book/data``.
+        ``IMAGENET_BOOK_CACHE``: cache root (must exist). Default: ``<user cache>/imagenet_book``.
+        ``IMAGENET_BOOK_DEVICE``: force a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+
+    Returns:
+        A :class:`Setup`.
+
+    Raises:
+        SetupError: an unknown profile, an invalid device, or a data/cache root that does not
+            exist. Nothing is created on disk before every setting has been checked.
+
+    Taught in: chapters/01_imagenet.ipynb.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SetupError(f"seed must be an int, got {seed!r}.")
+    cuda = torch.cuda.is_available()
+    chosen_profile, profile_why = _choose_profile(profile, cuda)
+    device, device_why = _choose_device(cuda)
+    user_cache = _user_cache_dir()
+    cache_root, cache_why, cache_must_exist = _choose_dir(ENV_CACHE, user_cache)
+    data_root, data_why, data_must_exist = _choose_dir(ENV_DATA, user_cache / "data")
+    for path, must_exist, env, what in (
+        (data_root, data_must_exist, ENV_DATA, "data root"),
+        (cache_root, cache_must_exist, ENV_CACHE, "cache root"),
+    ):
+        if must_exist and not path.is_dir():
+            problem = "is not a folder" if path.exists() else "does not exist"
+            raise SetupError(
+                f"The {what} {str(path)!r} (from env {env}) {problem}. Create that folder, or point "
+                f"{env} at an existing one, or unset {env} to use the default."
+            )
+    # Every setting is valid: only now create the default folders.
+    for path in (data_root, cache_root):
+        path.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    setup = Setup(
+        profile=chosen_profile, device=device, seed=seed, data_root=data_root,
+        cache_root=cache_root,
+        reasons={"profile": profile_why, "device": device_why,
+                 "data_root": data_why, "cache_root": cache_why},
+    )
+    if not quiet:
+        print(setup.summary())
+    return setup
