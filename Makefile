@@ -50,7 +50,9 @@ outputs: $(STAMP)
 	IMAGENET_BOOK_PROFILE=smoke $(BIN)/python tools/notebooks.py store $(NOTEBOOKS)
 
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^imagenet-book' > $(LOCK)
+	@head -3 $(LOCK) > $(LOCK).new
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^imagenet-book' >> $(LOCK).new
+	@mv $(LOCK).new $(LOCK)
 
 clean:
 	rm -rf _build .pytest_cache
