@@ -68,6 +68,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .voc import VOC_CLASSES
+
 __all__ = [
     "MANIFEST_NAME",
     "STANDIN_CLASSES",
@@ -436,13 +438,8 @@ def make_imagenet_standin(
 # PASCAL VOC stand-in: multi-object scenes
 # --------------------------------------------------------------------------------------------
 
-#: The 20 PASCAL VOC classes in VOC's order; segmentation masks use index ``k + 1`` for
-#: ``VOC_CLASSES[k]``, 0 for background and 255 for "void" (object borders).
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
+# Segmentation masks use index ``k + 1`` for ``VOC_CLASSES[k]`` (the constant lives in
+# :mod:`.voc`), 0 for background and 255 for "void" (object borders).
 
 # Each glyph: (width / height, parts). A part is drawn in unit-box coordinates (x right, y down)
 # and painted in the main colour (0) or the detail colour (1); the object's mask is their union.

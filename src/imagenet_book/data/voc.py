@@ -1,0 +1,409 @@
+"""PASCAL VOC 2007 / 2012 as PyTorch datasets: multi-label, detection and segmentation targets.
+
+The three datasets read the VOC devkit layout as it is extracted from the official archives (or
+written by :func:`imagenet_book.data.standin.make_voc_standin`)::
+
+    <data root>/VOCdevkit/VOC<year>/
+      JPEGImages/<id>.jpg          Annotations/<id>.xml          SegmentationClass/<id>.png
+      ImageSets/Main/<split>.txt   (detection, multi-label)      ImageSets/Segmentation/<split>.txt
+
+``root`` is always the *data root* (the folder holding ``VOCdevkit/``), as for torchvision's
+``VOCDetection``. Items are torchvision ``tv_tensors``, so a ``torchvision.transforms.v2``
+pipeline moves boxes and masks together with the image.
+
+Box convention. VOC XML gives 1-based, inclusive pixel indices: ``xmin=1, xmax=W`` is the whole
+width. We return continuous 0-based XYXY pixel coordinates, ``(xmin - 1, ymin - 1, xmax, ymax)``
+(as detectron2's VOC loader does), so ``xmax - xmin`` is the box width in pixels, the whole image
+is ``(0, 0, W, H)``, and a horizontal flip ``x -> W - x`` is exact. Labels are 0..19. (torchvision's
+``wrap_dataset_for_transforms_v2(VOCDetection)`` keeps the raw 1-based box numbers and uses labels
+1..20, with 0 for background, the convention of its detection models.)
+
+XML safety. VOC annotations never contain a DTD, so a file with ``<!DOCTYPE`` or ``<!ENTITY`` is
+refused before parsing (what defusedxml would do). The standard library's ElementTree does not
+fetch external entities anyway; refusing DTDs also rules out entity-expansion bombs.
+
+Taught in: chapters/07_finetune_voc_classification.ipynb, chapters/08_detection_voc.ipynb,
+chapters/09_segmentation_voc.ipynb.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .download import DatasetNotFoundError
+
+__all__ = ["VOC_CLASSES", "VOC_YEARS", "DatasetNotFoundError", "VOCFormatError", "find_voc",
+           "parse_voc_xml", "VOCMultiLabel", "VOCDetection", "VOCSegmentation",
+           "collate_detection", "sanitize_boxes"]
+
+#: The 20 VOC classes in the standard order: label ``k`` is ``VOC_CLASSES[k]`` (segmentation
+#: masks use ``k + 1``, with 0 = background and 255 = void).
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+VOC_YEARS: tuple[str, ...] = ("2007", "2012")
+_CLASS_INDEX = {name: k for k, name in enumerate(VOC_CLASSES)}
+_FETCH_NAMES = {"2007": ("voc2007-trainval", "voc2007-test"), "2012": ("voc2012-trainval",)}
+
+
+class VOCFormatError(ValueError):
+    """A VOC file exists but cannot be used (bad XML, unknown class, corrupt image, ...).
+
+    The message names the file and says how to fix it.
+    """
+
+
+def _year(year: str | int) -> str:
+    if str(year) not in VOC_YEARS:
+        raise ValueError(f"year must be one of {VOC_YEARS}, got {year!r}.")
+    return str(year)
+
+
+def find_voc(data_root: str | os.PathLike[str], year: str | int = "2007") -> Path:
+    """Return ``data_root/VOCdevkit/VOC<year>``, or raise an error that says how to get it.
+
+    Args:
+        data_root: the data root (``cfg.data_root`` from ``ib.start()``), the folder that holds
+            ``VOCdevkit/``.
+        year: ``"2007"`` or ``"2012"`` (an int is accepted).
+
+    Returns:
+        The VOC folder as a :class:`~pathlib.Path`.
+
+    Raises:
+        DatasetNotFoundError: the folder is missing; the message names it and the fixes.
+        ValueError: an unknown year.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+    year = _year(year)
+    root = Path(data_root).expanduser()
+    folder = root / "VOCdevkit" / f"VOC{year}"
+    if folder.is_dir():
+        return folder
+    hint = ""
+    if root.name in ("VOCdevkit", f"VOC{year}"):
+        up = root.parent if root.name == "VOCdevkit" else root.parent.parent
+        hint = f" You passed the VOC folder itself: pass its data root {str(up)!r} instead."
+    fetch = " / ".join(f"fetch_dataset({n!r}, data_root, allow_download=True)" for n in _FETCH_NAMES[year])
+    raise DatasetNotFoundError(
+        f"No PASCAL VOC {year} under the data root {str(root)!r}: expected the folder "
+        f"{str(folder)!r}.{hint} To fix it, do one of:\n"
+        f"  * download it: run with the full profile (IMAGENET_BOOK_PROFILE=full), or call "
+        f"imagenet_book.data.download.{fetch};\n"
+        f"  * point IMAGENET_BOOK_DATA at a folder that already holds VOCdevkit/VOC{year}/;\n"
+        f"  * for a quick test, write a stand-in: imagenet_book.data.standin.make_voc_standin(root).")
+
+
+def _read_ids(list_file: Path, year: str, kind: str) -> list[str]:
+    if not list_file.is_file():
+        folder = list_file.parent
+        have = sorted(p.stem for p in folder.glob("*.txt") if "_" not in p.stem) if folder.is_dir() else []
+        extra = (" The 2007 test split comes in its own archive: fetch_dataset('voc2007-test', ...)."
+                 if year == "2007" and list_file.stem == "test" else "")
+        raise DatasetNotFoundError(
+            f"No split list {str(list_file)!r} ({kind}). Splits found there: {have or 'none'}.{extra}")
+    ids = [line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise VOCFormatError(f"{str(list_file)!r} lists no images: expected one image id per line.")
+    return ids
+
+
+def _check_present(list_file: Path, ids: list[str], folders: list[tuple[Path, str]]) -> None:
+    """Raise naming the first id of ``list_file`` whose files are not all in ``folders``."""
+    listings = [set(os.listdir(d)) if d.is_dir() else set() for d, _ in folders]
+    for i in ids:
+        paths = [d / f"{i}{ext}" for d, ext in folders]
+        missing = [p for p, names in zip(paths, listings) if p.name not in names]
+        if missing:
+            raise DatasetNotFoundError(
+                f"{str(list_file)!r} lists the image {i!r}, but {', '.join(repr(str(p)) for p in missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing (expected "
+                f"{' and '.join(repr(str(p)) for p in paths)}). The extraction is incomplete: extract "
+                f"the archive again (or fetch_dataset(...) into a fresh data root), or remove the id "
+                f"from the list.")
+
+
+def parse_voc_xml(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read one VOC annotation file into tensors (all objects, difficult ones included).
+
+    Args:
+        path: an ``Annotations/<id>.xml`` file.
+
+    Returns:
+        ``{"boxes": float32 (N, 4) XYXY 0-based pixel coordinates (xmin-1, ymin-1, xmax, ymax),
+        "labels": int64 (N,) in 0..19 (index into VOC_CLASSES), "difficult": bool (N,)}``;
+        ``N`` may be 0. A missing ``<difficult>`` counts as 0.
+
+    Raises:
+        VOCFormatError: the file is not well-formed XML, has a DTD, lacks a box coordinate, has an
+            inverted box, or names a class that is not in :data:`VOC_CLASSES`.
+
+    Taught in: chapters/08_detection_voc.ipynb
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise VOCFormatError(f"{str(path)!r} declares a DTD or entities, which VOC annotations never do: "
+                             "refused for safety. Replace it with the file from the original archive.")
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as err:
+        raise VOCFormatError(f"{str(path)!r} is not well-formed XML ({err}). The file is damaged: "
+                             "replace it with the one from the original archive.") from None
+    boxes, labels, difficult = [], [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in _CLASS_INDEX:
+            raise VOCFormatError(f"{str(path)!r}: unknown class {name!r}. VOC classes are: "
+                                 f"{', '.join(VOC_CLASSES)}. Fix the <name> of that <object>.")
+        coords = []
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            text = obj.findtext(f"bndbox/{tag}")
+            try:
+                coords.append(float(text))  # VOC 2012 has a few non-integer coordinates
+            except (TypeError, ValueError):
+                raise VOCFormatError(f"{str(path)!r}: an object {name!r} has no numeric "
+                                     f"<bndbox>/<{tag}> (got {text!r}).") from None
+        x0, y0, x1, y1 = coords
+        if x1 < x0 or y1 < y0:
+            raise VOCFormatError(f"{str(path)!r}: the {name!r} box {coords} has xmax < xmin or ymax < ymin.")
+        boxes.append([x0 - 1, y0 - 1, x1, y1])
+        labels.append(_CLASS_INDEX[name])
+        difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "difficult": torch.tensor(difficult, dtype=torch.bool)}
+
+
+def _load_image(path: Path) -> tv_tensors.Image:
+    # PIL, like torchvision's datasets (torchvision.io's decoders are deprecated since 0.29).
+    try:
+        with Image.open(path) as img:
+            pixels = np.array(img.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise VOCFormatError(f"{str(path)!r} could not be decoded as an image ({err}): it is corrupt "
+                             "or truncated. Extract it again from the archive.") from None
+    return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
+
+
+class _VOCBase(Dataset):
+    _image_set = "Main"
+    _target_folder, _target_ext = "Annotations", ".xml"
+
+    def __init__(self, root: str | os.PathLike[str], year: str | int, split: str) -> None:
+        self.year = _year(year)
+        self.split = split
+        self.voc_dir = find_voc(root, self.year)
+        list_file = self.voc_dir / "ImageSets" / self._image_set / f"{split}.txt"
+        self.ids = _read_ids(list_file, self.year, self._image_set)
+        _check_present(list_file, self.ids, [(self.voc_dir / "JPEGImages", ".jpg"),
+                                              (self.voc_dir / self._target_folder, self._target_ext)])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        """The JPEG of item ``index``."""
+        return self.voc_dir / "JPEGImages" / f"{self.ids[index]}.jpg"
+
+    def target_path(self, index: int) -> Path:
+        """The annotation XML (or, for segmentation, the mask PNG) of item ``index``."""
+        return self.voc_dir / self._target_folder / f"{self.ids[index]}{self._target_ext}"
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(year={self.year!r}, split={self.split!r}, n={len(self)}, "
+                f"dir={str(self.voc_dir)!r})")
+
+
+class VOCMultiLabel(_VOCBase):
+    """VOC as multi-label classification: which of the 20 classes each image shows.
+
+    Item ``i`` is ``(image, target)`` or, with ``return_mask=True``, ``(image, target, mask)``:
+
+    * ``image``: ``tv_tensors.Image`` uint8 ``(3, H, W)``, then ``transform(image)`` if given;
+    * ``target``: float32 ``(20,)``, 1.0 where the image has at least one NON-difficult object of
+      that class, else 0.0;
+    * ``mask``: float32 ``(20,)``, 0.0 where the class appears ONLY as difficult objects, else
+      1.0. Multiply the per-class loss by it, and leave those entries out of the AP: this is
+      VOC's own rule (its ``<class>_<split>.txt`` files mark such images 0, and the devkit's
+      classification AP ignores them).
+
+    ``labels`` holds the whole split in VOC's own convention, int8 ``(N, 20)`` with 1 present,
+    -1 absent, 0 difficult-only (the same numbers as ``ImageSets/Main/<class>_<split>.txt``). All
+    annotations are read once, at construction (a few seconds for the 11,540 of VOC 2012 trainval).
+
+    Args:
+        root: the data root (holds ``VOCdevkit/``). year: ``"2007"`` or ``"2012"``.
+        split: a list in ``ImageSets/Main`` (``"train"``, ``"val"``, ``"trainval"``, ``"test"``).
+        transform: applied to the image only (e.g. a ``transforms.v2.Compose``).
+        return_mask: also return ``mask``.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+
+    def __init__(self, root: str | os.PathLike[str], year: str | int = "2007", split: str = "train",
+                 transform: Callable | None = None, *, return_mask: bool = False) -> None:
+        super().__init__(root, year, split)
+        self.transform, self.return_mask = transform, return_mask
+        self.labels = torch.full((len(self.ids), len(VOC_CLASSES)), -1, dtype=torch.int8)
+        for i in range(len(self.ids)):
+            ann = parse_voc_xml(self.target_path(i))
+            self.labels[i, ann["labels"][ann["difficult"]]] = 0  # difficult-only, unless ...
+            self.labels[i, ann["labels"][~ann["difficult"]]] = 1  # ... a normal instance exists
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        image = _load_image(self.image_path(index))
+        if self.transform is not None:
+            image = self.transform(image)
+        target = (self.labels[index] == 1).float()
+        return (image, target, (self.labels[index] != 0).float()) if self.return_mask else (image, target)
+
+
+class VOCDetection(_VOCBase):
+    """VOC object detection: an image and its boxes, ready for ``transforms.v2``.
+
+    Item ``i`` is ``(image, target)``, with ``image`` a ``tv_tensors.Image`` uint8 ``(3, H, W)``
+    and ``target`` a dict:
+
+    * ``"boxes"``: ``tv_tensors.BoundingBoxes`` float32 ``(N, 4)``, XYXY, ``canvas_size=(H, W)``,
+      0-based continuous pixel coordinates ``(xmin-1, ymin-1, xmax, ymax)`` of VOC's 1-based
+      inclusive numbers (see the module docstring);
+    * ``"labels"``: int64 ``(N,)`` in 0..19; ``"difficult"``: bool ``(N,)``;
+    * ``"image_id"``: str, the VOC id (e.g. ``"000005"``).
+
+    ``transforms(image, target)`` is applied to both together, so every geometric transform of
+    ``transforms.v2`` (flip, resize, crops, ...) moves the boxes too. After a crop, end the
+    pipeline with :func:`sanitize_boxes` (it drops boxes that left the image, with their labels
+    and difficult flags). Batch with ``DataLoader(..., collate_fn=collate_detection)``.
+
+    Args:
+        root: the data root (holds ``VOCdevkit/``). year: ``"2007"`` or ``"2012"``.
+        split: a list in ``ImageSets/Main`` (``"train"``, ``"val"``, ``"trainval"``, ``"test"``).
+        transforms: a joint ``transforms.v2`` callable ``(image, target) -> (image, target)``.
+        keep_difficult: keep objects marked difficult (default; VOC's AP then ignores them).
+            ``False`` drops them, as many training recipes do.
+
+    Taught in: chapters/08_detection_voc.ipynb
+    """
+
+    def __init__(self, root: str | os.PathLike[str], year: str | int = "2007", split: str = "train",
+                 transforms: Callable | None = None, *, keep_difficult: bool = True) -> None:
+        super().__init__(root, year, split)
+        self.transforms, self.keep_difficult = transforms, keep_difficult
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        ann = parse_voc_xml(self.target_path(index))
+        image = _load_image(self.image_path(index))
+        keep = slice(None) if self.keep_difficult else ~ann["difficult"]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(ann["boxes"][keep], format=tv_tensors.BoundingBoxFormat.XYXY,
+                                              canvas_size=tuple(image.shape[-2:])),
+            "labels": ann["labels"][keep],
+            "difficult": ann["difficult"][keep],
+            "image_id": self.ids[index],
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+class VOCSegmentation(_VOCBase):
+    """VOC semantic segmentation: an image and its per-pixel class mask.
+
+    Item ``i`` is ``(image, mask)``: ``tv_tensors.Image`` uint8 ``(3, H, W)`` and
+    ``tv_tensors.Mask`` int64 ``(H, W)`` with 0 = background, ``k + 1`` = ``VOC_CLASSES[k]``
+    (1..20) and 255 = void (object borders and unlabelled pixels: use ``ignore_index=255``).
+    The mask is the palette index of ``SegmentationClass/<id>.png`` (not its RGB colour).
+
+    ``transforms(image, mask)`` is applied to both together: ``transforms.v2`` resizes a ``Mask``
+    with nearest-neighbour, so 255 and the class indices survive. Padding transforms need
+    ``fill={tv_tensors.Mask: 255, "others": 0}`` so that padded pixels are void.
+
+    Args:
+        root: the data root (holds ``VOCdevkit/``). year: ``"2007"`` or ``"2012"``.
+        split: a list in ``ImageSets/Segmentation`` (``"train"``, ``"val"``, ``"trainval"``).
+        transforms: a joint ``transforms.v2`` callable ``(image, mask) -> (image, mask)``.
+
+    Taught in: chapters/09_segmentation_voc.ipynb
+    """
+
+    _image_set = "Segmentation"
+    _target_folder, _target_ext = "SegmentationClass", ".png"
+
+    def __init__(self, root: str | os.PathLike[str], year: str | int = "2007", split: str = "train",
+                 transforms: Callable | None = None) -> None:
+        super().__init__(root, year, split)
+        self.transforms = transforms
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, path = _load_image(self.image_path(index)), self.target_path(index)
+        try:
+            with Image.open(path) as png:
+                mode, values = png.mode, np.array(png)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise VOCFormatError(f"{str(path)!r} could not be read as a PNG ({err}): it is corrupt "
+                                 "or truncated. Extract it again from the archive.") from None
+        if mode not in ("P", "L"):
+            raise VOCFormatError(f"{str(path)!r} is a {mode!r} image: VOC masks are palette ('P') PNGs "
+                                 "whose pixel values are class indices. Use the original file.")
+        mask = torch.from_numpy(values.astype(np.int64))
+        if tuple(mask.shape) != tuple(image.shape[-2:]) or bool(((mask > 20) & (mask != 255)).any()):
+            raise VOCFormatError(f"{str(path)!r}: mask of shape {tuple(mask.shape)} with values "
+                                 f"{mask.unique().tolist()[:8]} does not fit its image of shape "
+                                 f"{tuple(image.shape[-2:])} (values must be 0..20 or 255).")
+        mask = tv_tensors.Mask(mask)
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask
+
+
+def collate_detection(batch: list[tuple[Any, dict[str, Any]]]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """``collate_fn`` for detection: images differ in size and in number of boxes, so keep lists.
+
+    Args:
+        batch: ``B`` items ``(image (3, H_b, W_b), target dict)`` of :class:`VOCDetection`.
+
+    Returns:
+        ``(images, targets)``: a list of ``B`` images and a list of ``B`` target dicts, the
+        input format of torchvision's detection models.
+
+    Taught in: chapters/08_detection_voc.ipynb
+    """
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
+
+
+def sanitize_boxes(min_size: float = 1.0) -> v2.SanitizeBoundingBoxes:
+    """``transforms.v2.SanitizeBoundingBoxes`` that also filters ``"difficult"`` with the boxes.
+
+    Put it last in a :class:`VOCDetection` pipeline that crops (``RandomIoUCrop``,
+    ``RandomResizedCrop``): boxes narrower or shorter than ``min_size`` pixels, or outside the
+    image, are removed together with their ``labels`` and ``difficult`` entries. (The default
+    ``labels_getter`` would filter ``labels`` only and leave ``difficult`` misaligned.)
+
+    Taught in: chapters/08_detection_voc.ipynb
+    """
+    return v2.SanitizeBoundingBoxes(min_size=min_size, labels_getter=_labels_and_difficult)
+
+
+def _labels_and_difficult(inputs: tuple[Any, dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    # A module-level function (not a lambda): DataLoader workers started with "spawn" pickle it.
+    return inputs[1]["labels"], inputs[1]["difficult"]
