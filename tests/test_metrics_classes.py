@@ -54,3 +54,29 @@ def test_imagenet_classes_are_the_ilsvrc_list():
     assert by_wnid["n03425413"] == "gas pump"
     assert by_wnid["n03445777"] == "golf ball"
     assert by_wnid["n03888257"] == "parachute"
+
+
+def _cfg(tmp_path, profile):
+    import imagenet_book as ib
+
+    return ib.Setup(profile=ib.PROFILES[profile], device=torch.device("cpu"), seed=0,
+                    data_root=tmp_path, cache_root=tmp_path, reasons={})
+
+
+def test_imagenet_samples_found_in_class_order_except_under_smoke(tmp_path):
+    from PIL import Image
+
+    from imagenet_book.data.ilsvrc import SAMPLES_FOLDER, imagenet_samples
+
+    folder = tmp_path / SAMPLES_FOLDER
+    folder.mkdir()
+    for name in ("n03888257_parachute", "n01440764_tench"):
+        Image.new("RGB", (8, 8)).save(folder / f"{name}.JPEG")
+    found = imagenet_samples(_cfg(tmp_path, "local"))
+    assert [(p.name, c.index, c.name) for p, c in found] == [
+        ("n01440764_tench.JPEG", 0, "tench"), ("n03888257_parachute.JPEG", 701, "parachute")]
+    assert imagenet_samples(_cfg(tmp_path, "smoke")) == []
+    assert imagenet_samples(_cfg(tmp_path / "elsewhere", "local")) == []
+    Image.new("RGB", (8, 8)).save(folder / "n00000000_nothing.JPEG")
+    with pytest.raises(ValueError, match="n00000000_nothing.JPEG"):
+        imagenet_samples(_cfg(tmp_path, "local"))

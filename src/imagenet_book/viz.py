@@ -1,0 +1,63 @@
+"""Figures: image grids (later: curves, boxes, masks).
+
+Taught in: chapters/01_imagenet.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+__all__ = ["image_grid"]
+
+
+def _as_array(image) -> np.ndarray:
+    """PIL image, path, uint8 HWC array or float CHW tensor in [0, 1] -> uint8/float HWC array."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            return np.asarray(im.convert("RGB"))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)  # CHW tensor -> HWC
+    return array.clip(0, 1) if array.dtype.kind == "f" else array
+
+
+def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: int = 8,
+               size: float = 1.6, caption: str | None = None) -> plt.Figure:
+    """Show images in a grid, each with an optional title, and the figure with a caption.
+
+    Args:
+        images: PIL images, file paths, uint8 ``(H, W, 3)`` arrays or float ``(3, H, W)`` tensors
+            with values in [0, 1].
+        titles: one short title per image.
+        ncols: images per row.
+        size: inches per image.
+        caption: figure caption, for example which data the images come from.
+
+    Returns:
+        The matplotlib figure.
+
+    Taught in: chapters/01_imagenet.ipynb.
+    """
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(titles)} titles")
+    ncols = max(1, min(ncols, len(images)))
+    nrows = max(1, math.ceil(len(images) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(_as_array(images[i]))
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    if caption:
+        fig.suptitle(caption, fontsize=9, y=0.01, va="bottom")
+    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
+    return fig
