@@ -1,0 +1,35 @@
+"""The book's models, written from scratch and state_dict-compatible with torchvision.
+
+* :mod:`.vgg`: ``vgg16``, ``vgg16_bn`` and the generic ``VGG`` built from a config list.
+  Taught in: chapters/03_vgg16.ipynb
+* :mod:`.resnet`: ``resnet18``, ``resnet34``, ``resnet50`` and ``ResNet`` with its
+  ``BasicBlock`` / ``Bottleneck`` blocks. Taught in: chapters/04_resnet.ipynb
+* :mod:`.summary`: ``layer_table`` / ``format_table``, per-layer shapes, parameters and MACs.
+  Taught in: chapters/03_vgg16.ipynb
+
+With default options every model is exactly torchvision's architecture: the same parameter
+names and shapes, so ``ours.load_state_dict(torchvision_model.state_dict(), strict=True)`` works
+and the outputs match.
+"""
+
+from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
+from .summary import LayerRow, LayerTable, format_table, layer_table
+from .vgg import VGG, VGG16_CFG, make_features, vgg16, vgg16_bn
+
+__all__ = [
+    "VGG",
+    "VGG16_CFG",
+    "BasicBlock",
+    "Bottleneck",
+    "LayerRow",
+    "LayerTable",
+    "ResNet",
+    "format_table",
+    "layer_table",
+    "make_features",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vgg16",
+    "vgg16_bn",
+]

@@ -1,0 +1,239 @@
+"""ResNet-18/34/50 from scratch, module for module the same as torchvision's.
+
+Read it side by side with ``torchvision/models/resnet.py``: the attribute names (``conv1``,
+``bn1``, ``layer1`` ... ``layer4``, ``fc``; inside a block ``conv1``/``bn1``/.../``downsample``)
+are the same, so a torchvision ``state_dict`` loads with ``strict=True`` and gives the same
+outputs. What is left out: the ResNeXt / wide / dilated options (``groups``, ``width_per_group``,
+``replace_stride_with_dilation``) and a pluggable ``norm_layer``; the book does not use them.
+
+Like torchvision, the bottleneck puts its stride on the 3x3 convolution ("ResNet v1.5"), not on
+the first 1x1 convolution as in the original paper.
+
+One option is ours: ``small_input=True`` swaps the ImageNet stem (7x7 convolution with stride 2,
+then a 3x3 max-pool with stride 2: 224 px become 56 px) for the CIFAR stem of He et al. (3x3
+convolution, stride 1, no max-pool), so that 32-64 px images are not shrunk to 8-16 px before
+the first residual stage. The rest of the network is unchanged.
+
+Taught in: chapters/04_resnet.ipynb
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (the BatchNorm after it has one).
+
+    Shapes: (N, in_planes, H, W) -> (N, out_planes, ceil(H / stride), ceil(W / stride)).
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution with no bias: mixes channels, moves no information across pixels.
+
+    Shapes: (N, in_planes, H, W) -> (N, out_planes, ceil(H / stride), ceil(W / stride)).
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and a shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+
+    The block of ResNet-18 and ResNet-34. ``shortcut`` is the identity, or ``downsample``
+    (1x1 convolution + BatchNorm) when the block changes the resolution or the channel count.
+
+    Shapes: float32 (N, inplanes, H, W) -> float32 (N, planes, ceil(H / stride), ceil(W / stride)).
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+
+    expansion: int = 1  # output channels = planes * expansion
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        out += identity  # in place, as torchvision: no extra activation-sized tensor
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 (reduce) -> 3x3 (stride here) -> 1x1 (expand x4) convolutions, plus a shortcut.
+
+    The block of ResNet-50 and deeper: the 3x3 convolution works on ``planes`` channels while
+    the block's input and output have ``4 * planes``, which is cheaper than two 3x3 convolutions
+    on the wide tensor.
+
+    Shapes: float32 (N, inplanes, H, W)
+    -> float32 (N, 4 * planes, ceil(H / stride), ceil(W / stride)).
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+
+    expansion: int = 4
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """A stem, four stages of residual blocks, global average pooling and one linear layer.
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        layers: number of blocks in each of the four stages, e.g. ``[2, 2, 2, 2]`` for ResNet-18.
+        num_classes: outputs of the final linear layer ``fc``.
+        zero_init_residual: start the last BatchNorm of every block at weight 0, so each block
+            starts as the identity (Goyal et al., 2017); torchvision's option of the same name.
+        small_input: CIFAR stem (3x3 convolution, stride 1, no max-pool) for 32-64 px images.
+            With ``False`` (default) the network is exactly torchvision's.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). The last stage works on
+    (H/32, W/32) pixels (224 -> 7), or (H/8, W/8) with ``small_input`` (32 -> 4).
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        num_classes: int = 1000,
+        zero_init_residual: bool = False,
+        small_input: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inplanes = 64  # channels entering the next block; _make_layer updates it
+        if small_input:
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+        # Initialisation, as torchvision does it. Convolutions: Kaiming normal with
+        # mode="fan_out", i.e. std = sqrt(2 / (out_channels * kh * kw)), which keeps the
+        # variance of the gradients constant through ReLU layers in the backward pass.
+        # BatchNorm: the identity map (weight 1, bias 0). The final nn.Linear keeps PyTorch's
+        # default (uniform in +-1/sqrt(in_features)).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.constant_(m.bn3.weight, 0)
+                elif isinstance(m, BasicBlock):
+                    nn.init.constant_(m.bn2.weight, 0)
+
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
+        """One stage: ``blocks`` blocks; the first may downsample (``stride``) and widen.
+
+        Shapes: (N, self.inplanes, H, W)
+        -> (N, planes * block.expansion, ceil(H / stride), ceil(W / stride)).
+
+        Taught in: chapters/04_resnet.ipynb
+        """
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            # The shortcut must match the main path's shape: a strided 1x1 projection.
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+def resnet18(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """ResNet-18: ``BasicBlock`` x [2, 2, 2, 2]; 11,689,512 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). Options: see ``ResNet``.
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input)
+
+
+def resnet34(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """ResNet-34: ``BasicBlock`` x [3, 4, 6, 3]; 21,797,672 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). Options: see ``ResNet``.
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, zero_init_residual, small_input)
+
+
+def resnet50(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """ResNet-50: ``Bottleneck`` x [3, 4, 6, 3]; 25,557,032 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). Options: see ``ResNet``.
+
+    Taught in: chapters/04_resnet.ipynb
+    """
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input)
