@@ -37,9 +37,8 @@ from imagenet_book import PROFILES
 TARGET = 0.97  # ours must keep at least this fraction of torchvision's throughput
 ARCHS = ("resnet18", "resnet50", "vgg16")
 WARMUP = 2  # untimed steps per implementation: allocator, oneDNN/cuDNN setup and autotuning
-# (img_size, batch_size, steps): about 1-2 minutes on a 2-core CPU.
-# (img_size, batch_size, timed step pairs). The resolution is the profile's: local on a CPU,
-# full on CUDA.
+# (img_size, batch_size, timed step pairs): about 1-2 minutes on a 2-core CPU. The resolution
+# is the profile's: local on a CPU, full on CUDA.
 DEFAULTS = {"cpu": (PROFILES["local"].img_size, 16, 10), "cuda": (PROFILES["full"].img_size, 64, 30)}
 
 
