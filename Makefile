@@ -14,7 +14,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 LOCK   := requirements/constraints.txt
 STAMP  := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
-NOTEBOOKS := chapters labs
+NOTEBOOKS := $(wildcard chapters labs)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
