@@ -335,3 +335,14 @@ def test_real_imagenette_when_available():
     assert np.bincount(sub.targets).tolist() == [50] * 10
     image, label = sub[0]
     assert image.mode == "RGB" and label == 0
+
+
+def test_a_truncated_jpeg_names_the_file(tmp_path):
+    release = _fake_release(tmp_path, "imagenette2-160", IMAGENETTE_WNIDS, train=1, val=1)
+    bad = sorted((release / "train" / IMAGENETTE_WNIDS[0]).glob("*.JPEG"))[0]
+    bad.write_bytes(bad.read_bytes()[:40])
+    train = ImageNetSubset(release / "train")
+    with pytest.raises(DatasetLayoutError, match=bad.name) as info:
+        train[0]
+    assert "corrupt or truncated" in str(info.value)
+    assert train[1][0].mode == "RGB", "the other files still load"

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 from torchvision.datasets import ImageFolder, VisionDataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from . import standin
 from .download import DatasetNotFoundError, fetch_dataset
@@ -244,6 +245,24 @@ def find_imagenette(data_root: str | os.PathLike[str], variant: str = "imagenett
     return None
 
 
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file as a PIL RGB image; a corrupt or truncated file names itself.
+
+    Raises:
+        DatasetLayoutError: the file cannot be decoded (the message names it and the fix).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError) as err:  # PIL: UnidentifiedImageError, "image file is truncated"
+        raise DatasetLayoutError(
+            f"Cannot decode {str(path)!r} ({err}): the file is corrupt or truncated. Re-download "
+            "or re-extract the dataset, or delete that file."
+        ) from err
+
+
 class ImageNetSubset(ImageFolder):
     """An ImageNet-layout split folder (``<split>/<wnid>/*.JPEG``), optionally N images per class.
 
@@ -282,7 +301,7 @@ class ImageNetSubset(ImageFolder):
         seed: int = 0,
         pick: str = "random",
         class_names: dict[str, str] | None = None,
-        loader: Callable[[str], Any] = default_loader,
+        loader: Callable[[str], Any] = load_rgb,
     ) -> None:
         root = Path(root)
         if not root.is_dir():
@@ -387,7 +406,7 @@ class ImageFileList(VisionDataset):
         class_names: Sequence[str],
         transform: Callable | None = None,
         target_transform: Callable | None = None,
-        loader: Callable[[str], Any] = default_loader,
+        loader: Callable[[str], Any] = load_rgb,
     ) -> None:
         super().__init__(str(root), transform=transform, target_transform=target_transform)
         self.samples: list[tuple[Path, int]] = [(Path(p), int(t)) for p, t in samples]
