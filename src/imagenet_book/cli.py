@@ -1,0 +1,263 @@
+"""The command line: ``python -m imagenet_book prepare | pretrain | evaluate``.
+
+Runs outside notebooks call the very functions the chapters call (:mod:`imagenet_book.pretrain`),
+with the same profiles: ``--profile`` (or ``IMAGENET_BOOK_PROFILE``) sets the sizes, and flags
+override single sizes. Errors a user can fix (a missing dataset, a missing or wrong checkpoint,
+an unknown profile) print one message and exit with status 2, without a traceback.
+
+Taught in: chapters/06_pretraining.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USER_ERROR = 2
+PROG = "python -m imagenet_book"
+
+_MAIN_EPILOG = f"""\
+examples:
+  {PROG} prepare --data imagenette                 # stand-in, download (full) or decode cache
+  {PROG} pretrain --data imagenette --arch resnet18 --img-size 128 --epochs 5
+  {PROG} evaluate                                  # the default checkpoint, on val
+
+Run '{PROG} COMMAND --help' for the options of each command.
+
+environment:
+  IMAGENET_BOOK_PROFILE  smoke | local | full (default: full with CUDA, else local)
+  IMAGENET_BOOK_DATA     the data root (datasets in their official layouts)
+  IMAGENET_BOOK_CACHE    stand-ins, decoded caches and checkpoints
+  IMAGENET_BOOK_DEVICE   cpu | cuda | cuda:N | mps
+"""
+
+_PREPARE_EPILOG = f"""\
+what it does, by profile:
+  smoke   generates the built-in stand-in (always the stand-in under smoke)
+  local   finds the real dataset under the data root, else generates the stand-in
+  full    finds the real dataset, else downloads it into the data root
+and then decodes the train and val splits once into the uint8 caches training reads.
+
+examples:
+  {PROG} prepare --data imagenette --profile full
+  IMAGENET_BOOK_DATA=~/datasets {PROG} prepare --data imagewoof --img-size 128
+"""
+
+_PRETRAIN_EPILOG = f"""\
+sizes come from the profile (see PROFILES in imagenet_book/runtime.py) unless a flag overrides
+them. Files (default folder: <cache root>/checkpoints; name: ARCH-DATA-PROFILE, with -standin
+appended when the profile fell back to the built-in stand-in):
+  ARCH-DATA-PROFILE.pt     the weights + metadata; the fine-tuning chapters load this file
+  ARCH-DATA-PROFILE.json   the training history (epochs and steps)
+  ARCH-DATA-PROFILE.csv    the training history, one row per epoch
+  ARCH-DATA-PROFILE.run/   resumable checkpoints while the run is in progress
+Run the same command again to continue an interrupted run, or to reuse a finished one with the
+same settings (--restart trains from scratch).
+
+examples:
+  {PROG} pretrain                                             # profile defaults
+  {PROG} pretrain --data imagenette --arch resnet18 --img-size 128 --epochs 5
+  {PROG} pretrain --profile full --data imagewoof --epochs 80 --out runs/woof
+  torchrun --nproc_per_node=2 -m imagenet_book pretrain --profile full --batch-size 512
+"""
+
+_EVALUATE_EPILOG = f"""\
+The data comes from the profile, as for pretrain: evaluate under the profile (and data root) the
+checkpoint was trained with. Prints top-1 and top-5 accuracy (centre crops).
+
+examples:
+  {PROG} evaluate                                      # resnet18-imagenette-PROFILE.pt, val
+  {PROG} evaluate --checkpoint runs/woof/resnet18-imagewoof-full.pt --profile full
+  {PROG} evaluate --arch resnet18 --data imagenette --split train
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("setup")
+    g.add_argument("--profile", choices=["smoke", "local", "full"],
+                   help="sizes and data rule (default: env IMAGENET_BOOK_PROFILE, else full with "
+                        "CUDA, local without)")
+    g.add_argument("--data-root", metavar="DIR",
+                   help="data root (default: env IMAGENET_BOOK_DATA, else the user cache)")
+    g.add_argument("--cache-root", metavar="DIR",
+                   help="cache root (default: env IMAGENET_BOOK_CACHE, else the user cache)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every generator (default: 0)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m imagenet_book`` (three sub-commands).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    from .pretrain import ARCHS, DATASETS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=fmt, epilog=_MAIN_EPILOG,
+        description="Pretrain and evaluate the book's backbones outside notebooks, with the same "
+                    "functions and profiles as the chapters.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prepare", formatter_class=fmt, epilog=_PREPARE_EPILOG,
+                       help="get a dataset ready: stand-in, download (full profile), decode cache",
+                       description="Make a dataset ready for training: build the stand-in, find "
+                                   "or download the real data, and decode it once into the cache.")
+    p.add_argument("--data", choices=DATASETS, default="imagenette", help="dataset (default: imagenette)")
+    p.add_argument("--img-size", type=_positive, metavar="PX",
+                   help="training image size the cache is made for (default: the profile's)")
+    _add_common(p)
+
+    p = sub.add_parser("pretrain", formatter_class=fmt, epilog=_PRETRAIN_EPILOG,
+                       help="pretrain a backbone; writes a checkpoint and the history (JSON, CSV)",
+                       description="Pretrain a backbone from scratch on an ImageNet subset, as "
+                                   "chapter 06 does (imagenet_book.pretrain.pretrain).")
+    p.add_argument("--data", choices=DATASETS, default="imagenette", help="dataset (default: imagenette)")
+    p.add_argument("--arch", choices=list(ARCHS), default="resnet18", help="network (default: resnet18)")
+    p.add_argument("--small-input", action="store_true",
+                   help="CIFAR stem (3x3 conv, stride 1, no max-pool) for 32-64 px images: 4x the resolution in each direction after the stem, about 15x the compute")
+    p.add_argument("--img-size", type=_positive, metavar="PX", help="image side (default: the profile's)")
+    p.add_argument("--epochs", type=_positive, help="passes over the data (default: the profile's)")
+    p.add_argument("--batch-size", type=_positive, metavar="B",
+                   help="global batch, over all processes (default: the profile's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 * B / 256)")
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default: <cache root>/checkpoints)")
+    p.add_argument("--restart", action="store_true",
+                   help="train from scratch, ignoring a finished or interrupted run with the same settings")
+    p.add_argument("--checkpoint-every", type=_positive, metavar="STEPS",
+                   help="also save a resumable checkpoint every STEPS steps (default: every epoch)")
+    p.add_argument("--max-steps", type=_positive, metavar="STEPS",
+                   help="stop after STEPS optimizer steps (the schedule still spans --epochs)")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", formatter_class=fmt, epilog=_EVALUATE_EPILOG,
+                       help="top-1/top-5 of a pretrained checkpoint on a split",
+                       description="Evaluate a checkpoint written by pretrain on a split of the "
+                                   "profile's data and print top-1 and top-5 accuracy.")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="the .pt file (default: <cache root>/checkpoints/ARCH-DATA-PROFILE[-standin].pt)")
+    p.add_argument("--arch", choices=list(ARCHS),
+                   help="expected architecture (default: the checkpoint's; resnet18 to find the default file)")
+    p.add_argument("--data", choices=DATASETS, help="dataset (default: the checkpoint's)")
+    p.add_argument("--split", choices=["val", "train"], default="val", help="split (default: val)")
+    p.add_argument("--batch-size", type=_positive, metavar="B", help="batch size (default: the profile's)")
+    _add_common(p)
+    return parser
+
+
+def _setup(args: argparse.Namespace):
+    """``ib.start()`` with the flags; quiet on every process but rank 0 under torchrun."""
+    from . import runtime
+
+    # start() reads the roots from the environment; set them only for this call, so that a
+    # main() called in-process (tests, notebooks) leaves the caller's environment as it was.
+    saved = {var: os.environ.get(var) for var in (runtime.ENV_DATA, runtime.ENV_CACHE)}
+    try:
+        if args.data_root:
+            os.environ[runtime.ENV_DATA] = args.data_root
+        if args.cache_root:
+            os.environ[runtime.ENV_CACHE] = args.cache_root
+        quiet = int(os.environ.get("RANK", "0")) != 0
+        return runtime.start(args.profile, seed=args.seed, quiet=quiet)
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from .pretrain import make_loaders
+
+    cfg = _setup(args)
+    t0 = time.perf_counter()
+    source, train, val = make_loaders(cfg, args.data, img_size=args.img_size,
+                                      progress=not args.no_progress)
+    print(f"data: the {source.description}")
+    print(f"classes: {source.num_classes} ({', '.join(source.class_names)})")
+    for name, loader in (("train", train), ("val", val)):
+        cache = loader.cache
+        print(f"{name}: {len(cache)} images, cached at {cache.size} px in {cache.path} "
+              f"({cache.path.stat().st_size / 2**20:.1f} MiB)")
+    print(f"ready in {time.perf_counter() - t0:.1f} s")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from .pretrain import pretrain
+
+    cfg = _setup(args)
+    result = pretrain(cfg, args.data, args.arch, img_size=args.img_size, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, small_input=args.small_input,
+                      out_dir=args.out, restart=args.restart,
+                      checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+                      progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        m = result.metrics
+        print(f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  val loss {m['loss']:.4f}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"history: {result.history_json} {result.history_csv}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .pretrain import evaluate_checkpoint
+
+    cfg = _setup(args)
+    r = evaluate_checkpoint(cfg, args.checkpoint, arch=args.arch, data=args.data, split=args.split,
+                            batch_size=args.batch_size, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {r['checkpoint']}")
+        print(f"data: {r['split']} split of the {r['description']} ({r['images']} images)")
+        print(f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
+        print(json.dumps({k: r[k] for k in ("top1", "top5", "loss", "images", "split")}))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message tells the user what to fix: no traceback for these."""
+    from .data.download import ChecksumError, DatasetNotFoundError, DownloadError, UnsafeArchiveError
+    from .data.fast import CacheBuildError
+    from .data.imagenet import DatasetLayoutError
+    from .engine import CheckpointError
+    from .pretrain import PretrainedNotFoundError, PretrainError
+    from .runtime import SetupError
+
+    errors = (DatasetNotFoundError, DatasetLayoutError, DownloadError, ChecksumError,
+              UnsafeArchiveError, CacheBuildError, CheckpointError, PretrainError,
+              PretrainedNotFoundError, SetupError)
+    return errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 a user error, 130 interrupted).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    args = build_parser().parse_args(argv)
+    command = {"prepare": _prepare, "pretrain": _pretrain, "evaluate": _evaluate}[args.command]
+    try:
+        command(args)
+    except _user_errors() as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        hint = " Run the same command again to continue." if args.command == "pretrain" else ""
+        print(f"{PROG} {args.command}: interrupted.{hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,713 @@
+"""Pretrain a backbone on an ImageNet subset: the one function behind chapter 06 and the CLI.
+
+The notebook and the terminal run the same code::
+
+    result = pretrain(cfg, data="imagenette", arch="resnet18")          # chapters/06
+    python -m imagenet_book pretrain --data imagenette --arch resnet18  # cli.py calls pretrain()
+
+What :func:`pretrain` does, in order:
+
+1. **data**: :func:`make_loaders` asks the book's data rule
+   (:func:`~imagenet_book.data.imagenet.classification_source`) which data the profile uses, then
+   :func:`~imagenet_book.data.fast.fast_loader` decodes each split once into a uint8 cache and
+   augments whole batches on the device (random-resized-crop + flip for training, centre crop
+   for validation);
+2. **model**: :data:`ARCHS` ``[arch](num_classes=..., small_input=...)``, built from scratch;
+3. **recipe**: :func:`pretrain_recipe`: SGD with momentum, linear warmup then cosine decay,
+   weight decay on weights only, label smoothing, the learning rate scaled with the batch size.
+   Its numbers live in the constants below and nowhere else;
+4. **training**: :func:`imagenet_book.engine.fit`, with resumable checkpoints, so an interrupted
+   run continues where it stopped when the same call is made again (torchrun DDP included);
+5. **files**: the weights and what made them, and the History as JSON and CSV.
+
+Files, in ``out_dir`` (default ``cfg.cache_root / "checkpoints"``), named by
+:func:`checkpoint_stem` (``f"{arch}-{data}-{profile}"``, e.g. ``resnet18-imagenette-local``; with
+``-standin`` appended when the profile fell back to the stand-in)::
+
+    <stem>.pt      weights + metadata (arch, classes, image size, data, metrics, History):
+                   what the fine-tuning chapters load with load_pretrained()
+    <stem>.json    the History, epochs and steps (History.from_json reads it)
+    <stem>.csv     the History, one row per epoch (History.from_csv reads it)
+    <stem>.run/    the engine's step-*.pt checkpoints while a run is in progress
+
+A second call with the same settings finds ``<stem>.pt`` and loads it instead of training again
+(``restart=True`` trains anew); a call with other settings trains and replaces it.
+
+Taught in: chapters/06_pretraining.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+
+from . import engine
+from .data.fast import IMAGENET_MEAN, IMAGENET_STD, FastLoader, fast_loader
+from .data.imagenet import DataSource, classification_source
+from .engine import History, TrainConfig
+from .models import resnet18, resnet34, resnet50
+
+__all__ = ["ARCHS", "DATASETS", "PretrainError", "PretrainResult", "PretrainedCheckpoint",
+           "PretrainedNotFoundError", "build_model", "checkpoint_stem", "default_checkpoint",
+           "evaluate_checkpoint", "load_pretrained", "make_loaders", "predict", "pretrain",
+           "pretrain_recipe", "read_pretrained", "uses_real_data"]
+
+#: Architectures :func:`pretrain` builds, by name (the functions of :mod:`imagenet_book.models`).
+ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet34": resnet34,
+                                              "resnet50": resnet50}
+#: Datasets the data rule knows (``classification_source``): real when present, else stand-in.
+DATASETS = ("imagenette", "imagewoof", "standin")
+
+# The recipe. Its numbers live here and nowhere else (chapter 06 explains each one).
+BASE_LR = 0.1            # peak learning rate for a batch of BASE_BATCH (Goyal et al., 2017) ...
+BASE_BATCH = 256         # ... scaled linearly: lr = BASE_LR * batch_size / BASE_BATCH
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-5      # on conv/linear weights only (engine.param_groups)
+LABEL_SMOOTHING = 0.1
+WARMUP_EPOCHS = 2.0      # linear warmup, at most this long ...
+WARMUP_FRACTION = 0.25   # ... and at most this fraction of the run
+CROP_SCALE = (0.35, 1.0)  # area fraction of the random-resized crops: milder than torchvision's
+                          # (0.08, 1), made for 90+ epochs; as in fast.ai's Imagenette baselines
+ZERO_INIT_RESIDUAL = False  # start each residual block as the identity (Goyal et al., 2017)
+RECIPE_VERSION = 1       # bump when the code changes what a run with the same settings computes
+
+CHECKPOINT_FORMAT = "imagenet_book.pretrained"
+
+
+class PretrainError(ValueError):
+    """A pretraining request cannot be honoured: unknown arch/dataset, a checkpoint made for
+    another network or other classes. The message says what to do.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+
+class PretrainedNotFoundError(FileNotFoundError):
+    """No pretrained checkpoint where one was expected. The message names the path and the fix.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+
+# ------------------------------------------------------------------------------- names and paths
+
+
+def _check_names(arch: str, data: str) -> None:
+    if arch not in ARCHS:
+        raise PretrainError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
+    if data not in DATASETS:
+        raise PretrainError(f"Unknown dataset {data!r}. Choose one of: {', '.join(DATASETS)}.")
+
+
+def _model_id(arch: str, small_input: bool) -> str:
+    return f"{arch}-small_input" if small_input else arch
+
+
+def uses_real_data(cfg: Any, data: str = "imagenette") -> bool:
+    """Whether the data rule gives real images for ``data`` under ``cfg``'s profile, decided
+    without downloading or generating anything: never under ``smoke`` or for ``"standin"``; under
+    ``local`` when :func:`~imagenet_book.data.imagenet.find_imagenette` finds the dataset under
+    ``cfg.data_root``; always under ``full`` (it is downloaded when missing).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    from .data.imagenet import find_imagenette
+
+    if data == "standin" or cfg.profile.name == "smoke":
+        return False
+    return find_imagenette(cfg.data_root, data) is not None or cfg.profile.allow_download
+
+
+def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", *,
+                    small_input: bool = False, real: bool | None = None) -> str:
+    """The file-name stem of a pretraining run: ``"{arch}[-small_input]-{data}-{profile}[-standin]"``.
+
+    Examples: ``resnet18-imagenette-local`` (real Imagenette), ``resnet18-imagenette-local-standin``
+    (the stand-in the local profile falls back to without the data), ``resnet18-standin-smoke``.
+    The profile and the kind of data are part of the name, so neither the ``smoke`` runs of the
+    test suite nor a run without the data ever replace a backbone pretrained on real images.
+
+    Args:
+        real: whether the run uses real images; ``None``: :func:`uses_real_data`.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    _check_names(arch, data)
+    real = uses_real_data(cfg, data) if real is None else real
+    suffix = "-standin" if not real and data != "standin" else ""
+    return f"{_model_id(arch, small_input)}-{data}-{cfg.profile.name}{suffix}"
+
+
+def default_checkpoint(cfg: Any, arch: str = "resnet18", data: str = "imagenette", *,
+                       small_input: bool = False) -> Path:
+    """Where :func:`pretrain` saves, and :func:`load_pretrained` looks for, the pretrained weights:
+    ``cfg.cache_root / "checkpoints" / f"{stem}.pt"`` (stem: :func:`checkpoint_stem`; it depends
+    on whether this profile finds the real data).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    stem = checkpoint_stem(cfg, arch, data, small_input=small_input)
+    return Path(cfg.cache_root) / "checkpoints" / f"{stem}.pt"
+
+
+# ------------------------------------------------------------------------------- the parts
+
+
+def build_model(arch: str = "resnet18", num_classes: int = 10, *, small_input: bool = False,
+                zero_init_residual: bool = False) -> nn.Module:
+    """A freshly initialised network of :data:`ARCHS`: float32 ``(B, 3, H, W)`` -> logits ``(B, num_classes)``.
+
+    ``small_input=True``: the CIFAR stem (3x3 convolution, stride 1, no max-pool) instead of
+    ImageNet's (7x7 stride 2 + max-pool): 16x the compute at the same image size.
+    ``zero_init_residual=True``: the last BatchNorm of every block starts at 0, so every block
+    starts as the identity (only the initialisation differs).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if arch not in ARCHS:
+        raise PretrainError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
+    return ARCHS[arch](num_classes=num_classes, small_input=small_input,
+                       zero_init_residual=zero_init_residual)
+
+
+def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) -> TrainConfig:
+    """The pretraining recipe for ``epochs`` passes at a global batch of ``batch_size``.
+
+    * SGD with momentum :data:`MOMENTUM`;
+    * peak learning rate ``lr``, default ``BASE_LR * batch_size / BASE_BATCH`` (the linear
+      scaling rule: a batch twice as large averages the gradient over twice the images, so the
+      step can be twice as long);
+    * linear warmup for ``min(WARMUP_EPOCHS, WARMUP_FRACTION * epochs)`` epochs, then half a cosine
+      down to 0;
+    * weight decay :data:`WEIGHT_DECAY` on convolution and linear weights, none on biases and
+      BatchNorm parameters (:func:`imagenet_book.engine.param_groups`);
+    * label smoothing :data:`LABEL_SMOOTHING` (chapter 02).
+
+    Returns:
+        A :class:`~imagenet_book.engine.TrainConfig` for :func:`imagenet_book.engine.fit`.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise PretrainError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
+    return TrainConfig(
+        epochs=epochs, optimizer="sgd", lr=BASE_LR * batch_size / BASE_BATCH if lr is None else lr,
+        momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, schedule="cosine",
+        warmup_epochs=min(WARMUP_EPOCHS, WARMUP_FRACTION * epochs), label_smoothing=LABEL_SMOOTHING)
+
+
+def _world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process; (0, 1, 0) outside torchrun."""
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def _barrier() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+
+
+def _loader_device(cfg: Any) -> torch.device:
+    """``cfg.device``; under torchrun on CUDA, this process's GPU."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", _world()[2])
+    return device
+
+
+def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = None,
+                 batch_size: int | None = None, source: DataSource | None = None,
+                 progress: bool = True) -> tuple[DataSource, FastLoader, FastLoader]:
+    """The profile's data as ``(source, train_loader, val_loader)``.
+
+    ``source`` comes from :func:`~imagenet_book.data.imagenet.classification_source` (real data
+    when the profile finds it, else the stand-in; under ``full`` a missing dataset is downloaded).
+    Both loaders come from :func:`~imagenet_book.data.fast.fast_loader` (decoded once into
+    ``cfg.cache_root / "fast"``): training batches are random-resized crops (area fraction in
+    :data:`CROP_SCALE`), flipped; validation batches are centre crops, in order, all images.
+
+    Args:
+        cfg: from ``imagenet_book.start()``.
+        data: ``"imagenette"``, ``"imagewoof"`` or ``"standin"``.
+        img_size: side of the crops; default ``cfg.profile.img_size``.
+        batch_size: default ``cfg.profile.batch_size`` (also used for validation).
+        source: use this :class:`~imagenet_book.data.imagenet.DataSource` instead of asking the rule.
+        progress: tqdm bars while decoding.
+
+    Returns:
+        ``(source, train, val)``; each loader yields float32 ``(B, 3, img_size, img_size)``
+        normalised images and int64 ``(B,)`` labels on ``cfg.device``.
+
+    Raises:
+        DatasetNotFoundError / DatasetLayoutError: from the data rule (the message says how to fix).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if data not in DATASETS:
+        raise PretrainError(f"Unknown dataset {data!r}. Choose one of: {', '.join(DATASETS)}.")
+    img_size = img_size or cfg.profile.img_size
+    batch_size = batch_size or cfg.profile.batch_size
+    rank, size, _ = _world()
+    device = _loader_device(cfg)
+    result = None
+    for turn in ((0, 1) if size > 1 else (rank,)):  # rank 0 builds stand-in and caches first
+        if turn == rank:
+            source = source or classification_source(cfg, data)
+            kw = dict(source=source, img_size=img_size, batch_size=batch_size, device=device,
+                      progress=progress and rank == 0)
+            result = (source, fast_loader(cfg, "train", scale=CROP_SCALE, **kw),
+                      fast_loader(cfg, "val", **kw))
+        if size > 1 and turn == 0:
+            _barrier()
+    assert result is not None
+    return result
+
+
+@torch.no_grad()
+def predict(net: nn.Module, loader: Any, device: str | torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """All logits and labels of ``loader`` (one pass, eval mode, no gradients).
+
+    Args:
+        net: a classifier, float ``(B, 3, H, W)`` -> ``(B, C)``.
+        loader: batches ``(X, y)``; a validation loader gives them in dataset order.
+        device: where to run; default: where ``net``'s parameters are.
+
+    Returns:
+        ``(logits, labels)``: float32 ``(N, C)`` and int64 ``(N,)``, on the CPU.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    logits, labels = [], []
+    for X, y in loader:
+        logits.append(net(X.to(device)).float().cpu())
+        labels.append(y.cpu())
+    net.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class PretrainedCheckpoint:
+    """A pretrained checkpoint as :func:`read_pretrained` returns it.
+
+    Attributes:
+        path: the file.
+        arch: e.g. ``"resnet18"``; ``small_input``: which stem; ``num_classes``: outputs of ``fc``.
+        img_size: side of the crops it was trained on; ``mean``/``std``: input normalisation.
+        data: ``"imagenette"``, ``"imagewoof"`` or ``"standin"``; ``source``: the dataset folder
+            name (``"imagenette2-160"``, ``"imagenet-standin"``); ``is_real``; ``description``.
+        wnids, class_names: the classes in label order.
+        profile: the profile that trained it; ``settings``: everything that defined the run.
+        metrics: ``{"loss", "top1", "top5"}`` on the validation split at the end of training.
+        history: the run's :class:`~imagenet_book.engine.History`.
+        state_dict: the weights (CPU tensors).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+    path: Path
+    arch: str
+    small_input: bool
+    num_classes: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    data: str
+    source: str
+    is_real: bool
+    description: str
+    wnids: tuple[str, ...]
+    class_names: tuple[str, ...]
+    profile: str
+    settings: dict[str, Any]
+    metrics: dict[str, float]
+    history: History
+    state_dict: dict[str, Tensor]
+
+    def build(self) -> nn.Module:
+        """The network with these weights (eval mode, on the CPU)."""
+        net = build_model(self.arch, self.num_classes, small_input=self.small_input)
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+
+def _how_to_make(cfg_profile: str, arch: str, data: str, small_input: bool, out: Path | None) -> str:
+    flags = f"--data {data} --arch {arch}{' --small-input' if small_input else ''} --profile {cfg_profile}"
+    if out is not None:
+        flags += f" --out {out}"
+    return (f"Make it by running chapters/06_pretraining.ipynb under the {cfg_profile!r} profile, "
+            f"or from a terminal: python -m imagenet_book pretrain {flags}")
+
+
+def read_pretrained(path: str | os.PathLike[str]) -> PretrainedCheckpoint:
+    """Read a checkpoint written by :func:`pretrain` (``torch.load(weights_only=True)``, CPU).
+
+    Returns:
+        A :class:`PretrainedCheckpoint`.
+
+    Raises:
+        PretrainedNotFoundError: no such file.
+        PretrainError: the file is damaged, or is not a :func:`pretrain` checkpoint (e.g. one of
+            the engine's ``step-*.pt`` files).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedNotFoundError(f"No pretrained checkpoint at {str(path)!r}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, ...
+        raise PretrainError(f"Cannot read {str(path)!r}: the file is truncated or corrupt "
+                            f"({type(err).__name__}: {err}). Delete it and pretrain again.") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise PretrainError(
+            f"{str(path)!r} is not a pretrained checkpoint written by imagenet_book.pretrain "
+            "(the engine's step-*.pt files of a run in progress are not: use the <stem>.pt file "
+            "the run writes when it finishes).")
+    meta = state["pretrain"]
+    return PretrainedCheckpoint(
+        path=path, arch=meta["arch"], small_input=meta["small_input"],
+        num_classes=state["num_classes"], img_size=meta["img_size"], mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]), data=meta["data"], source=meta["source"], is_real=meta["is_real"],
+        description=meta["description"], wnids=tuple(meta["wnids"]),
+        class_names=tuple(meta["class_names"]), profile=meta["profile"],
+        settings=json.loads(meta["settings"]), metrics=dict(meta["metrics"]),
+        history=History.from_dict(state["history"]), state_dict=state["model"])
+
+
+def load_pretrained(cfg: Any, arch: str = "resnet18", data: str = "imagenette", *,
+                    small_input: bool = False, path: str | os.PathLike[str] | None = None,
+                    device: str | torch.device | None = None) -> nn.Module:
+    """The backbone pretrained by chapter 06 (or the CLI), ready to fine-tune.
+
+    Looks for :func:`default_checkpoint` ``(cfg, arch, data)`` unless ``path`` is given. The
+    network comes back in eval mode on ``device`` (default ``cfg.device``) with its pretraining
+    classifier ``fc`` (``num_classes`` outputs); to fine-tune, replace it:
+    ``net.fc = nn.Linear(net.fc.in_features, C)``. :func:`read_pretrained` gives the metadata
+    (image size, classes, metrics).
+
+    Shapes: the network maps float32 ``(B, 3, H, W)``, normalised with ImageNet's mean and std,
+    to logits ``(B, num_classes)``.
+
+    Raises:
+        PretrainedNotFoundError: no checkpoint there; the message names the path and the command
+            (or the chapter) that makes it.
+        PretrainError: the file is not a pretrained checkpoint, or holds another architecture.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    _check_names(arch, data)
+    file = Path(path) if path is not None else default_checkpoint(cfg, arch, data, small_input=small_input)
+    if not file.is_file():
+        out = None if path is None else file.parent
+        why = ""
+        if path is None and file.stem.endswith("-standin") and data != "standin" and cfg.profile.name != "smoke":
+            why = (f" (This profile finds no {data} under the data root {str(cfg.data_root)!r}, so it "
+                   "uses the built-in stand-in; point IMAGENET_BOOK_DATA at the data to use it.)")
+        raise PretrainedNotFoundError(
+            f"No pretrained {_model_id(arch, small_input)} for {data!r} at {str(file)!r}. "
+            + _how_to_make(cfg.profile.name, arch, data, small_input, out) + "." + why)
+    ckpt = read_pretrained(file)
+    if (ckpt.arch, ckpt.small_input) != (arch, small_input):
+        raise PretrainError(
+            f"{str(file)!r} holds a {_model_id(ckpt.arch, ckpt.small_input)}, not the "
+            f"{_model_id(arch, small_input)} asked for. Ask for arch={ckpt.arch!r}"
+            f"{', small_input=True' if ckpt.small_input else ''}, or pretrain a {arch}.")
+    return ckpt.build().to(device if device is not None else cfg.device)
+
+
+# ------------------------------------------------------------------------------- pretraining
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns.
+
+    Attributes:
+        net: the trained network (eval mode, on ``cfg.device``): float32 ``(B, 3, H, W)`` ->
+            logits ``(B, num_classes)``.
+        history: the :class:`~imagenet_book.engine.History` (per epoch and per step).
+        metrics: ``{"loss", "top1", "top5"}`` on the validation split after the last epoch.
+        source: the :class:`~imagenet_book.data.imagenet.DataSource` trained on.
+        train_loader, val_loader: the loaders used (:class:`~imagenet_book.data.fast.FastLoader`).
+        checkpoint, history_json, history_csv: the files written (or found).
+        settings: everything that defined the run (compared to reuse a finished run).
+        trained: ``True`` if this call trained; ``False`` if it loaded a finished run.
+        seconds: wall time of this call.
+        caption: one line for figures: profile, data, model and image size.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+    net: nn.Module
+    history: History
+    metrics: dict[str, float]
+    source: DataSource
+    train_loader: FastLoader
+    val_loader: FastLoader
+    checkpoint: Path
+    history_json: Path
+    history_csv: Path
+    settings: dict[str, Any]
+    trained: bool
+    seconds: float
+    caption: str
+
+
+def _settings(cfg: Any, arch: str, small_input: bool, data: str, source: DataSource,
+              img_size: int, batch_size: int, recipe: TrainConfig, max_steps: int | None) -> dict[str, Any]:
+    return {"recipe_version": RECIPE_VERSION, "arch": arch, "small_input": small_input,
+            "data": data, "source": source.name, "is_real": source.is_real,
+            "wnids": list(source.wnids), "train_per_class": source.train_per_class,
+            "val_per_class": source.val_per_class, "img_size": img_size,
+            "batch_size": batch_size, "seed": cfg.seed, "profile": cfg.profile.name,
+            "recipe": asdict(recipe), "crop_scale": list(CROP_SCALE),
+            "zero_init_residual": ZERO_INIT_RESIDUAL, "max_steps": max_steps}
+
+
+def _same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _save_atomically(obj: Any, path: Path, write: Callable[[Any, Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export(path: Path, net: nn.Module, history: History, metrics: dict[str, float],
+            settings: dict[str, Any], source: DataSource, data: str, arch: str,
+            small_input: bool, img_size: int, model_id: str) -> None:
+    state = {
+        # The engine's keys, so engine.load_checkpoint(path, net, arch=...) reads the weights too.
+        "format_version": engine.FORMAT_VERSION, "arch": model_id,
+        "num_classes": source.num_classes,
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "history": history.to_dict(),
+        "format": CHECKPOINT_FORMAT,
+        "pretrain": {"arch": arch, "small_input": small_input, "img_size": img_size,
+                     "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "data": data,
+                     "source": source.name, "is_real": source.is_real,
+                     "description": source.description, "wnids": list(source.wnids),
+                     "class_names": list(source.class_names), "profile": settings["profile"],
+                     "settings": json.dumps(settings, sort_keys=True), "metrics": metrics},
+    }
+    _save_atomically(state, path, lambda s, p: torch.save(s, p))
+
+
+def _caption(cfg: Any, source: DataSource, arch: str, small_input: bool, img_size: int) -> str:
+    stem = " (small-input stem)" if small_input else ""
+    return f"profile {cfg.profile.name}: {arch}{stem} at {img_size} px on the {source.description}"
+
+
+def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
+             img_size: int | None = None, epochs: int | None = None,
+             batch_size: int | None = None, lr: float | None = None, small_input: bool = False,
+             out_dir: str | os.PathLike[str] | None = None, restart: bool = False,
+             checkpoint_every: int | None = None, max_steps: int | None = None,
+             progress: bool = True, log: Callable[[str], None] | None = print) -> PretrainResult:
+    """Pretrain ``arch`` on the profile's ``data``; save the weights and the History.
+
+    Sizes come from ``cfg.profile`` (``img_size``, ``epochs``, ``batch_size``, images per class)
+    unless overridden here. Under ``torchrun --nproc_per_node=N`` the same call trains with DDP
+    (``batch_size`` stays the global batch); only rank 0 writes files and prints.
+
+    Args:
+        cfg: from ``imagenet_book.start()``.
+        data: ``"imagenette"`` (default), ``"imagewoof"`` or ``"standin"``; which images the
+            profile gives for it follows the book's data rule.
+        arch: a name of :data:`ARCHS`.
+        img_size, epochs, batch_size: override the profile's sizes.
+        lr: peak learning rate; default: the linear scaling rule (:func:`pretrain_recipe`).
+        small_input: the CIFAR stem (see :func:`build_model`).
+        out_dir: folder of the files (default ``cfg.cache_root / "checkpoints"``).
+        restart: train from scratch even if a finished run (or an interrupted one) with the same
+            settings is there.
+        checkpoint_every: also save a resumable checkpoint every this many steps (default: at
+            the end of each epoch only).
+        max_steps: stop after this many optimizer steps (the schedule still spans ``epochs``).
+        progress: tqdm bars (decoding, each epoch).
+        log: where the few lines of report go (``None``: silent).
+
+    Returns:
+        A :class:`PretrainResult`.
+
+    Raises:
+        DatasetNotFoundError, DatasetLayoutError: from the data rule.
+        PretrainError: an unknown ``arch`` or ``data``.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    t0 = time.perf_counter()
+    _check_names(arch, data)
+    created = tdist.is_available() and not tdist.is_initialized()
+    engine.init_distributed()  # a no-op outside torchrun
+    try:
+        return _pretrain(cfg, data, arch, img_size, epochs, batch_size, lr, small_input, out_dir,
+                         restart, checkpoint_every, max_steps, progress, log, t0)
+    finally:
+        if created:
+            engine.destroy_distributed()
+
+
+def _pretrain(cfg, data, arch, img_size, epochs, batch_size, lr, small_input, out_dir, restart,
+              checkpoint_every, max_steps, progress, log, t0) -> PretrainResult:
+    rank, world_size, _ = _world()
+    say = log if (log is not None and rank == 0) else (lambda _msg: None)
+    img_size = img_size or cfg.profile.img_size
+    batch_size = batch_size or cfg.profile.batch_size
+    epochs = epochs or cfg.profile.epochs
+    recipe = pretrain_recipe(epochs, batch_size, lr=lr)
+    source, train, val = make_loaders(cfg, data, img_size=img_size, batch_size=batch_size,
+                                      progress=progress)
+    settings = _settings(cfg, arch, small_input, data, source, img_size, batch_size, recipe, max_steps)
+    folder = Path(out_dir) if out_dir is not None else Path(cfg.cache_root) / "checkpoints"
+    stem = checkpoint_stem(cfg, arch, data, small_input=small_input, real=source.is_real)
+    ckpt_path, json_path, csv_path = (folder / f"{stem}{ext}" for ext in (".pt", ".json", ".csv"))
+    run_dir = folder / f"{stem}.run"
+    caption = _caption(cfg, source, arch, small_input, img_size)
+    model_id = _model_id(arch, small_input)
+
+    def result(net, history, metrics, trained):
+        net.eval()
+        return PretrainResult(net, history, metrics, source, train, val, ckpt_path, json_path,
+                              csv_path, settings, trained, time.perf_counter() - t0, caption)
+
+    # A finished run with the same settings: load it.
+    if not restart and ckpt_path.is_file():
+        try:
+            found = read_pretrained(ckpt_path)
+        except PretrainError:
+            found = None  # damaged or foreign: train again and replace it
+        if found is not None and _same_settings(found.settings, settings):
+            say(f"pretrain: found a finished run with the same settings: {ckpt_path} "
+                "(loading it; restart=True / --restart trains again)")
+            return result(found.build().to(cfg.device), found.history, found.metrics, False)
+
+    # Train (continuing an interrupted run with the same settings, if any).
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        settings_file = run_dir / "settings.json"
+        stale = run_dir.is_dir() and (restart or not settings_file.is_file() or not _same_settings(
+            json.loads(settings_file.read_text(encoding="utf-8")), settings))
+        if stale:
+            say(f"pretrain: discarding the unfinished run in {run_dir} (other settings, or restart)")
+            shutil.rmtree(run_dir)
+        if not run_dir.is_dir():
+            run_dir.mkdir(parents=True)
+            settings_file.write_text(json.dumps(settings, sort_keys=True, indent=1), encoding="utf-8")
+        elif any(run_dir.glob("step-*.pt")):
+            say(f"pretrain: continuing the unfinished run in {run_dir}")
+    _barrier()
+
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+    net = build_model(arch, source.num_classes, small_input=small_input,
+                      zero_init_residual=ZERO_INIT_RESIDUAL)
+    n_params = sum(p.numel() for p in net.parameters())
+    say(f"pretrain: {caption}")
+    say(f"pretrain: {len(train.cache)} train / {len(val.cache)} val images, {source.num_classes} "
+        f"classes; {model_id}, {n_params:,} parameters; epochs {recipe.epochs} x {len(train)} "
+        f"steps at batch {batch_size} ({world_size} process{'es' if world_size > 1 else ''}), "
+        f"peak lr {recipe.lr:g}; device {cfg.device}")
+    history = engine.fit(net, train, val, recipe, device=_loader_device(cfg), checkpoint_dir=run_dir,
+                         checkpoint_every=checkpoint_every, resume="auto", progress=progress,
+                         max_steps=max_steps, arch=model_id)
+    last = history.epochs[-1]
+    metrics = {"loss": last["val_loss"], "top1": last["val_top1"], "top5": last["val_top5"]}
+    if rank == 0:
+        _export(ckpt_path, net, history, metrics, settings, source, data, arch, small_input,
+                img_size, model_id)
+        _save_atomically(history, json_path, lambda h, p: h.to_json(p))
+        _save_atomically(history, csv_path, lambda h, p: h.to_csv(p))
+        shutil.rmtree(run_dir, ignore_errors=True)  # finished: the step checkpoints are redundant
+        say(f"pretrain: val top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
+            f"{last['epoch']} ({last['wall_s']:.0f} s of training)")
+        say(f"pretrain: wrote {ckpt_path}, {json_path.name}, {csv_path.name}")
+    _barrier()
+    return result(net, history, metrics, True)
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_checkpoint(cfg: Any, path: str | os.PathLike[str] | None = None, *,
+                        arch: str | None = None, data: str | None = None, split: str = "val",
+                        small_input: bool | None = None, batch_size: int | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Top-1 / top-5 of a pretrained checkpoint on a split of the profile's data.
+
+    Args:
+        cfg: from ``imagenet_book.start()``; its profile picks the data (and how many images).
+        path: the checkpoint; default :func:`default_checkpoint` ``(cfg, arch, data)``.
+        arch, small_input: expected architecture (default: whatever the checkpoint holds); a
+            different one is an error.
+        data: dataset name; default: the checkpoint's.
+        split: ``"val"`` or ``"train"`` (centre crops, no augmentation, either way).
+        batch_size: default ``cfg.profile.batch_size``.
+
+    Returns:
+        ``{"loss", "top1", "top5"}`` (floats; accuracies in ``[0, 1]``), ``"images"`` (int),
+        ``"split"``, ``"checkpoint"`` (the path) and ``"description"`` (the data).
+
+    Raises:
+        PretrainedNotFoundError: no checkpoint there.
+        PretrainError: not a pretrained checkpoint; another architecture than ``arch``; or the
+            profile's data has other classes than the checkpoint was trained on.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if split not in ("train", "val"):
+        raise PretrainError(f"split must be 'train' or 'val', got {split!r}.")
+    if path is None:
+        file = default_checkpoint(cfg, arch or "resnet18", data or "imagenette",
+                                  small_input=bool(small_input))
+        if not file.is_file():
+            raise PretrainedNotFoundError(
+                f"No pretrained checkpoint at {str(file)!r}. "
+                + _how_to_make(cfg.profile.name, arch or "resnet18", data or "imagenette",
+                               bool(small_input), None) + "; or pass the file with --checkpoint.")
+    else:
+        file = Path(path)
+    ckpt = read_pretrained(file)
+    if (arch is not None and arch != ckpt.arch) or (small_input is not None and small_input != ckpt.small_input):
+        wanted = _model_id(arch or ckpt.arch, ckpt.small_input if small_input is None else small_input)
+        raise PretrainError(
+            f"{str(file)!r} holds a {_model_id(ckpt.arch, ckpt.small_input)} trained on "
+            f"{ckpt.data} ({ckpt.num_classes} classes), not a {wanted}. Pass --arch {ckpt.arch}"
+            f"{' --small-input' if ckpt.small_input else ''} (or leave --arch out), or give the "
+            f"checkpoint of a {wanted}.")
+    data = data or ckpt.data
+    _check_names(ckpt.arch, data)
+    source = classification_source(cfg, data)
+    if tuple(source.wnids) != ckpt.wnids:
+        raise PretrainError(
+            f"{str(file)!r} was trained on the {ckpt.description} (profile {ckpt.profile}), but "
+            f"the {cfg.profile.name} profile gives the {source.description}: other classes. "
+            f"Evaluate under the profile and data it was trained with (--profile {ckpt.profile}"
+            f" --data {ckpt.data}, and the same IMAGENET_BOOK_DATA).")
+    loader = fast_loader(cfg, split, source=source, img_size=ckpt.img_size, batch_size=batch_size,
+                         device=cfg.device, progress=progress, train=False)
+    net = ckpt.build().to(cfg.device)
+    metrics = engine.evaluate(net, loader, cfg.device)
+    return {**metrics, "images": len(loader.cache), "split": split, "checkpoint": str(file),
+            "description": source.description}
+
