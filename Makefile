@@ -25,7 +25,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the book's packages into $(VENV) (pinned by $(LOCK))..."
-	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev,book,lab]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev,book,lab,teach]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
