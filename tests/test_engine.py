@@ -123,6 +123,50 @@ def test_fast_loader_stops_and_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_mixup_batches_train_on_soft_targets_and_resume_exactly(tmp_path):
+    """fit(batch_transform=mix_transform(...)): the loss takes the mixed probabilities, the
+    training top-1 is counted against their largest class, and a run stopped mid-epoch resumes
+    to the same weights (the mixing draws come from the checkpointed torch generator)."""
+    from imagenet_book.augment import mix_transform
+
+    seen: list[torch.Tensor] = []
+    mix = mix_transform(NUM_CLASSES, mixup_alpha=0.4, cutmix_alpha=1.0)
+
+    def recording_mix(X, y):
+        X, y = mix(X, y)
+        seen.append(y)
+        return X, y
+
+    def run(**kwargs) -> tuple[nn.Module, History]:
+        torch.manual_seed(0)
+        net = SmallCNN(bn=True)
+        history = fit(net, BatchLoader(make_data(96, seed=1), 16, seed=0), epochs=2, lr=0.05,
+                      device="cpu", progress=False, batch_transform=recording_mix, **kwargs)
+        return net, history
+
+    whole, history = run()
+    assert len(seen) == 12 and all(y.shape == (16, NUM_CLASSES) and y.dtype == torch.float32 for y in seen)
+    assert all(torch.allclose(y.sum(1), torch.ones(16)) for y in seen)
+    assert any(bool((y.max(1).values < 1).any()) for y in seen)  # really mixed, not one-hot
+    assert all(0.0 <= e["train_top1"] <= 1.0 for e in history.epochs)
+    run(checkpoint_dir=tmp_path / "ckpt", max_steps=9)  # 6 steps per epoch: stops in epoch 2
+    resumed, _ = run(checkpoint_dir=tmp_path / "ckpt", resume="auto")
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_soft_targets_from_the_loader_are_learned():
+    """y given as probabilities (B, C) by the loader: cross-entropy with soft targets still
+    learns the classes (train top-1 well above chance after a few epochs)."""
+    X, y = make_data(256, seed=3)
+    soft = torch.nn.functional.one_hot(y, NUM_CLASSES).float() * 0.9 + 0.1 / NUM_CLASSES
+    torch.manual_seed(0)
+    history = fit(SmallCNN(bn=True), BatchLoader((X, soft), 32, seed=0), epochs=4, lr=0.1,
+                  device="cpu", progress=False)
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+    assert history.epochs[-1]["train_top1"] > 2.0 / NUM_CLASSES
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     common = ["--bn", "--checkpoint-every", "4"]  # BatchNorm, dropout, EMA, random flips

@@ -48,7 +48,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -718,14 +718,16 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
         amp: str | bool | None = None, channels_last: bool | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int | None = None,
         resume: bool | str | os.PathLike[str] = False, progress: bool = True,
-        max_steps: int | None = None, arch: str | None = None, **recipe: Any) -> History:
+        max_steps: int | None = None, arch: str | None = None,
+        batch_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        **recipe: Any) -> History:
     """Train ``net`` on ``train_loader`` with a recipe; evaluate on ``val_loader`` each epoch.
 
     Args:
         net: a classifier, float ``(B, 3, H, W)`` -> logits ``(B, C)``. Trained in place (moved
             to ``device``; channels_last when that is on).
-        train_loader: batches ``(X, y)``, X float ``(B, 3, H, W)``, y int64 ``(B,)``, with
-            ``len()``; under DDP, the global batch. Exact resume needs :class:`Resumable`'s
+        train_loader: batches ``(X, y)``, X float ``(B, 3, H, W)``, y int64 ``(B,)`` (or class
+            probabilities, float ``(B, C)``), with ``len()``; under DDP, the global batch. Exact resume needs :class:`Resumable`'s
             methods (:class:`BatchLoader` has them all).
         val_loader: evaluation batches, or ``None``.
         config: the recipe (:class:`TrainConfig`); keyword arguments named like its fields
@@ -745,6 +747,12 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
             ``epochs``); the last, partial epoch is evaluated and recorded.
         arch: architecture name stored in checkpoints and checked on resume (default: the
             class name of ``net``).
+        batch_transform: applied to every training batch on the device, after sharding, e.g.
+            :func:`imagenet_book.augment.mix_transform` (mixup/cutmix). It may turn ``y`` into
+            probabilities ``(B, C)``; the loss then uses them as soft targets and the training
+            top-1 counts a hit when the top logit is the target's largest class. It must draw
+            its random numbers from torch's global generator (checkpoints keep its state, so a
+            resumed run mixes the same pairs).
 
     Returns:
         The :class:`History` (also inside every checkpoint).
@@ -833,6 +841,8 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
             for X, y in _epoch_batches(train_loader, epoch, done):
                 batch_size = len(y)
                 X, y = _to_device(*_shard(X, y, world, even=True), device, channels_last)
+                if batch_transform is not None:
+                    X, y = batch_transform(X, y)
                 lr = optimizer.param_groups[0]["lr"]
                 with _explain_oom("training", batch_size, world, cfg.lr):
                     loss, logits = _train_step(model, X, y, optimizer, scaler, amp_dtype,
@@ -841,7 +851,8 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
                 if ema is not None:
                     ema.update(net)
                 step, done, seen = step + 1, done + 1, seen + len(y)
-                meter += torch.stack([loss * len(y), topk_correct(logits, y, 1).sum()])
+                hard = y.argmax(1) if y.is_floating_point() else y  # soft targets: their top class
+                meter += torch.stack([loss * len(y), topk_correct(logits, hard, 1).sum()])
                 pending.append((step, loss, lr))
                 bar.update()
                 if step % LOG_EVERY == 0:
