@@ -50,7 +50,11 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: 
         raise ValueError(f"got {len(images)} images but {len(titles)} titles")
     ncols = max(1, min(ncols, len(images)))
     nrows = max(1, math.ceil(len(images) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    # Room for the titles: about 0.15 inch per line at 8 pt, so two-line titles do not run into
+    # the row above.
+    title_lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles is not None else 0
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(size * ncols, (size + 0.15 * title_lines) * nrows + 0.4))
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):
@@ -58,6 +62,5 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: 
             if titles is not None:
                 ax.set_title(titles[i], fontsize=8)
     if caption:
-        fig.suptitle(caption, fontsize=9, y=0.01, va="bottom")
-    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
+        fig.supxlabel(caption, fontsize=9)  # below the grid; constrained layout makes room for it
     return fig
