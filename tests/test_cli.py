@@ -81,7 +81,7 @@ def smoke_cfg(cache, monkeypatch):
 # ---------------------------------------------------------------------------------- --help
 
 
-@pytest.mark.parametrize("command", [[], ["prepare"], ["pretrain"], ["evaluate"]])
+@pytest.mark.parametrize("command", [[], ["prepare"], ["pretrain"], ["evaluate"], ["finetune"]])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([*command, "--help"])
@@ -279,3 +279,87 @@ def test_pretrain_under_torchrun(cache, tmp_path):
     history = History.from_json(out / f"{STEM}.json")
     assert history.steps[-1]["step"] == 2
     assert read_pretrained(out / f"{STEM}.pt").settings["max_steps"] == 2
+
+
+# ---------------------------------------------------------------------------------- finetune
+
+
+def test_finetune_help_explains_tasks_modes_and_files(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    for word in ("--task {classify,detect,segment}", "--from CHECKPOINT|scratch",
+                 "--mode {probe,finetune}", "a tenth of the head's learning rate",
+                 "TASK-MODE-ARCH-PROFILE.json", "--img-size", "--epochs", "--out"):
+        assert word in text, word
+
+
+def test_finetune_classify_from_a_checkpoint_writes_weights_and_metrics(run, cache, tmp_path):
+    """The pretraining run's checkpoint, fine-tuned in a subprocess as a user would."""
+    out, _ = run
+    dest = tmp_path / "ft"
+    done = _run("finetune", "--task", "classify", "--from", str(out / f"{STEM}.pt"), "--mode",
+                "probe", "--epochs", "1", "--out", str(dest), "--no-progress", cache=cache)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["task"] == "classify" and summary["mode"] == "probe" and 0 <= summary["mAP"] <= 1
+    info = json.loads((dest / "classify-probe-resnet18-smoke.json").read_text())
+    assert info["checkpoint"] == str(out / f"{STEM}.pt") and info["budget"]["epochs"] == 1
+    assert info["budget"]["img_size"] == runtime.PROFILES["smoke"].img_size
+    state = torch.load(dest / "classify-probe-resnet18-smoke.pt", weights_only=True)
+    assert state["metrics"]["mAP"] == pytest.approx(summary["mAP"])
+
+
+def test_finetune_segment_from_scratch_in_process(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(runtime.ENV_PROFILE, "smoke")
+    monkeypatch.setenv(runtime.ENV_DEVICE, "cpu")
+    code = cli.main(["finetune", "--task", "segment", "--from", "scratch", "--epochs", "1",
+                     "--img-size", "32", "--cache-root", str(tmp_path), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["mode"] == "scratch" and 0 <= summary["mean_iou"] <= 1
+    assert (tmp_path / "finetune" / "segment-scratch-resnet18-smoke.pt").is_file()
+
+
+def test_finetune_without_a_pretrained_checkpoint_is_exit_2_and_names_the_fix(tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv(runtime.ENV_PROFILE, "smoke")
+    assert cli.main(["finetune", "--task", "classify", "--cache-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "resnet18-imagenette-smoke-standin.pt" in err and "python -m imagenet_book pretrain" in err
+    assert "--from scratch" in err and "Traceback" not in err
+
+
+def test_finetune_from_a_foreign_file_is_exit_2(run, cache, capsys, monkeypatch):
+    out, _ = run
+    monkeypatch.setenv(runtime.ENV_PROFILE, "smoke")
+    code = cli.main(["finetune", "--task", "segment", "--from", str(out / f"{STEM}.json"),
+                     "--cache-root", str(cache)])
+    assert code == 2 and "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_finetune_detect_with_a_missing_checkpoint_is_exit_2(tmp_path, capsys, monkeypatch):
+    """The detect branch calls the detection module's finetune_detector with the same options."""
+    monkeypatch.setenv(runtime.ENV_PROFILE, "smoke")
+    missing = tmp_path / "missing.pt"
+    assert cli.main(["finetune", "--task", "detect", "--from", str(missing),
+                     "--cache-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    try:
+        from imagenet_book.models.detection import finetune_detector  # noqa: F401
+    except ImportError:
+        assert "detection is not available" in err
+    else:
+        assert str(missing) in err and "Traceback" not in err
+
+
+def test_finetune_detect_runs_the_detector_of_chapter_08(cache, tmp_path):
+    """The detect branch is the detection module's finetune_detector, with the same flags."""
+    pytest.importorskip("imagenet_book.models.detection")
+    done = _run("finetune", "--task", "detect", "--from", "scratch", "--epochs", "1",
+                "--out", str(tmp_path), "--no-progress", cache=cache)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["task"] == "detect" and summary["mode"] == "scratch" and 0 <= summary["map"] <= 1
+    assert (tmp_path / "detect-scratch-resnet18-smoke.pt").is_file()

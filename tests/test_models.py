@@ -46,8 +46,10 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def test_package_does_not_import_torchvision():
+    """The from-scratch networks use torch only (the detection and segmentation heads may use
+    torchvision.ops, as chapters 08-09 teach)."""
     package = Path(M.__file__).parent
-    for path in package.glob("*.py"):
+    for path in (package / "vgg.py", package / "resnet.py", package / "summary.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

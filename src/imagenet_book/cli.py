@@ -1,11 +1,12 @@
-"""The command line: ``python -m imagenet_book prepare | pretrain | evaluate``.
+"""The command line: ``python -m imagenet_book prepare | pretrain | evaluate | finetune``.
 
-Runs outside notebooks call the very functions the chapters call (:mod:`imagenet_book.pretrain`),
+Runs outside notebooks call the very functions the chapters call (:mod:`imagenet_book.pretrain`,
+:mod:`imagenet_book.finetune`, :mod:`imagenet_book.models.detection`),
 with the same profiles: ``--profile`` (or ``IMAGENET_BOOK_PROFILE``) sets the sizes, and flags
 override single sizes. Errors a user can fix (a missing dataset, a missing or wrong checkpoint,
 an unknown profile) print one message and exit with status 2, without a traceback.
 
-Taught in: chapters/06_pretraining.ipynb.
+Taught in: chapters/06_pretraining.ipynb (``finetune``: chapters/07_finetune_voc_classification.ipynb).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ examples:
   {PROG} prepare --data imagenette                 # stand-in, download (full) or decode cache
   {PROG} pretrain --data imagenette --arch resnet18 --img-size 128 --epochs 5
   {PROG} evaluate                                  # the default checkpoint, on val
+  {PROG} finetune --task classify --mode finetune  # VOC, from the default checkpoint
 
 Run '{PROG} COMMAND --help' for the options of each command.
 
@@ -78,6 +80,31 @@ examples:
 """
 
 
+_FINETUNE_EPILOG = f"""\
+The backbone comes from a pretraining checkpoint (default: the one 'pretrain' writes for this
+profile, <cache root>/checkpoints/resnet18-imagenette-PROFILE[-standin].pt), or is randomly
+initialised with --from scratch. VOC comes from the profile's data rule: the built-in stand-in
+under smoke (and under local when the data root has no VOCdevkit/), the real VOC otherwise
+(downloaded under full). Sizes come from the profile unless a flag overrides them.
+
+modes:
+  probe      freeze the backbone, train only the new head (a linear probe for classify)
+  finetune   train everything, the backbone at a tenth of the head's learning rate
+  (--from scratch: random weights, everything at the head's rate)
+
+files (in --out, default <cache root>/finetune):
+  TASK-MODE-ARCH-PROFILE.pt    the trained network (imagenet_book.finetune.load_finetuned
+                               reads classify/segment files)
+  TASK-MODE-ARCH-PROFILE.json  metrics, budget (epochs, images, image size), recipe, history
+
+examples:
+  {PROG} finetune --task classify --mode probe
+  {PROG} finetune --task classify --from scratch --epochs 8
+  {PROG} finetune --task segment --from runs/resnet18-imagenette-full.pt --profile full
+  {PROG} finetune --task detect --mode finetune --img-size 256 --out runs/voc
+"""
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("setup")
     g.add_argument("--profile", choices=["smoke", "local", "full"],
@@ -99,7 +126,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m imagenet_book`` (three sub-commands).
+    """The argument parser of ``python -m imagenet_book`` (four sub-commands).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -108,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=fmt, epilog=_MAIN_EPILOG,
-        description="Pretrain and evaluate the book's backbones outside notebooks, with the same "
-                    "functions and profiles as the chapters.")
+        description="Pretrain, evaluate and fine-tune the book's backbones outside notebooks, with "
+                    "the same functions and profiles as the chapters.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("prepare", formatter_class=fmt, epilog=_PREPARE_EPILOG,
@@ -154,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=DATASETS, help="dataset (default: the checkpoint's)")
     p.add_argument("--split", choices=["val", "train"], default="val", help="split (default: val)")
     p.add_argument("--batch-size", type=_positive, metavar="B", help="batch size (default: the profile's)")
+    _add_common(p)
+
+    p = sub.add_parser("finetune", formatter_class=fmt, epilog=_FINETUNE_EPILOG,
+                       help="fine-tune a backbone on PASCAL VOC: classify, detect or segment",
+                       description="Fine-tune a pretrained backbone (or train from scratch) on "
+                                   "PASCAL VOC, as chapters 07-09 do, and report the task's metric "
+                                   "(classification mAP, detection mAP@0.5, segmentation mIoU).")
+    p.add_argument("--task", choices=["classify", "detect", "segment"], required=True,
+                   help="multi-label classification, detection, or semantic segmentation")
+    p.add_argument("--from", dest="start", metavar="CHECKPOINT|scratch",
+                   help="pretraining checkpoint (.pt written by 'pretrain'), or 'scratch' for "
+                        "random weights (default: the checkpoint 'pretrain' writes for this profile)")
+    p.add_argument("--mode", choices=["probe", "finetune"], default="finetune",
+                   help="probe: frozen backbone; finetune: everything (default: finetune); "
+                        "ignored with --from scratch")
+    p.add_argument("--arch", choices=list(ARCHS), default="resnet18", help="backbone (default: resnet18)")
+    p.add_argument("--year", choices=["2007", "2012"],
+                   help="VOC year (default: 2007 for classify/detect, 2012 for segment)")
+    p.add_argument("--epochs", type=_positive, help="passes over the training images (default: from the profile)")
+    p.add_argument("--img-size", type=_positive, metavar="PX", help="image side (default: the profile's)")
+    p.add_argument("--batch-size", type=_positive, metavar="B", help="batch size (default: from the profile)")
+    p.add_argument("--lr", type=float, help="the head's peak learning rate (default: 0.1 * B / 256)")
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default: <cache root>/finetune)")
     _add_common(p)
     return parser
 
@@ -225,6 +275,38 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(json.dumps({k: r[k] for k in ("top1", "top5", "loss", "images", "split")}))
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    cfg = _setup(args)
+    scratch = args.start is not None and args.start.lower() == "scratch"
+    mode = "scratch" if scratch else args.mode
+    checkpoint = None if scratch or args.start is None else args.start
+    year = args.year or ("2012" if args.task == "segment" else "2007")
+    out = Path(args.out) if args.out else Path(cfg.cache_root) / "finetune"
+    sizes = dict(epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size, lr=args.lr)
+    if args.task == "detect":
+        try:
+            from .models.detection import finetune_detector
+        except ImportError as err:
+            raise NotImplementedError(f"detection is not available in this version of the package "
+                                      f"({err}).") from None
+        result = finetune_detector(cfg, checkpoint=checkpoint, mode=mode, year=year, arch=args.arch,
+                                   progress=not args.no_progress,
+                                   **{k: v for k, v in sizes.items() if v is not None})
+    else:
+        from . import finetune as ft
+
+        run = ft.finetune_classifier if args.task == "classify" else ft.finetune_segmenter
+        result = run(cfg, checkpoint, mode=mode, year=year, arch=args.arch,
+                     progress=not args.no_progress, **sizes)
+    saved = result.save(out)
+    shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    print(f"{args.task} / {mode}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(f"saved: {saved}")
+    print(json.dumps({"task": args.task, "mode": mode, **shown}))
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message tells the user what to fix: no traceback for these."""
     from .data.download import ChecksumError, DatasetNotFoundError, DownloadError, UnsafeArchiveError
@@ -234,10 +316,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .pretrain import PretrainedNotFoundError, PretrainError
     from .runtime import SetupError
 
+    from .data.voc import VOCFormatError
+
     errors = (DatasetNotFoundError, DatasetLayoutError, DownloadError, ChecksumError,
               UnsafeArchiveError, CacheBuildError, CheckpointError, PretrainError,
-              PretrainedNotFoundError, SetupError)
-    return errors
+              PretrainedNotFoundError, SetupError, VOCFormatError, NotImplementedError)
+    try:  # the detector's own errors (wrong checkpoint, bad sizes), when the module is there
+        from .models.detection import DetectorError
+    except ImportError:
+        return errors
+    return (*errors, DetectorError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Taught in: chapters/06_pretraining.ipynb.
     """
     args = build_parser().parse_args(argv)
-    command = {"prepare": _prepare, "pretrain": _pretrain, "evaluate": _evaluate}[args.command]
+    command = {"prepare": _prepare, "pretrain": _pretrain, "evaluate": _evaluate,
+               "finetune": _finetune}[args.command]
     try:
         command(args)
     except _user_errors() as err:

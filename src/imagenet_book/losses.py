@@ -5,15 +5,22 @@
 ``label_smoothing``), in a few readable lines built on the log-sum-exp trick. The tests check the
 two agree; the later chapters use this one.
 
-Taught in: chapters/02_cross_entropy.ipynb.
+The detection losses (``sigmoid_focal_loss``, ``smooth_l1_loss``, ``box_regression_loss``) are
+the two terms of a detector's ``L = L_cls + L_reg``; they agree with
+``torchvision.ops.sigmoid_focal_loss`` and ``torch.nn.functional.smooth_l1_loss`` (tested).
+
+Taught in: chapters/02_cross_entropy.ipynb (cross-entropy), chapters/08_detection_voc.ipynb
+(detection losses).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["softmax", "log_softmax", "cross_entropy", "softmax_cross_entropy_grad"]
+__all__ = ["softmax", "log_softmax", "cross_entropy", "softmax_cross_entropy_grad",
+           "BOX_LOSSES", "sigmoid_focal_loss", "smooth_l1_loss", "box_regression_loss"]
 
 
 def log_softmax(z: Tensor, dim: int = -1) -> Tensor:
@@ -118,3 +125,117 @@ def softmax_cross_entropy_grad(logits: Tensor, target: Tensor) -> Tensor:
     """
     onehot = torch.nn.functional.one_hot(target, logits.shape[1]).to(logits.dtype)
     return (softmax(logits, dim=1) - onehot) / logits.shape[0]
+
+
+# ------------------------------------------------------------------------------- detection losses
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | None = 0.25, gamma: float = 2.0,
+                       reduction: str = "none") -> Tensor:
+    """The focal loss of RetinaNet (Lin et al., 2017), one binary decision per element.
+
+    With ``p = sigmoid(logits)`` and ``p_t = p`` where the target is 1, ``1 - p`` where it is 0::
+
+        FL = -alpha_t * (1 - p_t) ** gamma * log(p_t),   alpha_t = alpha (target 1), 1 - alpha (target 0)
+
+    ``-log(p_t)`` is the binary cross-entropy; the factor ``(1 - p_t) ** gamma`` shrinks the
+    loss of elements that are already right (``p_t`` near 1), so the thousands of easy
+    background anchors of a detector no longer drown the few objects. ``gamma=0`` and
+    ``alpha=None`` give plain BCE (``F.binary_cross_entropy_with_logits``). ``log(p_t)`` is
+    computed from the logits (stable for any logit).
+
+    Args:
+        logits: float, any shape (a detector: ``(B, N_anchors, C)``).
+        targets: float, same shape, 0 or 1 (soft targets in ``[0, 1]`` work too).
+        alpha: weight of the positives in ``[0, 1]``; ``None``: no weighting.
+        gamma: focusing exponent ``>= 0``.
+        reduction: ``"none"`` (same shape as ``logits``), ``"mean"`` or ``"sum"``.
+
+    Returns:
+        The loss, float: ``logits``'s shape, or a scalar.
+
+    Equals ``torchvision.ops.sigmoid_focal_loss`` (``alpha=-1`` there is our ``alpha=None``).
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    targets = targets.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # -log(p_t)
+    p = torch.sigmoid(logits)
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = bce * (1 - p_t) ** gamma if gamma else bce
+    if alpha is not None:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return _reduce(loss, reduction)
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, beta: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Smooth-L1 (Huber-like) loss: quadratic near 0, linear beyond ``beta``.
+
+    With ``x = input - target``::
+
+        loss = 0.5 * x**2 / beta    if |x| < beta
+             = |x| - 0.5 * beta     otherwise
+
+    Its gradient is ``x / beta`` near 0 and ``sign(x)`` beyond: never larger than 1 in size,
+    so one badly matched box (an outlier) cannot dominate a batch, as it does under the squared
+    error, whose gradient ``2 x`` grows with the error. ``beta=0`` gives the L1 loss.
+
+    Args:
+        input, target: float, the same shape (a detector: encoded box deltas ``(N, 4)``).
+        beta: where the quadratic part ends, ``>= 0``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+        The loss, float: ``input``'s shape, or a scalar. Equals
+        ``torch.nn.functional.smooth_l1_loss(input, target, beta=beta, reduction=reduction)``.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    x = (input - target).abs()
+    loss = x if beta == 0 else torch.where(x < beta, 0.5 * x**2 / beta, x - 0.5 * beta)
+    return _reduce(loss, reduction)
+
+
+#: The box regression losses :func:`box_regression_loss` knows.
+BOX_LOSSES = ("smooth_l1", "l1", "mse")
+
+
+def box_regression_loss(input: Tensor, target: Tensor, kind: str = "smooth_l1", *, beta: float = 1.0 / 9,
+                        reduction: str = "sum") -> Tensor:
+    """The box term ``L_reg`` of a detector, by name: ``"smooth_l1"``, ``"l1"`` or ``"mse"``.
+
+    Args:
+        input: predicted box deltas, float ``(N, 4)`` (any shape works).
+        target: the encoded ground-truth deltas, same shape.
+        kind: ``"smooth_l1"`` (:func:`smooth_l1_loss` with ``beta``; the default ``1/9`` is
+            Detectron's RetinaNet setting), ``"l1"`` or ``"mse"`` (squared error).
+        beta: see :func:`smooth_l1_loss` (``"smooth_l1"`` only).
+        reduction: ``"sum"`` (default: a detector divides by its number of positive anchors),
+            ``"mean"`` or ``"none"``.
+
+    Returns:
+        The loss, float: ``input``'s shape, or a scalar.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    if kind == "smooth_l1":
+        return smooth_l1_loss(input, target, beta=beta, reduction=reduction)
+    if kind == "l1":
+        return smooth_l1_loss(input, target, beta=0.0, reduction=reduction)
+    if kind == "mse":
+        return _reduce((input - target) ** 2, reduction)
+    raise ValueError(f"Unknown box loss {kind!r}. Choose one of: {', '.join(BOX_LOSSES)}.")

@@ -22,6 +22,11 @@ XML safety. VOC annotations never contain a DTD, so a file with ``<!DOCTYPE`` or
 refused before parsing (what defusedxml would do). The standard library's ElementTree does not
 fetch external entities anyway; refusing DTDs also rules out entity-expansion bombs.
 
+Which VOC a profile uses is decided in one place, :func:`voc_source` (the counterpart of
+:func:`imagenet_book.data.imagenet.classification_source`): ``smoke`` always the built-in
+stand-in, ``local`` the real VOC when the data root has it (else the stand-in), ``full`` the
+real VOC, downloaded when missing. The number of images comes from the profile.
+
 Taught in: chapters/07_finetune_voc_classification.ipynb, chapters/08_detection_voc.ipynb,
 chapters/09_segmentation_voc.ipynb.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +47,11 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .download import DatasetNotFoundError
+from .download import DatasetNotFoundError, fetch_dataset
 
-__all__ = ["VOC_CLASSES", "VOC_YEARS", "DatasetNotFoundError", "VOCFormatError", "find_voc",
-           "parse_voc_xml", "VOCMultiLabel", "VOCDetection", "VOCSegmentation",
-           "collate_detection", "sanitize_boxes"]
+__all__ = ["VOC_CLASSES", "VOC_YEARS", "DatasetNotFoundError", "VOCFormatError", "VOCSource",
+           "find_voc", "parse_voc_xml", "VOCMultiLabel", "VOCDetection", "VOCSegmentation",
+           "collate_detection", "sanitize_boxes", "voc_source"]
 
 #: The 20 VOC classes in the standard order: label ``k`` is ``VOC_CLASSES[k]`` (segmentation
 #: masks use ``k + 1``, with 0 = background and 255 = void).
@@ -144,9 +150,10 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         path: an ``Annotations/<id>.xml`` file.
 
     Returns:
-        ``{"boxes": float32 (N, 4) XYXY 0-based pixel coordinates (xmin-1, ymin-1, xmax, ymax),
-        "labels": int64 (N,) in 0..19 (index into VOC_CLASSES), "difficult": bool (N,)}``;
-        ``N`` may be 0. A missing ``<difficult>`` counts as 0.
+        A dict with ``"boxes"`` (float32 ``(N, 4)``, XYXY, 0-based pixel coordinates
+        ``(xmin-1, ymin-1, xmax, ymax)``), ``"labels"`` (int64 ``(N,)`` in 0..19, indices into
+        ``VOC_CLASSES``) and ``"difficult"`` (bool ``(N,)``); ``N`` may be 0. A missing
+        ``<difficult>`` counts as 0.
 
     Raises:
         VOCFormatError: the file is not well-formed XML, has a DTD, lacks a box coordinate, has an
@@ -407,3 +414,164 @@ def sanitize_boxes(min_size: float = 1.0) -> v2.SanitizeBoundingBoxes:
 def _labels_and_difficult(inputs: tuple[Any, dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
     # A module-level function (not a lambda): DataLoader workers started with "spawn" pickle it.
     return inputs[1]["labels"], inputs[1]["difficult"]
+
+
+# --------------------------------------------------------------------------------------------
+# The profile rule: which VOC a chapter uses
+# --------------------------------------------------------------------------------------------
+
+#: Seed of the VOC stand-in and of the choice of images from a larger split. Like real data, it
+#: does not depend on the run's seed.
+VOC_STANDIN_SEED = 0
+#: Images per profile-size unit: a profile with ``train_per_class=n`` (images per class of a
+#: 10-class ImageNet subset) uses ``VOC_IMAGES_PER_UNIT * n`` VOC training images, and likewise
+#: for validation (smoke: 16 + 8, local: 400 + 100; full: every image).
+VOC_IMAGES_PER_UNIT = 2
+
+
+@dataclass(frozen=True)
+class VOCSource:
+    """Which PASCAL VOC a notebook uses, and why: the result of :func:`voc_source`.
+
+    Attributes:
+        root: the data root that holds ``VOCdevkit/`` (pass it to :class:`VOCMultiLabel`,
+            :class:`VOCDetection`, :class:`VOCSegmentation`).
+        year: the folder to read, ``"2007"`` or ``"2012"`` (the stand-in is always ``"2007"``).
+        is_real: ``True`` for the real VOC, ``False`` for the procedural stand-in.
+        description: one sentence for figure captions; for the stand-in it names no
+            machine-specific path, so stored outputs are the same everywhere.
+        train_images, val_images: how many images of each split a run uses (a seeded choice,
+            :meth:`pick`); ``None``: all of them.
+        profile: the profile that chose this source.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb.
+    """
+
+    root: Path
+    year: str
+    is_real: bool
+    description: str
+    train_images: int | None
+    val_images: int | None
+    profile: str
+
+    @property
+    def voc_dir(self) -> Path:
+        """``root / "VOCdevkit" / f"VOC{year}"``."""
+        return self.root / "VOCdevkit" / f"VOC{self.year}"
+
+    def splits(self, image_set: str = "Main") -> tuple[str, str]:
+        """The (training, evaluation) split names for ``image_set`` (``"Main"`` for
+        classification and detection, ``"Segmentation"``): ``("trainval", "test")`` when the
+        test list is there (VOC 2007 with its test archive: the published protocol), else
+        ``("train", "val")``.
+        """
+        if image_set not in ("Main", "Segmentation"):
+            raise ValueError(f"image_set must be 'Main' or 'Segmentation', got {image_set!r}.")
+        has_test = (self.voc_dir / "ImageSets" / image_set / "test.txt").is_file()
+        return ("trainval", "test") if has_test else ("train", "val")
+
+    def pick(self, num_items: int, split: str) -> list[int]:
+        """Indices of the items of a split of ``num_items`` that a run uses: all of them, or
+        ``train_images`` / ``val_images`` chosen at random with :data:`VOC_STANDIN_SEED` (sorted;
+        a larger number keeps a superset of a smaller one).
+
+        ``split`` is ``"train"`` (the training split, whatever its name) or ``"val"``.
+        """
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
+        limit = self.train_images if split == "train" else self.val_images
+        if limit is None or limit >= num_items:
+            return list(range(num_items))
+        order = np.random.default_rng([VOC_STANDIN_SEED, split == "val"]).permutation(num_items)
+        return sorted(order[:limit].tolist())
+
+
+def _voc_sizes(cfg: Any) -> tuple[int | None, int | None]:
+    p = cfg.profile
+    scale = lambda n: None if n is None else VOC_IMAGES_PER_UNIT * n  # noqa: E731
+    return scale(p.train_per_class), scale(p.val_per_class)
+
+
+def _voc_standin(cfg: Any, year: str) -> VOCSource:
+    from . import standin  # standin imports this module: import it when needed
+
+    p = cfg.profile
+    train_n, val_n = _voc_sizes(cfg)
+    if train_n is None or val_n is None:
+        raise ValueError(f"Profile {p.name!r} has no per-class sizes: a VOC stand-in needs them.")
+    folder = (Path(cfg.cache_root) / "standins" /
+              f"voc-standin-{p.img_size}px-{train_n}x{val_n}-seed{VOC_STANDIN_SEED}-v{standin.FORMAT_VERSION}")
+    root = standin.make_voc_standin(folder, num_train=train_n, num_val=val_n,
+                                    img_size=max(32, p.img_size), seed=VOC_STANDIN_SEED)
+    return VOCSource(
+        root=root, year="2007", is_real=False, profile=p.name, train_images=train_n, val_images=val_n,
+        description=(f"built-in VOC-format stand-in in place of PASCAL VOC {year} (20 glyph classes, "
+                     f"{max(32, p.img_size)} px, {train_n} train + {val_n} val images)"))
+
+
+def _voc_real(cfg: Any, year: str) -> VOCSource:
+    train_n, val_n = _voc_sizes(cfg)
+    root = Path(cfg.data_root).expanduser()
+    if train_n is None:
+        size = "all images"
+    else:
+        size = f"at most {train_n} train + {val_n} val images"
+    return VOCSource(root=root, year=year, is_real=True, profile=cfg.profile.name,
+                     train_images=train_n, val_images=val_n,
+                     description=f"real PASCAL VOC {year} ({size}, from {root})")
+
+
+def voc_source(cfg: Any, year: str | int = "2007") -> VOCSource:
+    """Choose the PASCAL VOC data for ``cfg``'s profile (the book's data rule, for VOC).
+
+    * ``smoke``: ALWAYS the built-in stand-in (:func:`~imagenet_book.data.standin.make_voc_standin`,
+      VOC 2007 layout), generated once under ``cfg.cache_root / "standins"``, so that stored
+      notebook outputs are identical on every machine;
+    * ``local``: the real VOC when ``cfg.data_root`` holds ``VOCdevkit/VOC<year>``, else the
+      stand-in, with a printed line saying so;
+    * ``full``: the real VOC; when missing it is downloaded (the checksummed archives of
+      :mod:`imagenet_book.data.download`: for 2007 the trainval and the test archive) if the
+      profile allows it, else an error that says where to put it.
+
+    Sizes come from the profile: ``VOC_IMAGES_PER_UNIT * train_per_class`` training and
+    ``VOC_IMAGES_PER_UNIT * val_per_class`` evaluation images (the stand-in is written with
+    exactly these numbers, at ``img_size`` px; from the real VOC that many are picked, see
+    :meth:`VOCSource.pick`); a profile without per-class sizes (``full``) uses every image.
+
+    Args:
+        cfg: the :class:`~imagenet_book.runtime.Setup` returned by ``imagenet_book.start()``.
+        year: ``"2007"`` (default; classification and detection) or ``"2012"`` (more
+            segmentation masks). The stand-in stands in for either.
+
+    Returns:
+        A :class:`VOCSource`.
+
+    Raises:
+        DatasetNotFoundError: ``full`` profile, the data is missing and downloads are off.
+        ValueError: an unknown year.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb.
+    """
+    year = _year(year)
+    profile = cfg.profile.name
+    if profile == "smoke":
+        return _voc_standin(cfg, year)
+    data_root = Path(cfg.data_root).expanduser()
+    if (data_root / "VOCdevkit" / f"VOC{year}").is_dir():
+        return _voc_real(cfg, year)
+    if profile == "full":
+        if not cfg.profile.allow_download:
+            find_voc(data_root, year)  # raises the error that says how to get it
+        for name in _FETCH_NAMES[year]:  # the single download call site for VOC
+            fetch_dataset(name, data_root, allow_download=True)
+        return _voc_real(cfg, year)
+    source = _voc_standin(cfg, year)
+    if (str(data_root), year, source.description) not in _ANNOUNCED:  # say it once per process
+        _ANNOUNCED.add((str(data_root), year, source.description))
+        print(f"imagenet_book: no PASCAL VOC {year} under {data_root}; using the {source.description}. "
+              "Point IMAGENET_BOOK_DATA at a folder holding VOCdevkit/ to use the real data.")
+    return source
+
+
+_ANNOUNCED: set[tuple[str, str, str]] = set()

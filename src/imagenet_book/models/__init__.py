@@ -4,6 +4,8 @@
   Taught in: chapters/03_vgg16.ipynb
 * :mod:`.resnet`: ``resnet18``, ``resnet34``, ``resnet50`` and ``ResNet`` with its
   ``BasicBlock`` / ``Bottleneck`` blocks. Taught in: chapters/04_resnet.ipynb
+* :mod:`.segmentation`: ``FCN`` (FCN-32s / FCN-8s head on a backbone), ``segmentation_loss``,
+  ``colorize_mask`` / ``overlay_mask``. Taught in: chapters/09_segmentation_voc.ipynb
 * :mod:`.summary`: ``layer_table`` / ``format_table``, per-layer shapes, parameters and MACs.
   Taught in: chapters/03_vgg16.ipynb
 
@@ -13,6 +15,7 @@ and the outputs match.
 """
 
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
+from .segmentation import FCN, FCNHead, colorize_mask, overlay_mask, segmentation_loss
 from .summary import LayerRow, LayerTable, format_table, layer_table
 from .vgg import VGG, VGG16_CFG, make_features, vgg16, vgg16_bn
 
@@ -20,16 +23,21 @@ __all__ = [
     "VGG",
     "VGG16_CFG",
     "BasicBlock",
+    "FCN",
+    "FCNHead",
     "Bottleneck",
     "LayerRow",
     "LayerTable",
     "ResNet",
+    "colorize_mask",
     "format_table",
     "layer_table",
     "make_features",
+    "overlay_mask",
     "resnet18",
     "resnet34",
     "resnet50",
+    "segmentation_loss",
     "vgg16",
     "vgg16_bn",
 ]

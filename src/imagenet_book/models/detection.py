@@ -1,0 +1,918 @@
+"""A small single-stage detector on a ResNet backbone: anchors, box coding, L = L_cls + L_reg.
+
+The whole algorithm, as chapter 08 builds it::
+
+    C4, C5 = backbone(X)                        # ResNet stages 3 and 4: strides 16 and 32
+    P4 = conv3x3(lat4(C4) + up2(lat5(C5)))      # one stride-16 map (a two-level FPN, top-down)
+    cls_logits, box_deltas = head(P4)           # per anchor: C class logits and 4 box deltas
+    # training: match anchors to objects by IoU (>= 0.5 object, < 0.4 background, ignore between)
+    L = focal(cls_logits, one-hot targets) / num_pos + smooth_l1(box_deltas, encode(gt, anchor)) / num_pos
+    # inference: sigmoid scores > threshold, top-k, decode, per-class NMS, back to original pixels
+
+The pieces, one small function or module each: :func:`make_anchors` (a few sizes and aspect
+ratios at every cell of the feature map), :func:`encode_boxes` / :func:`decode_boxes`
+(torchvision's ``BoxCoder`` convention: ``dx, dy, dw, dh`` with weights), :func:`match_anchors`
+(RetinaNet's IoU rule, torchvision's ``Matcher`` semantics), the backbone
+(:class:`imagenet_book.finetune.ResNetBackbone`) + :class:`FeatureMerge` + :class:`DetectionHead`
+(the network), :func:`detection_loss`
+(``L = L_cls + L_reg`` with :func:`imagenet_book.losses.sigmoid_focal_loss` and
+:func:`imagenet_book.losses.box_regression_loss`), :meth:`Detector.predict` (post-processing with
+``torchvision.ops.batched_nms``). :func:`finetune_detector` trains it on the profile's PASCAL VOC
+(:func:`imagenet_book.data.voc.voc_source`) and measures VOC mAP@0.5
+(:func:`imagenet_book.metrics.voc_detection_map`).
+
+Coordinates. Boxes are XYXY in continuous pixel coordinates, as
+:class:`~imagenet_book.data.voc.VOCDetection` gives them. The network sees every image resized
+to a square of ``img_size`` pixels (training and inference alike); :meth:`Detector.predict`
+takes images of any size and returns boxes in each image's ORIGINAL pixels.
+
+Anchor sizes are fractions of ``img_size`` (:data:`ANCHOR_SIZES`), so the same detector
+covers the same object sizes at every profile's image size.
+
+Taught in: chapters/08_detection_voc.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision import ops
+from torchvision.transforms import v2
+
+from .. import losses
+from ..data.fast import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["ANCHOR_SIZES", "ASPECT_RATIOS", "BOX_WEIGHTS", "DETECTOR_FORMAT", "MODES",
+           "DetectionHead", "DetectionResult", "Detector", "DetectorError", "FeatureMerge",
+           "decode_boxes", "detection_loss", "detection_recipe",
+           "detection_transforms", "encode_boxes", "evaluate_detector", "finetune_detector",
+           "load_detector", "make_anchors", "match_anchors", "predict_dataset"]
+
+# The detector's numbers. They live here and nowhere else (chapter 08 explains each one).
+ANCHOR_SIZES = (0.1, 0.2, 0.4, 0.8)  # sqrt(anchor area) as a fraction of img_size: one per octave
+ASPECT_RATIOS = (0.5, 1.0, 2.0)      # anchor height / width
+BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)   # (wx, wy, ww, wh) of the box coder, RetinaNet's
+FG_IOU, BG_IOU = 0.5, 0.4            # anchor matching: object >= FG_IOU, background < BG_IOU
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0  # RetinaNet's focal loss
+SMOOTH_L1_BETA = 1.0 / 9             # Detectron's RetinaNet
+PRIOR_PROB = 0.01                    # initial object probability of every anchor (RetinaNet)
+HEAD_CHANNELS, HEAD_CONVS = 128, 2   # width and depth of the head's two branches
+SCORE_THRESH, NMS_IOU = 0.05, 0.5    # post-processing
+TOPK_CANDIDATES, MAX_DETECTIONS = 1000, 100
+BBOX_CLIP = math.log(1000.0 / 16)    # largest dw, dh decoded (torchvision's bbox_xform_clip)
+
+# The training recipe and how it follows the profile (sizes only, the same code at every scale).
+SIZE_FACTOR = 2         # detection img_size = SIZE_FACTOR * cfg.profile.img_size (local 128, full 448)
+BATCH_DIVISOR = 4       # detection batch = cfg.profile.batch_size // BATCH_DIVISOR (local 16)
+EPOCH_FACTOR = 1        # detection epochs = EPOCH_FACTOR * cfg.profile.epochs (local 4)
+BASE_LR, BASE_BATCH = 0.01, 16  # SGD peak lr of the new layers for a batch of 16 (RetinaNet's), scaled
+                                # linearly with the batch size; momentum, weight decay, warmup and the
+                                # backbone's tenth of the lr: chapter 07's (finetune.finetune_recipe)
+GRAD_CLIP = 10.0        # max gradient norm: the first steps of a random head can be large
+CROP_PROB = 0.5         # probability of an SSD-style random IoU crop in training
+
+DETECTOR_FORMAT = "imagenet_book.detector"
+MODES = ("finetune", "probe", "scratch")
+
+
+class DetectorError(ValueError):
+    """A detector request cannot be honoured: an unknown mode or loss, a checkpoint of another
+    architecture, a file that is not a detector. The message says what to do.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+
+
+# ------------------------------------------------------------------------------- anchors and boxes
+
+
+def make_anchors(feature_size: tuple[int, int], stride: float, sizes: Sequence[float],
+                 aspect_ratios: Sequence[float] = ASPECT_RATIOS) -> Tensor:
+    """Anchor boxes at every cell of a feature map.
+
+    Cell ``(i, j)`` covers the input pixels ``[j * stride, (j + 1) * stride)`` across and
+    ``[i * stride, (i + 1) * stride)`` down; its anchors are centred on the cell's centre
+    ``((j + 0.5) * stride, (i + 0.5) * stride)``. For each size ``s`` (in pixels, the square root
+    of the anchor's area) and each aspect ratio ``r = h / w``: ``w = s / sqrt(r)``, ``h = s * sqrt(r)``.
+
+    Args:
+        feature_size: ``(H_f, W_f)`` of the feature map.
+        stride: input pixels per feature-map cell.
+        sizes: anchor sizes in pixels.
+        aspect_ratios: height / width ratios.
+
+    Returns:
+        float32 ``(H_f * W_f * A, 4)`` XYXY boxes, ``A = len(sizes) * len(aspect_ratios)``, in the
+        order (row ``i``, column ``j``, size, ratio): the order of :class:`DetectionHead`'s outputs.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    h_f, w_f = feature_size
+    sizes_t = torch.as_tensor(sizes, dtype=torch.float32)
+    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+    ws = (sizes_t[:, None] / ratios.sqrt()[None, :]).flatten()  # (A,): size-major, then ratio
+    hs = (sizes_t[:, None] * ratios.sqrt()[None, :]).flatten()
+    base = torch.stack([-ws, -hs, ws, hs], dim=1) / 2  # (A, 4), centred on 0
+    cy, cx = torch.meshgrid((torch.arange(h_f, dtype=torch.float32) + 0.5) * stride,
+                            (torch.arange(w_f, dtype=torch.float32) + 0.5) * stride, indexing="ij")
+    centres = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)  # (H_f * W_f, 1, 4)
+    return (centres + base).reshape(-1, 4)
+
+
+def encode_boxes(boxes: Tensor, anchors: Tensor, weights: Sequence[float] = BOX_WEIGHTS) -> Tensor:
+    """Boxes as offsets from their anchors: what the network learns to predict.
+
+    With centres ``x, y``, widths ``w`` and heights ``h`` (``a``: anchor, no index: box)::
+
+        dx = wx * (x - x_a) / w_a      dy = wy * (y - y_a) / h_a
+        dw = ww * log(w / w_a)         dh = wh * log(h / h_a)
+
+    Offsets are relative to the anchor's size, so a 5-pixel shift means more for a small box
+    than for a large one, and ``log`` makes a box twice as wide as its anchor as far from 0 as
+    one half as wide. torchvision's ``BoxCoder(weights).encode_single(boxes, anchors)``.
+
+    Args:
+        boxes: float ``(..., 4)`` XYXY, positive width and height.
+        anchors: float ``(..., 4)`` XYXY, broadcastable to ``boxes``.
+        weights: ``(wx, wy, ww, wh)``.
+
+    Returns:
+        float ``(..., 4)`` deltas ``(dx, dy, dw, dh)``.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    wx, wy, ww, wh = weights
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    ax, ay = anchors[..., 0] + 0.5 * aw, anchors[..., 1] + 0.5 * ah
+    bw, bh = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    bx, by = boxes[..., 0] + 0.5 * bw, boxes[..., 1] + 0.5 * bh
+    return torch.stack([wx * (bx - ax) / aw, wy * (by - ay) / ah,
+                        ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1)
+
+
+def decode_boxes(deltas: Tensor, anchors: Tensor, weights: Sequence[float] = BOX_WEIGHTS,
+                 clip: float = BBOX_CLIP) -> Tensor:
+    """The inverse of :func:`encode_boxes`: deltas and anchors back to XYXY boxes.
+
+    ``x = x_a + dx / wx * w_a``, ``w = w_a * exp(dw / ww)`` (and so for ``y``, ``h``); ``dw`` and
+    ``dh`` are clamped at ``clip`` first so that an untrained network's ``exp`` cannot overflow.
+    torchvision's ``BoxCoder(weights).decode_single(deltas, anchors)``.
+
+    Args:
+        deltas: float ``(..., 4)``.
+        anchors: float ``(..., 4)`` XYXY, broadcastable to ``deltas``.
+        weights: ``(wx, wy, ww, wh)``, as given to :func:`encode_boxes`.
+        clip: largest ``dw`` / ``dh`` used (default ``log(1000 / 16)``, torchvision's).
+
+    Returns:
+        float ``(..., 4)`` XYXY boxes.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    wx, wy, ww, wh = weights
+    anchors = anchors.to(deltas.dtype)
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    ax, ay = anchors[..., 0] + 0.5 * aw, anchors[..., 1] + 0.5 * ah
+    x = ax + deltas[..., 0] / wx * aw
+    y = ay + deltas[..., 1] / wy * ah
+    w = aw * torch.exp((deltas[..., 2] / ww).clamp(max=clip))
+    h = ah * torch.exp((deltas[..., 3] / wh).clamp(max=clip))
+    return torch.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], dim=-1)
+
+
+def match_anchors(anchors: Tensor, gt_boxes: Tensor, *, fg_iou: float = FG_IOU, bg_iou: float = BG_IOU,
+                  allow_low_quality: bool = True) -> Tensor:
+    """Which object each anchor must predict (RetinaNet's rule).
+
+    Each anchor takes the object it overlaps most. Its IoU with that object decides:
+    ``>= fg_iou``: a positive, it learns that object's class and box; ``< bg_iou``: background;
+    in between: ignored (it is neither clearly right nor clearly wrong). With
+    ``allow_low_quality``, each object's best anchor(s) (ties included) are made positive even
+    below ``fg_iou``, so no object goes unlearned. The same semantics as torchvision's
+    ``Matcher(fg_iou, bg_iou, allow_low_quality_matches)``.
+
+    Args:
+        anchors: float ``(N, 4)`` XYXY.
+        gt_boxes: float ``(M, 4)`` XYXY; ``M`` may be 0 (then every anchor is background).
+
+    Returns:
+        int64 ``(N,)``: the matched object's index in ``0 .. M-1``, ``-1`` background, ``-2`` ignored.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    if gt_boxes.numel() == 0:
+        return torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
+    iou = ops.box_iou(gt_boxes, anchors)  # (M, N)
+    best_iou, matches = iou.max(dim=0)
+    low_quality = matches.clone()
+    matches[best_iou < bg_iou] = -1
+    matches[(best_iou >= bg_iou) & (best_iou < fg_iou)] = -2
+    if allow_low_quality:
+        best_per_gt = iou.max(dim=1, keepdim=True).values
+        _, anchor_idx = torch.nonzero(iou == best_per_gt, as_tuple=True)
+        matches[anchor_idx] = low_quality[anchor_idx]
+    return matches
+
+
+# ------------------------------------------------------------------------------- the network
+
+
+class FeatureMerge(nn.Module):
+    """One stride-16 map from two stages: a two-level feature pyramid, top-down.
+
+    ``P4 = smooth(lat4(C4) + upsample(lat5(C5)))``: ``C5`` (stride 32) has seen more of the image
+    and is more semantic; ``C4`` (stride 16) is sharper. 1x1 "lateral" convolutions bring both
+    to ``channels``, nearest-neighbour upsampling doubles ``C5``'s side, and a 3x3 convolution
+    smooths the sum (Lin et al., 2017, feature pyramid networks, with one level kept).
+
+    Shapes: ``(B, c4, h, w)``, ``(B, c5, ceil(h/2), ceil(w/2))`` -> ``(B, channels, h, w)``.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+
+    def __init__(self, in_channels: tuple[int, int], channels: int = HEAD_CHANNELS) -> None:
+        super().__init__()
+        self.lat4 = nn.Conv2d(in_channels[0], channels, 1)
+        self.lat5 = nn.Conv2d(in_channels[1], channels, 1)
+        self.smooth = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, c4: Tensor, c5: Tensor) -> Tensor:
+        top = F.interpolate(self.lat5(c5), size=c4.shape[-2:], mode="nearest")
+        return self.smooth(self.lat4(c4) + top)
+
+
+def _branch(channels: int, num_convs: int, out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(32, channels), nn.ReLU(inplace=True)]
+    layers.append(nn.Conv2d(channels, out, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+class DetectionHead(nn.Module):
+    """Two small convolutional branches over the feature map: class logits and box deltas.
+
+    Each branch: ``num_convs`` x (3x3 convolution, GroupNorm, ReLU), then a 3x3 convolution with
+    ``A * num_classes`` (classification) or ``A * 4`` (regression) outputs per cell. GroupNorm,
+    not BatchNorm: detection batches are small. The classification bias starts at
+    ``-log((1 - prior) / prior)``, so every anchor starts out predicting "object" with
+    probability ``prior`` (0.01): without it, the first focal-loss steps would be swamped by
+    the thousands of background anchors (RetinaNet's initialisation).
+
+    Shapes: ``(B, channels, H_f, W_f)`` -> ``(cls_logits (B, H_f*W_f*A, num_classes),
+    box_deltas (B, H_f*W_f*A, 4))``, in :func:`make_anchors`' order.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+
+    def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int = HEAD_CONVS,
+                 prior: float = PRIOR_PROB) -> None:
+        super().__init__()
+        self.num_anchors, self.num_classes = num_anchors, num_classes
+        self.cls = _branch(channels, num_convs, num_anchors * num_classes)
+        self.reg = _branch(channels, num_convs, num_anchors * 4)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(self.cls[-1].bias, -math.log((1 - prior) / prior))
+
+    def forward(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        b = p.shape[0]
+        # (B, A*K, H, W) -> (B, H, W, A*K) -> (B, H*W*A, K): cells row-major, then anchors
+        cls = self.cls(p).permute(0, 2, 3, 1).reshape(b, -1, self.num_classes)
+        reg = self.reg(p).permute(0, 2, 3, 1).reshape(b, -1, 4)
+        return cls, reg
+
+
+class Detector(nn.Module):
+    """A single-stage, anchor-based detector (RetinaNet's design, one feature level).
+
+    ``backbone`` -> ``neck`` (:class:`FeatureMerge`) -> ``head`` (:class:`DetectionHead`).
+    ``backbone`` is the (pretrained) ResNet without its classifier; ``neck`` and ``head`` are
+    new: :func:`finetune_detector` gives them the full learning rate and the backbone a tenth.
+
+    Args:
+        backbone: anything with the interface of :class:`imagenet_book.finetune.ResNetBackbone`:
+            ``features(x) -> {"layer3": stride-16 map, "layer4": stride-32 map, ...}``,
+            ``channels`` (a dict with the channels of those maps), ``arch``, ``small_input``.
+        num_classes: object classes (20 for VOC); no background class: each class is a sigmoid.
+        img_size: side of the square the network sees; anchors are sized from it.
+        anchor_sizes: anchor sizes as fractions of ``img_size``; aspect_ratios: ``h / w``.
+        channels, num_convs: neck and head width; convolutions per head branch.
+        box_weights: of the box coder (:func:`encode_boxes`).
+        mean, std: input normalisation (ImageNet's, as the backbone was pretrained with).
+        score_thresh, nms_iou, topk_candidates, max_detections: post-processing (:meth:`postprocess`).
+
+    Shapes: :meth:`forward` float32 ``(B, 3, S, S)`` normalised -> ``(cls_logits (B, N, C),
+    box_deltas (B, N, 4))`` with ``N`` anchors (:meth:`anchors`); :meth:`predict` a list of
+    uint8 ``(3, H_b, W_b)`` images -> a list of dicts with boxes in original pixels.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 20, *, img_size: int = 128,
+                 anchor_sizes: Sequence[float] = ANCHOR_SIZES, aspect_ratios: Sequence[float] = ASPECT_RATIOS,
+                 channels: int = HEAD_CHANNELS, num_convs: int = HEAD_CONVS,
+                 box_weights: Sequence[float] = BOX_WEIGHTS,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 score_thresh: float = SCORE_THRESH, nms_iou: float = NMS_IOU,
+                 topk_candidates: int = TOPK_CANDIDATES, max_detections: int = MAX_DETECTIONS) -> None:
+        super().__init__()
+        if not (hasattr(backbone, "features") and {"layer3", "layer4"} <= set(getattr(backbone, "channels", {}))):
+            raise DetectorError(
+                f"{type(backbone).__name__} is not a detection backbone: it needs features(x) with "
+                "'layer3' and 'layer4' maps and their channels (use "
+                "imagenet_book.finetune.backbone_from_checkpoint or ResNetBackbone(resnet)).")
+        self.backbone = backbone
+        self.neck = FeatureMerge((backbone.channels["layer3"], backbone.channels["layer4"]), channels)
+        self.head = DetectionHead(channels, len(anchor_sizes) * len(aspect_ratios), num_classes, num_convs)
+        self.num_classes, self.img_size = num_classes, img_size
+        self.anchor_sizes, self.aspect_ratios = tuple(anchor_sizes), tuple(aspect_ratios)
+        self.channels, self.num_convs = channels, num_convs
+        self.box_weights = tuple(box_weights)
+        self.score_thresh, self.nms_iou = score_thresh, nms_iou
+        self.topk_candidates, self.max_detections = topk_candidates, max_detections
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.stride = 4 if getattr(backbone, "small_input", False) else 16  # of layer3
+
+    def config(self) -> dict[str, Any]:
+        """Everything that defines the network but its weights (plain values; :func:`load_detector`)."""
+        return {"arch": getattr(self.backbone, "arch", "resnet18"),
+                "small_input": bool(getattr(self.backbone, "small_input", False)),
+                "num_classes": self.num_classes, "img_size": self.img_size,
+                "anchor_sizes": list(self.anchor_sizes), "aspect_ratios": list(self.aspect_ratios),
+                "channels": self.channels, "num_convs": self.num_convs, "box_weights": list(self.box_weights),
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
+                "score_thresh": self.score_thresh, "nms_iou": self.nms_iou,
+                "topk_candidates": self.topk_candidates, "max_detections": self.max_detections}
+
+    def forward(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.backbone.features(X)
+        return self.head(self.neck(f["layer3"], f["layer4"]))
+
+    def anchors(self, image_size: tuple[int, int] | None = None, device: Any = None) -> Tensor:
+        """The anchors of an input of ``image_size`` ``(H, W)`` (default ``(img_size, img_size)``):
+        float32 ``(N, 4)`` XYXY, in the order of :meth:`forward`'s outputs.
+        """
+        h, w = image_size or (self.img_size, self.img_size)
+        s = self.stride
+        sizes = [f * self.img_size for f in self.anchor_sizes]
+        return make_anchors((math.ceil(h / s), math.ceil(w / s)), s, sizes, self.aspect_ratios).to(device)
+
+    def normalize(self, X: Tensor) -> Tensor:
+        """uint8 ``(B, 3, H, W)`` in 0..255 (or float in [0, 1]) -> float32 normalised with mean/std."""
+        X = X.to(self.mean.device)
+        X = X.float() / 255 if X.dtype == torch.uint8 else X.float()
+        return (X - self.mean) / self.std
+
+    def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Resize each image to ``(img_size, img_size)`` (as training does) and normalise.
+
+        Args:
+            images: ``B`` tensors ``(3, H_b, W_b)``, uint8 (or float in [0, 1]), any sizes.
+
+        Returns:
+            ``(X, sizes)``: float32 ``(B, 3, S, S)`` on the detector's device, and the original
+            ``(H_b, W_b)`` of each image.
+        """
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        S = self.img_size
+        X = torch.stack([v2.functional.resize(torch.as_tensor(im), [S, S], antialias=True) for im in images])
+        return self.normalize(X), sizes
+
+    @torch.no_grad()
+    def postprocess(self, cls_logits: Tensor, box_deltas: Tensor, sizes: Sequence[tuple[int, int]],
+                    input_size: tuple[int, int] | None = None) -> list[dict[str, Tensor]]:
+        """Network outputs -> detections in each image's original pixels.
+
+        Per image: sigmoid scores of every (anchor, class) pair; keep those above
+        ``score_thresh``; the ``topk_candidates`` best; decode their boxes; clip them to the
+        input; per-class NMS (``torchvision.ops.batched_nms`` at ``nms_iou``); the
+        ``max_detections`` best; finally scale ``x`` by ``W_b / S_w`` and ``y`` by ``H_b / S_h``.
+
+        Args:
+            cls_logits: float ``(B, N, C)``; box_deltas: float ``(B, N, 4)``.
+            sizes: the original ``(H_b, W_b)`` of each image.
+            input_size: ``(S_h, S_w)`` the network saw (default ``(img_size, img_size)``).
+
+        Returns:
+            ``B`` dicts: ``"boxes"`` float32 ``(K, 4)`` XYXY in original pixels, ``"scores"``
+            float32 ``(K,)`` in (0, 1) sorted high to low, ``"labels"`` int64 ``(K,)`` in
+            ``0 .. C-1``.
+        """
+        sh, sw = input_size or (self.img_size, self.img_size)
+        anchors = self.anchors((sh, sw), cls_logits.device)
+        C = cls_logits.shape[-1]
+        out = []
+        for logits, deltas, (h, w) in zip(cls_logits, box_deltas, sizes):
+            scores = torch.sigmoid(logits.float()).flatten()  # (N * C,): anchor-major
+            keep = torch.nonzero(scores > self.score_thresh).flatten()
+            top = scores[keep].topk(min(self.topk_candidates, len(keep))).indices
+            keep = keep[top]
+            scores, anchor_idx, labels = scores[keep], keep // C, keep % C
+            boxes = decode_boxes(deltas[anchor_idx].float(), anchors[anchor_idx], self.box_weights)
+            boxes = ops.clip_boxes_to_image(boxes, (sh, sw))
+            ok = ops.remove_small_boxes(boxes, 1e-2)
+            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+            kept = ops.batched_nms(boxes, scores, labels, self.nms_iou)[:self.max_detections]
+            scale = torch.tensor([w / sw, h / sh, w / sw, h / sh], device=boxes.device)
+            out.append({"boxes": boxes[kept] * scale, "scores": scores[kept], "labels": labels[kept]})
+        return out
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Detect objects: :meth:`preprocess`, :meth:`forward`, :meth:`postprocess` (eval mode).
+
+        Args:
+            images: ``B`` uint8 tensors ``(3, H_b, W_b)`` (float in [0, 1] also accepted), any sizes.
+
+        Returns:
+            ``B`` dicts ``{"boxes", "scores", "labels"}`` (see :meth:`postprocess`), on the
+            detector's device, boxes in each image's ORIGINAL pixel coordinates.
+        """
+        was_training = self.training
+        self.eval()
+        X, sizes = self.preprocess(images)
+        cls_logits, box_deltas = self(X)
+        self.train(was_training)
+        return self.postprocess(cls_logits, box_deltas, sizes, (X.shape[-2], X.shape[-1]))
+
+
+# ------------------------------------------------------------------------------- the loss
+
+
+def _check_losses(cls_loss: str, reg_loss: str) -> None:
+    if cls_loss not in ("focal", "bce"):
+        raise DetectorError(f"Unknown classification loss {cls_loss!r}. Choose 'focal' or 'bce'.")
+    if reg_loss not in losses.BOX_LOSSES:
+        raise DetectorError(f"Unknown box loss {reg_loss!r}. Choose one of: {', '.join(losses.BOX_LOSSES)}.")
+
+
+def detection_loss(cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targets: Sequence[dict[str, Tensor]],
+                   *, cls_loss: str = "focal", reg_loss: str = "smooth_l1", alpha: float | None = FOCAL_ALPHA,
+                   gamma: float = FOCAL_GAMMA, beta: float = SMOOTH_L1_BETA, fg_iou: float = FG_IOU,
+                   bg_iou: float = BG_IOU, box_weights: Sequence[float] = BOX_WEIGHTS) -> dict[str, Tensor]:
+    """``L = L_cls + L_reg`` of a batch, both normalised by the number of positive anchors.
+
+    For each image, :func:`match_anchors` gives every anchor an object, background, or
+    "ignore"; anchors whose object is marked ``difficult`` are ignored too (VOC's AP neither
+    rewards nor punishes those objects, so training does not either). Then::
+
+        L_cls = sum over non-ignored anchors a, classes c of  FL(logit[a, c], 1[c = class of a's object])
+        L_reg = sum over positive anchors a of  box_loss(deltas[a], encode_boxes(box of a's object, a))
+        L = (L_cls + L_reg) / max(1, number of positive anchors)
+
+    Background anchors have an all-zero target: each class is its own sigmoid, there is no
+    "background class".
+
+    Args:
+        cls_logits: float ``(B, N, C)``; box_deltas: float ``(B, N, 4)`` (:meth:`Detector.forward`).
+        anchors: float ``(N, 4)`` (:meth:`Detector.anchors`).
+        targets: ``B`` dicts with ``"boxes"`` float ``(M_b, 4)`` XYXY in the network's input
+            pixels, ``"labels"`` int64 ``(M_b,)`` and optionally ``"difficult"`` bool ``(M_b,)``.
+        cls_loss: ``"focal"`` (:func:`~imagenet_book.losses.sigmoid_focal_loss` with ``alpha``,
+            ``gamma``) or ``"bce"`` (the same with ``alpha=None, gamma=0``: plain binary
+            cross-entropy).
+        reg_loss: ``"smooth_l1"`` (with ``beta``), ``"l1"`` or ``"mse"``
+            (:func:`~imagenet_book.losses.box_regression_loss`).
+        fg_iou, bg_iou, box_weights: see :func:`match_anchors`, :func:`encode_boxes`.
+
+    Returns:
+        ``{"loss", "cls", "reg"}`` (scalar tensors; ``loss = cls + reg``, differentiable) and
+        ``"num_pos"`` (int64 scalar).
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    _check_losses(cls_loss, reg_loss)
+    anchors = anchors.to(box_deltas.device)
+    cls_terms, reg_terms, num_pos = [], [], 0
+    for logits, deltas, target in zip(cls_logits, box_deltas, targets):
+        gt_boxes = torch.as_tensor(target["boxes"], dtype=torch.float32, device=deltas.device)
+        labels = torch.as_tensor(target["labels"], device=deltas.device)
+        matches = match_anchors(anchors, gt_boxes, fg_iou=fg_iou, bg_iou=bg_iou)
+        if "difficult" in target and len(gt_boxes):
+            difficult = torch.as_tensor(target["difficult"], dtype=torch.bool, device=deltas.device)
+            matches[(matches >= 0) & difficult[matches.clamp(min=0)]] = -2
+        pos, valid = matches >= 0, matches >= -1
+        onehot = torch.zeros_like(logits)
+        onehot[pos, labels[matches[pos]]] = 1.0
+        if cls_loss == "focal":
+            cls_terms.append(losses.sigmoid_focal_loss(logits[valid], onehot[valid], alpha, gamma, "sum"))
+        else:
+            cls_terms.append(losses.sigmoid_focal_loss(logits[valid], onehot[valid], None, 0.0, "sum"))
+        target_deltas = encode_boxes(gt_boxes[matches[pos]], anchors[pos], box_weights)
+        reg_terms.append(losses.box_regression_loss(deltas[pos], target_deltas, reg_loss, beta=beta))
+        num_pos += int(pos.sum())
+    norm = max(1, num_pos)
+    cls = torch.stack(cls_terms).sum() / norm
+    reg = torch.stack(reg_terms).sum() / norm
+    return {"loss": cls + reg, "cls": cls, "reg": reg, "num_pos": torch.tensor(num_pos)}
+
+
+# ------------------------------------------------------------------------------- data and training
+
+
+def detection_recipe(cfg: Any, *, epochs: int | None = None, img_size: int | None = None,
+                     batch_size: int | None = None, lr: float | None = None) -> dict[str, Any]:
+    """The sizes and rates of a detection run, derived from ``cfg.profile`` (sizes only):
+
+    * ``img_size = SIZE_FACTOR * img_size`` (smoke 64, local 128, full 448): a stride-16 map
+      needs more pixels than a classifier;
+    * ``batch_size = max(2, batch_size // BATCH_DIVISOR)`` (smoke 4, local 16, full 64);
+    * ``epochs = EPOCH_FACTOR * epochs`` (smoke 1, local 4, full 40) over the profile's images;
+    * ``lr``: the head's peak rate for SGD with momentum, ``BASE_LR * batch_size / BASE_BATCH``
+      (RetinaNet's 0.01 at batch 16, scaled linearly);
+    * the rest is chapter 07's recipe (:func:`imagenet_book.finetune.finetune_recipe`): momentum,
+      weight decay, warmup fraction, and the backbone at ``backbone_lr_scale`` (a tenth) of
+      ``lr`` when fine-tuning; plus the gradient-norm clip :data:`GRAD_CLIP`.
+
+    The number of images comes from :func:`imagenet_book.data.voc.voc_source`.
+
+    Returns:
+        ``{"epochs", "batch_size", "img_size", "lr", "backbone_lr_scale", "momentum",
+        "weight_decay", "warmup_fraction", "grad_clip"}``.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    from ..finetune import finetune_recipe
+
+    p = cfg.profile
+    batch_size = batch_size or max(2, p.batch_size // BATCH_DIVISOR)
+    base = finetune_recipe(cfg, "detect", epochs=epochs or EPOCH_FACTOR * p.epochs, batch_size=batch_size,
+                           img_size=img_size or SIZE_FACTOR * p.img_size,
+                           lr=lr if lr is not None else BASE_LR * batch_size / BASE_BATCH)
+    return {**base, "grad_clip": GRAD_CLIP}
+
+
+def detection_transforms(img_size: int, train: bool = True) -> v2.Compose:
+    """The ``transforms.v2`` pipeline of :class:`~imagenet_book.data.voc.VOCDetection` for training.
+
+    Training: with probability :data:`CROP_PROB` an SSD-style ``RandomIoUCrop`` (a random crop
+    that keeps some overlap with the objects), a horizontal flip with probability 1/2, a resize
+    to ``(img_size, img_size)``, then :func:`~imagenet_book.data.voc.sanitize_boxes` (boxes cut
+    away by the crop leave with their labels and difficult flags). ``train=False``: the resize
+    only. The boxes move with the image in every step.
+
+    Returns:
+        A joint transform ``(image uint8 (3, H, W), target) -> (uint8 (3, S, S), target)``.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    from ..data.voc import sanitize_boxes
+
+    steps: list[Any] = []
+    if train:
+        steps += [v2.RandomApply([v2.RandomIoUCrop()], p=CROP_PROB), v2.RandomHorizontalFlip(0.5)]
+    steps += [v2.Resize((img_size, img_size), antialias=True), sanitize_boxes()]
+    return v2.Compose(steps)
+
+
+@torch.no_grad()
+def predict_dataset(net: Detector, dataset: Any, batch_size: int = 16,
+                    progress: bool = False) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+    """Run :meth:`Detector.predict` over a detection dataset at its original image sizes.
+
+    Args:
+        net: a :class:`Detector`.
+        dataset: items ``(image uint8 (3, H, W), target dict)`` with ``"boxes"``, ``"labels"``,
+            ``"difficult"`` (a :class:`~imagenet_book.data.voc.VOCDetection` without transforms,
+            or a ``Subset`` of one).
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(predictions, targets)``: lists of dicts on the CPU, in dataset order, in original
+        pixels; the input format of :func:`imagenet_book.metrics.voc_detection_map`.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    from tqdm.auto import tqdm
+
+    preds, targets = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="predict", disable=not progress, leave=False):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        for out in net.predict([im for im, _ in items]):
+            preds.append({k: v.cpu() for k, v in out.items()})
+        for _, t in items:
+            targets.append({"boxes": torch.as_tensor(t["boxes"]).float().reshape(-1, 4),
+                            "labels": torch.as_tensor(t["labels"]),
+                            "difficult": torch.as_tensor(t["difficult"], dtype=torch.bool)})
+    return preds, targets
+
+
+def evaluate_detector(net: Detector, dataset: Any, *, batch_size: int = 16, progress: bool = False,
+                      class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """VOC mAP@0.5 of ``net`` on ``dataset``: area (VOC2010+) and 11-point (VOC2007) versions.
+
+    Difficult objects are neither rewarded nor punished
+    (:func:`imagenet_book.metrics.voc_detection_map`).
+
+    Returns:
+        A dict with ``"map"`` and ``"map_07"`` (float), ``"per_class"`` and ``"per_class_07"``
+        (``{name: AP or None}``) and ``"images"`` and ``"detections"`` (int); the AP is ``None``
+        for a class without (non-difficult) objects in ``dataset`` (and ``map`` is ``nan`` if no
+        class has any).
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    from ..data.voc import VOC_CLASSES
+    from ..metrics import voc_detection_map
+
+    names = list(class_names or VOC_CLASSES)
+    preds, targets = predict_dataset(net, dataset, batch_size, progress)
+    area = voc_detection_map(preds, targets, num_classes=net.num_classes)
+    eleven = voc_detection_map(preds, targets, num_classes=net.num_classes, use_07_metric=True)
+
+    def per_class(ap: Any) -> dict[str, float | None]:
+        return {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, ap.per_class)}
+
+    return {"map": float(area.map), "map_07": float(eleven.map), "per_class": per_class(area),
+            "per_class_07": per_class(eleven), "images": len(preds),
+            "detections": sum(len(p["scores"]) for p in preds)}
+
+
+@dataclass
+class DetectionResult:
+    """What :func:`finetune_detector` returns (the shape of
+    :class:`imagenet_book.finetune.FinetuneResult`, for the detection task).
+
+    Attributes:
+        task: ``"detect"``; mode: ``"finetune"``, ``"probe"`` or ``"scratch"``.
+        net: the trained :class:`Detector` (eval mode, on ``cfg.device``).
+        history: :class:`~imagenet_book.engine.History`: per epoch ``epoch``, ``step``,
+            ``train_loss``, ``cls_loss``, ``reg_loss`` (means over the epoch's images), ``lr``,
+            ``img_per_s``, ``wall_s``; per step ``step``, ``epoch``, ``loss``, ``cls``, ``reg``, ``lr``.
+        metrics: :func:`evaluate_detector`'s: ``map`` (area), ``map_07`` (11-point),
+            ``per_class`` / ``per_class_07`` APs by class name, ``images``, ``detections``.
+        seconds: wall time of the whole call (data, training, evaluation).
+        budget: ``{"epochs", "steps", "train_images", "val_images", "img_size", "batch_size",
+            "train_seconds"}``.
+        recipe: the rates and losses used (:func:`detection_recipe`, plus ``cls_loss``, ``reg_loss``).
+        source: the :class:`~imagenet_book.data.voc.VOCSource` trained on.
+        checkpoint: the pretrained checkpoint the backbone came from (``None``: random weights).
+        arch: the backbone's architecture; caption: one line for figures.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+
+    task: str
+    mode: str
+    net: Detector
+    history: Any
+    metrics: dict[str, Any]
+    seconds: float
+    budget: dict[str, Any]
+    recipe: dict[str, Any]
+    source: Any
+    checkpoint: Path | None
+    arch: str
+    caption: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        """File-name stem: ``"detect-{mode}-{arch}-{profile}"``."""
+        return f"{self.task}-{self.mode}-{self.arch}-{self.source.profile}"
+
+    @property
+    def score(self) -> float:
+        """The headline number: VOC mAP@0.5 (area)."""
+        return self.metrics["map"]
+
+    def row(self) -> dict[str, Any]:
+        """One row of a pretrained-vs-scratch table: mode, start, mAP (both versions), budget."""
+        start = f"pretrained ({self.checkpoint.name})" if self.checkpoint else "random weights"
+        return {"mode": self.mode, "start": start, "metric": "mAP@0.5", "score": self.score,
+                "map_07": self.metrics["map_07"], **self.budget, "seconds": self.seconds}
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write ``<stem>.pt`` (weights, the detector's config, history, metrics, budget, recipe;
+        ``torch.load(..., weights_only=True)`` reads it and :func:`load_detector` rebuilds the
+        detector) and ``<stem>.json`` (the same without the weights). Each file is written under a
+        temporary name and renamed, so an interrupted save never leaves a damaged file.
+
+        Returns:
+            The ``.pt`` path.
+        """
+        from ..finetune import _plain
+        from ..pretrain import _save_atomically
+
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        info = {"task": self.task, "mode": self.mode, "arch": self.arch, "config": self.net.config(),
+                "budget": _plain(self.budget), "recipe": _plain(self.recipe),
+                "metrics": _plain(self.metrics), "seconds": float(self.seconds),
+                "data": self.source.description, "profile": self.source.profile,
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "history": self.history.to_dict()}
+        state = {"format": DETECTOR_FORMAT, **info,
+                 "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
+        pt, js = folder / f"{self.stem}.pt", folder / f"{self.stem}.json"
+        _save_atomically(state, pt, lambda obj, path: torch.save(obj, path))
+        text = json.dumps(_plain(info), indent=1, allow_nan=False)
+        _save_atomically(text, js, lambda obj, path: path.write_text(obj, encoding="utf-8"))
+        return pt
+
+
+def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Detector:
+    """Rebuild a detector saved by :meth:`DetectionResult.save` (``weights_only=True``).
+
+    Returns:
+        The :class:`Detector` with its weights, in eval mode, on ``device``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DetectorError: the file is damaged, is not a detector checkpoint (a pretrained backbone,
+            a fine-tuned classifier, ...), or its weights do not fit its recorded architecture.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    from ..finetune import ResNetBackbone
+    from ..pretrain import ARCHS
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No detector checkpoint at {str(path)!r}: DetectionResult.save(dir) writes one.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DetectorError(f"Cannot read {str(path)!r} ({type(err).__name__}: {err}): the file is "
+                            "truncated or corrupt. Train and save the detector again.") from err
+    if not isinstance(state, dict) or state.get("format") != DETECTOR_FORMAT:
+        raise DetectorError(f"{str(path)!r} is not a detector checkpoint (DetectionResult.save writes "
+                            "those). A pretrained backbone goes to finetune_detector(cfg, checkpoint=...).")
+    config = dict(state["config"])
+    arch, small_input = config.pop("arch"), config.pop("small_input")
+    backbone = ResNetBackbone(ARCHS[arch](small_input=small_input), arch=arch, small_input=small_input)
+    net = Detector(backbone, config.pop("num_classes"), **config)
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise DetectorError(f"{str(path)!r}: its weights do not fit the {arch} detector its config "
+                            f"describes ({first}). The file was edited or damaged.") from None
+    return net.eval().to(device)
+
+
+def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None, *, mode: str = "finetune",
+                      arch: str = "resnet18", epochs: int | None = None, img_size: int | None = None,
+                      lr: float | None = None, batch_size: int | None = None,
+                      backbone_lr_scale: float | None = None, cls_loss: str = "focal",
+                      reg_loss: str = "smooth_l1", source: Any = None,
+                      year: str = "2007", max_steps: int | None = None, num_workers: int | None = None,
+                      progress: bool = True, log: Callable[[str], None] | None = print) -> DetectionResult:
+    """Train the detector on the profile's PASCAL VOC and measure its VOC mAP@0.5.
+
+    The same code at every scale: sizes and rates from :func:`detection_recipe` (``cfg.profile``)
+    unless overridden; data from :func:`imagenet_book.data.voc.voc_source` (its training split,
+    ``train`` or ``trainval``, and its evaluation split, ``val`` or ``test``, with as many images
+    as the profile gives).
+
+    * ``mode="finetune"``: chapter 06's pretrained backbone (``checkpoint``; default
+      :func:`imagenet_book.finetune.resolve_checkpoint`), learning at ``backbone_lr_scale``
+      (a tenth) times the head's rate;
+    * ``mode="probe"``: the same backbone frozen (weights and BatchNorm statistics): only the
+      neck and the head learn;
+    * ``mode="scratch"``: the same architecture with random weights, one rate for everything.
+
+    Each step: a batch of :func:`detection_transforms` images, :func:`detection_loss`
+    (``cls_loss`` + ``reg_loss``), backward, gradient norm clipped at :data:`GRAD_CLIP`, an
+    SGD step (momentum 0.9; weight decay on weights only) and a per-step
+    learning rate (linear warmup, then cosine to 0); mixed precision on CUDA (the engine's rule),
+    float32 on the CPU. After the last epoch,
+    :func:`evaluate_detector` on the evaluation split.
+
+    Args:
+        cfg: from ``imagenet_book.start()``.
+        checkpoint: a pretrained checkpoint (the ``.pt`` of :func:`imagenet_book.pretrain.pretrain`).
+        mode: see above. arch: the backbone's architecture (a checkpoint of another one is refused).
+        epochs, img_size, lr, batch_size, backbone_lr_scale: override the recipe.
+        cls_loss, reg_loss: see :func:`detection_loss`.
+        source: a :class:`~imagenet_book.data.voc.VOCSource` (default ``voc_source(cfg, year)``).
+        max_steps: stop after this many steps (the schedule still spans ``epochs``).
+        num_workers: DataLoader processes; default 0 on a CPU device, up to 8 otherwise.
+        progress: tqdm bars. log: where the report lines go (``None``: silent).
+
+    Returns:
+        A :class:`DetectionResult` (``.save(dir)`` writes it; ``.row()`` is a table row).
+
+    Raises:
+        DetectorError: an unknown mode or loss. PretrainedNotFoundError: no
+        checkpoint for ``finetune`` / ``probe``. PretrainError: a checkpoint of another
+        architecture, or not a pretraining checkpoint. DatasetNotFoundError: from the data rule.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import engine
+    from ..data.voc import VOC_CLASSES, VOCDetection, collate_detection, voc_source
+    from ..finetune import _amp, backbone_from_checkpoint, finetune_param_groups, resolve_checkpoint
+
+    t0 = time.perf_counter()
+    say = log if log is not None else (lambda _msg: None)
+    if mode not in MODES:
+        raise DetectorError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)}.")
+    _check_losses(cls_loss, reg_loss)
+    recipe = detection_recipe(cfg, epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr)
+    if backbone_lr_scale is not None:
+        recipe["backbone_lr_scale"] = backbone_lr_scale
+    if mode == "scratch":
+        recipe["backbone_lr_scale"] = 1.0  # nothing to preserve: one rate for the whole network
+    recipe.update(cls_loss=cls_loss, reg_loss=reg_loss)
+    S, B, E = recipe["img_size"], recipe["batch_size"], recipe["epochs"]
+    device = torch.device(cfg.device)
+    if num_workers is None:
+        num_workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+    torch.manual_seed(cfg.seed)  # the new layers' (and a scratch backbone's) initial weights
+    if mode == "scratch":
+        backbone = backbone_from_checkpoint(checkpoint, arch, pretrained=False)
+    else:
+        backbone = backbone_from_checkpoint(resolve_checkpoint(cfg, checkpoint, arch), arch)
+    net = Detector(backbone, len(VOC_CLASSES), img_size=S).to(device)
+    source = source or voc_source(cfg, year)
+    train_split, eval_split = source.splits("Main")
+    train_full = VOCDetection(source.root, source.year, train_split, transforms=detection_transforms(S))
+    eval_full = VOCDetection(source.root, source.year, eval_split)
+    train_set = torch.utils.data.Subset(train_full, source.pick(len(train_full), "train"))
+    eval_set = torch.utils.data.Subset(eval_full, source.pick(len(eval_full), "val"))
+
+    groups = finetune_param_groups(net, lr=recipe["lr"], backbone_lr_scale=recipe["backbone_lr_scale"],
+                                   weight_decay=recipe["weight_decay"], freeze_backbone=mode == "probe")
+    opt = torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"])
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=B, shuffle=True, drop_last=len(train_set) >= B, collate_fn=collate_detection,
+        num_workers=num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    total = E * len(loader)
+    warmup = max(1, round(recipe["warmup_fraction"] * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: engine.lr_factor(s, total, warmup, "cosine"))
+    anchors = net.anchors((S, S), device)
+    autocast, amp_dtype = _amp(device)  # the engine's rule: bf16 / fp16 on CUDA, fp32 on the CPU
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    start = f"from {backbone.checkpoint.name}" if backbone.pretrained else "from random weights"
+    caption = (f"profile {cfg.profile.name}: {arch} detector, {mode} ({start}) at {S} px on the "
+               f"{source.description}")
+    say(f"detector/{mode}: {len(train_set)} {train_split} / {len(eval_set)} {eval_split} images at {S} px, "
+        f"{E} epochs x {len(loader)} steps at batch {B}, SGD head lr {recipe['lr']:g}, "
+        f"backbone lr x{recipe['backbone_lr_scale'] if mode != 'probe' else 0:g}, {len(anchors)} anchors, "
+        f"{start}; device {device}")
+
+    history, step, t_train = engine.History(), 0, time.perf_counter()
+    for epoch in range(E):
+        if max_steps is not None and step >= max_steps:
+            break
+        net.train()
+        if mode == "probe":
+            net.backbone.eval()  # frozen: BatchNorm keeps its pretrained statistics
+        sums, seen, t_epoch = {"loss": 0.0, "cls": 0.0, "reg": 0.0}, 0, time.perf_counter()
+        for images, targets in tqdm(loader, desc=f"epoch {epoch + 1}/{E}", disable=not progress, leave=False):
+            with autocast:
+                cls_logits, box_deltas = net(net.normalize(torch.stack(images)))
+            out = detection_loss(cls_logits.float(), box_deltas.float(), anchors, targets, cls_loss=cls_loss,
+                                 reg_loss=reg_loss, box_weights=net.box_weights)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(out["loss"]).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(net.parameters(), recipe["grad_clip"])
+            lr_now = opt.param_groups[-1]["lr"]  # the head's: the last group
+            scaler.step(opt)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            values = {k: out[k].item() for k in ("loss", "cls", "reg")}
+            for k in sums:
+                sums[k] += values[k] * len(images)
+            seen += len(images)
+            history.steps.append({"step": step, "epoch": round(step / len(loader), 4), **values, "lr": lr_now})
+            if max_steps is not None and step >= max_steps:
+                break
+        seconds = time.perf_counter() - t_epoch
+        mean = {k: v / max(1, seen) for k, v in sums.items()}
+        history.epochs.append({"epoch": epoch + 1, "step": step, "train_loss": mean["loss"],
+                               "cls_loss": mean["cls"], "reg_loss": mean["reg"], "lr": lr_now,
+                               "img_per_s": seen / seconds, "wall_s": time.perf_counter() - t_train})
+        say(f"detector/{mode}: epoch {epoch + 1}/{E}: L_cls {mean['cls']:.4f}, L_reg {mean['reg']:.4f} "
+            f"({seen / seconds:.1f} images/s)")
+    train_seconds = time.perf_counter() - t_train
+    net.eval()
+    metrics = evaluate_detector(net, eval_set, batch_size=B, progress=progress)
+    budget = {"epochs": len(history.epochs), "steps": step, "train_images": len(train_set),
+              "val_images": len(eval_set), "img_size": S, "batch_size": B,
+              "train_seconds": round(train_seconds, 1)}
+    seconds = time.perf_counter() - t0
+    say(f"detector/{mode}: VOC mAP@0.5 {metrics['map']:.4f} (area), {metrics['map_07']:.4f} (11-point) "
+        f"on {metrics['images']} {eval_split} images ({seconds:.0f} s)")
+    return DetectionResult("detect", mode, net, history, metrics, seconds, budget, recipe, source,
+                           backbone.checkpoint, arch, caption)
