@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("models", "input_pipeline")
+BENCHMARKS = ("models", "input_pipeline", "training_speed")
 
 
 def load(name: str):

@@ -1,0 +1,268 @@
+"""A classifier head on a frozen backbone: features once, then many cheap training runs.
+
+Chapter 10 asks questions that need many training runs (a hyper-parameter search, the effect of
+each regulariser). Fine-tuning a whole ResNet for each would take hours on a CPU. Freezing the
+backbone makes each run cheap: the images go through the backbone once (:func:`extract_features`),
+and each run trains only a small head (:func:`make_head`) on the stored features, with the
+book's training loop (:func:`imagenet_book.engine.fit`).
+
+* :func:`extract_features`: the backbone's pooled features ``(N, D)``, or ``(V, N, D)`` for
+  ``V`` augmented views of every image (random-resized crops and flips: augmentation that
+  survives freezing the backbone);
+* :func:`split_per_class`: disjoint, class-balanced index sets (train / validation / test);
+* :class:`FeatureViews`: a dataset that gives one random view of each image per epoch;
+* :func:`make_head`: ``Dropout -> Linear`` or a small MLP with dropout;
+* :func:`fit_early_stopping`: :func:`~imagenet_book.engine.fit` one epoch at a time (through
+  its exact resume), keeping the best epoch's weights and stopping after ``patience`` epochs
+  without improvement.
+
+Taught in: chapters/10_practice.ipynb.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EarlyStopping", "FeatureViews", "extract_features", "fit_early_stopping",
+           "make_head", "split_per_class", "train_val_gap"]
+
+
+@torch.no_grad()
+def extract_features(net: nn.Module, loader: Any, *, views: int = 1,
+                     device: str | torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """The input of ``net``'s final ``fc`` layer for every image of ``loader``.
+
+    ``net.fc`` is replaced by ``nn.Identity`` for the passes and put back after, so ``net``
+    must have an ``fc`` attribute (the book's and torchvision's ResNets do).
+
+    Args:
+        net: a classifier with an ``fc`` layer, float32 ``(B, 3, H, W)`` -> ``(B, C)``.
+        loader: batches ``(X, y)`` in a fixed image order (a validation
+            :class:`~imagenet_book.data.fast.FastLoader`, or a training one with
+            ``shuffle=False, drop_last=False`` for augmented views).
+        views: passes over ``loader``; with a training loader every pass gives new random crops
+            of the same images (the loader's ``set_epoch(v)`` is called before pass ``v``).
+        device: default: where ``net``'s parameters are.
+
+    Returns:
+        ``(features, labels)``: float32 ``(N, D)`` when ``views == 1``, else ``(views, N, D)``;
+        int64 ``(N,)``; both on the CPU.
+
+    Raises:
+        AttributeError: ``net`` has no ``fc``.
+        ValueError: the passes do not give the same labels in the same order.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    from .pretrain import predict
+
+    if not hasattr(net, "fc"):
+        raise AttributeError(f"extract_features needs a network with an `fc` layer (a ResNet); "
+                             f"got a {type(net).__name__}.")
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}.")
+    fc, net.fc = net.fc, nn.Identity()
+    try:
+        feats, labels = [], None
+        for v in range(views):
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(v)
+            f, y = predict(net, loader, device)
+            if labels is not None and not torch.equal(labels, y):
+                raise ValueError("The loader gave other labels, or another order, on its second "
+                                 "pass: use shuffle=False for augmented views.")
+            feats.append(f)
+            labels = y
+    finally:
+        net.fc = fc
+    return (feats[0] if views == 1 else torch.stack(feats)), labels
+
+
+def split_per_class(labels: Tensor, counts: Sequence[int | None], *, seed: int = 0) -> list[Tensor]:
+    """Disjoint index sets with ``counts[k]`` examples of every class in set ``k``.
+
+    Each class's examples are shuffled by a generator seeded with ``(seed, class)`` and cut in
+    order: the first ``counts[0]`` go to set 0, the next ``counts[1]`` to set 1, ...; a
+    ``None`` count takes all that are left. Classes with fewer examples fill the sets in order.
+
+    Args:
+        labels: int64 ``(N,)``.
+        counts: examples per class in each set, e.g. ``(10, 20, None)`` for train/val/test.
+        seed: the shuffle's seed.
+
+    Returns:
+        One sorted int64 index tensor per set.
+
+    Raises:
+        ValueError: a negative count, or a ``None`` before the last set.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    counts = list(counts)
+    if any(c is not None and c < 0 for c in counts) or None in counts[:-1]:
+        raise ValueError(f"counts must be ints >= 0, with None (all the rest) only last; got {counts}.")
+    sets: list[list[int]] = [[] for _ in counts]
+    labels = torch.as_tensor(labels)
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().flatten().numpy()
+        idx = idx[np.random.default_rng([seed, int(c)]).permutation(len(idx))]
+        start = 0
+        for k, n in enumerate(counts):
+            stop = len(idx) if n is None else start + n
+            sets[k] += idx[start:stop].tolist()
+            start = stop
+    return [torch.tensor(sorted(s), dtype=torch.int64) for s in sets]
+
+
+class FeatureViews(torch.utils.data.Dataset):
+    """Stored features of ``V`` augmented views per image; each access returns a random view.
+
+    Item ``i`` is ``(features[v, i], labels[i])`` with ``v`` drawn from the global torch RNG (which
+    the engine's checkpoints save, so a resumed run draws the same views). With
+    :class:`~imagenet_book.engine.BatchLoader` this is data augmentation for a head trained on
+    frozen features: every epoch sees another crop of each image.
+
+    Args:
+        features: float32 ``(V, N, D)``.
+        labels: int64 ``(N,)``.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+
+    def __init__(self, features: Tensor, labels: Tensor) -> None:
+        if features.ndim != 3 or features.shape[1] != len(labels):
+            raise ValueError(f"FeatureViews needs features (V, N, D) and labels (N,); got "
+                             f"{tuple(features.shape)} and {tuple(labels.shape)}.")
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        v = int(torch.randint(len(self.features), ()))
+        return self.features[v, i], int(self.labels[i])
+
+
+def make_head(in_features: int, num_classes: int, *, hidden: int | None = None,
+              dropout: float = 0.0) -> nn.Sequential:
+    """A classifier head: ``Dropout(p) -> Linear`` or, with ``hidden``, an MLP
+    ``Dropout -> Linear -> ReLU -> Dropout -> Linear``.
+
+    Shapes: float32 ``(B, in_features)`` -> logits ``(B, num_classes)``.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    if hidden is None:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.ReLU(),
+                         nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+
+def train_val_gap(history: Any, epoch: int | None = None) -> dict[str, float]:
+    """Training and validation top-1 at one epoch of a History, and their difference.
+
+    Args:
+        history: an :class:`~imagenet_book.engine.History` with validation metrics.
+        epoch: which epoch (1-based, as recorded); default the last.
+
+    Returns:
+        ``{"epoch", "train_top1", "val_top1", "gap", "train_loss", "val_loss"}``; ``gap`` is
+        ``train_top1 - val_top1`` (positive: the model does better on what it was trained on).
+        The training numbers are the epoch's running averages (see chapter 06).
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    rows = history.epochs
+    r = rows[-1] if epoch is None else next(r for r in rows if r["epoch"] == epoch)
+    return {"epoch": r["epoch"], "train_top1": r["train_top1"], "val_top1": r["val_top1"],
+            "gap": r["train_top1"] - r["val_top1"], "train_loss": r["train_loss"],
+            "val_loss": r["val_loss"]}
+
+
+@dataclass
+class EarlyStopping:
+    """What :func:`fit_early_stopping` returns.
+
+    Attributes:
+        history: the :class:`~imagenet_book.engine.History` of the epochs that ran.
+        best_epoch: the epoch whose weights ``net`` now holds (best ``metric``).
+        stopped_epoch: the last epoch that ran.
+        best: the validation metrics of ``best_epoch``.
+        stopped_early: whether it stopped before ``config.epochs``.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+
+    history: Any
+    best_epoch: int
+    stopped_epoch: int
+    best: dict[str, float]
+    stopped_early: bool
+
+
+def fit_early_stopping(net: nn.Module, train_loader: Any, val_loader: Iterable, config: Any, *,
+                       patience: int = 3, metric: str = "val_loss", min_delta: float = 0.0,
+                       **fit_kwargs: Any) -> EarlyStopping:
+    """Train with :func:`~imagenet_book.engine.fit`; stop after ``patience`` epochs without a
+    better ``metric``; leave ``net`` with the weights of its best epoch.
+
+    It runs ``fit`` one epoch at a time (``max_steps`` = the end of the next epoch) and resumes
+    each call from the checkpoint the previous one wrote, in a temporary folder: the epochs that
+    run are exactly those of an uninterrupted ``fit`` with the same ``config`` (same learning-rate
+    schedule over ``config.epochs``, same batches), only cut short.
+
+    Args:
+        net: the network (trained in place).
+        train_loader, val_loader: as for ``fit`` (a validation loader is required).
+        config: the :class:`~imagenet_book.engine.TrainConfig` (its ``epochs`` is the most).
+        patience: epochs without improvement before stopping.
+        metric: ``"val_loss"`` (lower is better) or ``"val_top1"`` (higher is better).
+        min_delta: an improvement must beat the best by more than this.
+        fit_kwargs: passed on to ``fit`` (``device``, ``amp``, ``progress``, ...).
+
+    Returns:
+        An :class:`EarlyStopping`.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    from .engine import fit
+
+    if metric not in ("val_loss", "val_top1"):
+        raise ValueError(f"metric must be 'val_loss' or 'val_top1', got {metric!r}.")
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}.")
+    if val_loader is None:
+        raise ValueError("Early stopping needs a validation loader.")
+    for key in ("checkpoint_dir", "resume", "max_steps"):
+        if key in fit_kwargs:
+            raise TypeError(f"fit_early_stopping sets {key} itself.")
+    sign = 1.0 if metric == "val_top1" else -1.0
+    steps_per_epoch = len(train_loader)
+    best_score, best_epoch, best_state, waited = -math.inf, 0, None, 0
+    history = None
+    with tempfile.TemporaryDirectory(prefix="early-stopping-") as folder:
+        for epoch in range(1, config.epochs + 1):
+            history = fit(net, train_loader, val_loader, config, checkpoint_dir=folder,
+                          resume="auto", max_steps=epoch * steps_per_epoch, **fit_kwargs)
+            score = sign * history.epochs[-1][metric]
+            if score > best_score + min_delta:
+                best_score, best_epoch, waited = score, epoch, 0
+                best_state = copy.deepcopy(net.state_dict())
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+    net.load_state_dict(best_state)
+    best = {k: v for k, v in history.epochs[best_epoch - 1].items() if k.startswith("val_")}
+    stopped = history.epochs[-1]["epoch"]
+    return EarlyStopping(history, best_epoch, stopped, best, stopped < config.epochs)
