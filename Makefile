@@ -7,6 +7,8 @@
 #   make bench       the benchmarks (printed ratios, not tests)
 #   make gpu-check   nbval suite + benchmarks on whatever device is present, JSON in bench/results/
 #   make outputs     re-execute the notebooks (smoke) and store the outputs nbval checks
+#   make assignments student notebooks + autograder zips from labs/ (otter) -> _build/assignments
+#   make colab-links Colab badges and setup cells from the repository setting in _config.yml
 #   make lock        re-pin requirements/constraints.txt from the current .venv
 
 PYTHON ?= python3
@@ -18,7 +20,7 @@ NOTEBOOKS := $(wildcard chapters labs)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: test book lab bench gpu-check outputs lock clean venv
+.PHONY: test book lab bench gpu-check outputs lock clean venv assignments colab-links
 
 venv: $(STAMP)
 
@@ -48,6 +50,12 @@ gpu-check: $(STAMP)
 
 outputs: $(STAMP)
 	IMAGENET_BOOK_PROFILE=smoke $(BIN)/python tools/notebooks.py store $(NOTEBOOKS)
+
+assignments: $(STAMP)
+	$(BIN)/python labs/assign.py build --out _build/assignments
+
+colab-links: $(STAMP)
+	$(BIN)/python tools/colab.py sync chapters labs
 
 lock:
 	@head -3 $(LOCK) > $(LOCK).new

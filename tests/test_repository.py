@@ -84,11 +84,26 @@ def test_toc_lists_every_chapter_and_only_existing_files():
     assert numbered == [f for f in files if f.startswith("chapters/")], "chapters out of order in _toc.yml"
 
 
+def _colab_tool():
+    """tools/colab.py: generates the canonical setup cell from _config.yml's repository setting."""
+    import sys
+
+    if "imagenet_book_colab_tool" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("imagenet_book_colab_tool", ROOT / "tools" / "colab.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["imagenet_book_colab_tool"]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_starts_with_the_setup_call(path):
+    colab = _colab_tool()
     nb = nbformat.read(path, as_version=4)
     first_code = next(c for c in nb.cells if c.cell_type == "code")
-    assert first_code.source.strip() == SETUP_CELL
+    expected = colab.setup_cell(colab.read_setting(ROOT / "_config.yml"))
+    assert first_code.source == expected, f"{path.name}: run `make colab-links` (tools/colab.py sync)"
+    assert expected.endswith(SETUP_CELL)  # on every machine but Colab, it is just these two lines
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 

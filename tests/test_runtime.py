@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,7 +14,8 @@ from imagenet_book import runtime
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """No IMAGENET_BOOK_* variables, and a user cache folder inside tmp_path."""
-    for var in (runtime.ENV_PROFILE, runtime.ENV_DATA, runtime.ENV_CACHE, runtime.ENV_DEVICE):
+    for var in (runtime.ENV_PROFILE, runtime.ENV_DATA, runtime.ENV_CACHE, runtime.ENV_DEVICE,
+                runtime.ENV_DRIVE):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(runtime.sys, "platform", "linux")
@@ -125,3 +128,96 @@ def test_profiles_differ_in_sizes_only_and_grow():
         assert getattr(smoke, field) <= getattr(local, field) <= getattr(full, field), field
     assert smoke.train_per_class < local.train_per_class and full.train_per_class is None
     assert full.allow_download and not smoke.allow_download
+
+
+# ----------------------------------------------------------------------------- Google Colab
+# Colab is faked only at the import boundary: a tiny `google.colab` module in sys.modules (Colab's
+# kernel imports the real one at start-up) whose drive.mount records the call and makes the
+# MyDrive folder the real mount makes, with a tmp folder as the mount point.
+
+
+@pytest.fixture
+def fake_colab(monkeypatch, clean_env):
+    import sys
+    import types
+
+    mounts = []
+
+    def mount(mountpoint, force_remount=False):
+        mounts.append(mountpoint)
+        (Path(mountpoint) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    drive = types.ModuleType("google.colab.drive")
+    drive.mount = mount
+    colab = types.ModuleType("google.colab")
+    colab.drive = drive
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.drive", drive)
+    monkeypatch.setattr(runtime, "COLAB_DRIVE_MOUNT", clean_env / "content" / "drive")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    return mounts
+
+
+def test_drive_on_colab_mounts_drive_and_keeps_the_cache_there(fake_colab, clean_env, capsys):
+    cfg = ib.start(drive=True)
+    mount = clean_env / "content" / "drive"
+    assert fake_colab == [str(mount)]
+    assert cfg.cache_root == mount / "MyDrive" / "imagenet_book" and cfg.cache_root.is_dir()
+    assert "Google Drive" in cfg.reasons["cache_root"]
+    # What pretrain() resumes from lives on Drive, so it outlives the Colab session.
+    assert ib.pretrain.default_checkpoint(cfg).is_relative_to(mount / "MyDrive")
+    assert cfg.profile.name == "full" and cfg.device.type == "cuda"
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and str(cfg.cache_root) in out and "Google Drive" in out
+
+
+def test_drive_from_env_and_twice_in_a_row(fake_colab, monkeypatch):
+    monkeypatch.setenv(runtime.ENV_DRIVE, "1")
+    first = ib.start(quiet=True)
+    second = ib.start(quiet=True)  # running the notebook again: Colab's mount is idempotent
+    assert first.cache_root == second.cache_root and len(fake_colab) == 2
+    assert runtime.ENV_DRIVE in first.reasons["cache_root"]
+
+
+def test_colab_without_drive_offers_it_and_mounts_nothing(fake_colab, clean_env):
+    cfg = ib.start(quiet=True)
+    assert fake_colab == []
+    assert cfg.cache_root == clean_env / "xdg" / "imagenet_book"
+    assert "ib.start(drive=True)" in cfg.reasons["cache_root"]
+
+
+def test_colab_without_gpu_says_how_to_get_one(fake_colab, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = ib.start(quiet=True)
+    assert cfg.device.type == "cpu" and cfg.profile.name == "local"
+    assert "Change runtime type" in cfg.reasons["device"]
+    assert "GPU" in cfg.summary()
+
+
+def test_drive_outside_colab_changes_nothing(clean_env, monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    cfg = ib.start("smoke", drive=True, quiet=True)
+    assert cfg.cache_root == clean_env / "xdg" / "imagenet_book"
+    assert "not on Colab" in cfg.reasons["cache_root"]
+    assert "Change runtime type" not in cfg.reasons["device"]
+
+
+def test_drive_and_a_cache_variable_together_are_refused_before_mounting(fake_colab, clean_env,
+                                                                       monkeypatch):
+    cache = clean_env / "mycache"
+    cache.mkdir()
+    monkeypatch.setenv(runtime.ENV_CACHE, str(cache))
+    with pytest.raises(ib.SetupError) as err:
+        ib.start(drive=True)
+    assert runtime.ENV_CACHE in str(err.value) and str(cache) in str(err.value)
+    assert fake_colab == [], "Drive was mounted before the settings were checked"
+
+
+def test_invalid_drive_variable_names_the_value(clean_env, monkeypatch):
+    monkeypatch.setenv(runtime.ENV_DRIVE, "maybe")
+    with pytest.raises(ib.SetupError, match="'maybe'.*IMAGENET_BOOK_DRIVE"):
+        ib.start("smoke")
+    assert not (clean_env / "xdg").exists()

@@ -12,6 +12,11 @@ It prints one line saying what it chose and why, and returns a :class:`Setup` th
 the notebook passes around. A profile changes sizes only (image size, subset size, epochs, batch
 size): every chapter runs the same functions under every profile.
 
+On Google Colab it also says how to switch the runtime to a GPU when there is none, and offers to
+keep the cache root on Google Drive (``start(drive=True)`` or ``IMAGENET_BOOK_DRIVE=1``): the
+resumable checkpoints of :func:`imagenet_book.pretrain.pretrain` live there, so a run cut off by a
+disconnect continues where it stopped when the notebook is run again.
+
 Taught in: chapters/01_imagenet.ipynb (and used as the first code cell of every notebook).
 """
 
@@ -32,6 +37,13 @@ ENV_PROFILE = "IMAGENET_BOOK_PROFILE"
 ENV_DATA = "IMAGENET_BOOK_DATA"
 ENV_CACHE = "IMAGENET_BOOK_CACHE"
 ENV_DEVICE = "IMAGENET_BOOK_DEVICE"
+ENV_DRIVE = "IMAGENET_BOOK_DRIVE"
+
+#: Where Colab mounts Google Drive, and the cache root's folder inside it.
+COLAB_DRIVE_MOUNT = Path("/content/drive")
+DRIVE_CACHE = Path("MyDrive") / "imagenet_book"
+COLAB_GPU_HINT = ("on Colab: Runtime > Change runtime type > a GPU (e.g. T4), then run the notebook "
+                  "again from the top")
 
 
 class SetupError(ValueError):
@@ -142,6 +154,41 @@ def _choose_profile(profile: str | None, cuda: bool) -> tuple[Profile, str]:
     return PROFILES[key], why
 
 
+def _on_colab() -> bool:
+    """True inside a Google Colab runtime, whose kernel has already imported ``google.colab``
+    (the same test as the setup cell's)."""
+    return "google.colab" in sys.modules
+
+
+def _choose_drive(drive: bool | None) -> tuple[bool, str]:
+    """Whether to put the cache root on Google Drive, and why (argument, else env, else no)."""
+    if drive is not None:
+        return bool(drive), "drive=" + str(bool(drive))
+    value = os.environ.get(ENV_DRIVE, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False, "default"
+    if value in ("1", "true", "yes"):
+        return True, f"env {ENV_DRIVE}"
+    raise SetupError(
+        f"Invalid value {os.environ[ENV_DRIVE]!r} of env {ENV_DRIVE}. Use 1 (keep the cache on "
+        "Google Drive, on Colab) or 0, or unset it."
+    )
+
+
+def _mount_drive() -> Path:
+    """Mount Google Drive (Colab asks the user to allow it) and return the cache root on it."""
+    from google.colab import drive as colab_drive
+
+    colab_drive.mount(str(COLAB_DRIVE_MOUNT))
+    my_drive = COLAB_DRIVE_MOUNT / DRIVE_CACHE.parent
+    if not my_drive.is_dir():
+        raise SetupError(
+            f"Google Drive was mounted at {str(COLAB_DRIVE_MOUNT)!r} but {str(my_drive)!r} is not "
+            "there. Run the cell again and allow access to Drive, or call ib.start() without drive."
+        )
+    return COLAB_DRIVE_MOUNT / DRIVE_CACHE
+
+
 def _choose_device(cuda: bool) -> tuple[torch.device, str]:
     wanted = os.environ.get(ENV_DEVICE)
     if wanted:
@@ -162,7 +209,7 @@ def _choose_device(cuda: bool) -> tuple[torch.device, str]:
         return torch.device("cuda"), torch.cuda.get_device_name(0)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps"), "Apple GPU"
-    return torch.device("cpu"), "no GPU found"
+    return torch.device("cpu"), "no GPU found" + (f"; {COLAB_GPU_HINT}" if _on_colab() else "")
 
 
 def _choose_dir(env: str, default: Path) -> tuple[Path, str, bool]:
@@ -183,7 +230,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False) -> Setup:
+def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
+          drive: bool | None = None) -> Setup:
     """Set up a notebook: choose profile, device, seed, data and cache roots; print one line.
 
     Args:
@@ -191,18 +239,25 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False) -> 
             else ``"full"`` when CUDA is available and ``"local"`` otherwise.
         seed: seed for ``random``, NumPy and torch.
         quiet: do not print the summary line (for library code and tests).
+        drive: on Google Colab, mount Google Drive and put the cache root (stand-ins, decoded
+            caches, and the checkpoints an interrupted ``pretrain()`` resumes from) in
+            ``MyDrive/imagenet_book``, so that it outlives the Colab session. ``None``: env
+            ``IMAGENET_BOOK_DRIVE`` (``1``/``0``), else off. Outside Colab it changes nothing
+            (the printed line says so), so the same notebook runs everywhere.
 
     Environment:
         ``IMAGENET_BOOK_DATA``: data root (must exist). Default: ``<user cache>/imagenet_book/data``.
         ``IMAGENET_BOOK_CACHE``: cache root (must exist). Default: ``<user cache>/imagenet_book``.
         ``IMAGENET_BOOK_DEVICE``: force a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+        ``IMAGENET_BOOK_DRIVE``: ``1`` to keep the cache root on Google Drive (Colab only).
 
     Returns:
         A :class:`Setup`.
 
     Raises:
-        SetupError: an unknown profile, an invalid device, or a data/cache root that does not
-            exist. Nothing is created on disk before every setting has been checked.
+        SetupError: an unknown profile, an invalid device, a data/cache root that does not
+            exist, or both ``IMAGENET_BOOK_CACHE`` and Drive asked for on Colab. Nothing is
+            created on disk (and Drive is not mounted) before every setting has been checked.
 
     Taught in: chapters/01_imagenet.ipynb.
     """
@@ -211,9 +266,21 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False) -> 
     cuda = torch.cuda.is_available()
     chosen_profile, profile_why = _choose_profile(profile, cuda)
     device, device_why = _choose_device(cuda)
+    use_drive, drive_why = _choose_drive(drive)
     user_cache = _user_cache_dir()
     cache_root, cache_why, cache_must_exist = _choose_dir(ENV_CACHE, user_cache)
     data_root, data_why, data_must_exist = _choose_dir(ENV_DATA, user_cache / "data")
+    colab = _on_colab()
+    if use_drive and colab and cache_must_exist:
+        raise SetupError(
+            f"Both env {ENV_CACHE} ({str(cache_root)!r}) and {drive_why} choose the cache root. "
+            f"Unset {ENV_CACHE} to keep the cache on Google Drive, or turn Drive off."
+        )
+    if use_drive and not colab:
+        cache_why += f"; {drive_why} ignored: not on Colab"
+    elif colab and not use_drive and not cache_must_exist:
+        cache_why += ("; lost when the Colab session ends: ib.start(drive=True) keeps it on "
+                      "Google Drive, so an interrupted run resumes")
     for path, must_exist, env, what in (
         (data_root, data_must_exist, ENV_DATA, "data root"),
         (cache_root, cache_must_exist, ENV_CACHE, "cache root"),
@@ -224,7 +291,9 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False) -> 
                 f"The {what} {str(path)!r} (from env {env}) {problem}. Create that folder, or point "
                 f"{env} at an existing one, or unset {env} to use the default."
             )
-    # Every setting is valid: only now create the default folders.
+    # Every setting is valid: only now mount Drive and create the default folders.
+    if use_drive and colab:
+        cache_root, cache_why = _mount_drive(), f"Google Drive, {drive_why}"
     for path in (data_root, cache_root):
         path.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
