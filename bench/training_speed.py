@@ -1,11 +1,12 @@
 """Benchmark (not a test): training images/s of ResNet-18 as the speed switches are turned on.
 
 The measurement is ``imagenet_book.speed.training_speed`` (the function chapter 10 runs), on the
-data the profile's rule gives (real Imagenette when the data root has it, else the built-in
-stand-in), on the device present. Rows, each keeping the previous switches:
+data the local profile's rule gives (real Imagenette when the data root has it, else the built-in
+stand-in; never a download), on the device present. Rows:
 
-    baseline (textbook DataLoader, fp32, NCHW, eager) | + fast input pipeline | + channels_last
-    | + AMP (bf16, or fp16 on GPUs without bf16) | + 2x batch | + torch.compile
+    baseline (textbook DataLoader, fp32, NCHW, eager) | + fast input pipeline
+    | fast + channels_last | fast + AMP (bf16, or fp16 on GPUs without bf16) | fast + 2x batch
+    | fast + torch.compile | fast + all of them
 
 Every setting is timed in the same run as the baseline, in rotating order; reported: median
 images/s, the median over rounds of the ratio to the baseline, and the untimed warm-up
@@ -50,8 +51,10 @@ def run(device: str | torch.device = "cpu", img_size: int | None = None, batch_s
     # The local profile's data rule: real Imagenette when the data root has it, else the
     # stand-in; never a download (a benchmark machine may be offline).
     cfg = dataclasses.replace(imagenet_book.start("local", quiet=True), device=device)
-    table = speed.training_speed(cfg, img_size=img_size or d_size, batch_size=batch_size or d_batch,
-                                 steps=steps or d_steps, repeats=repeats or d_repeats)
+    batch_size = batch_size or d_batch
+    table = speed.training_speed(cfg, img_size=img_size or d_size, batch_size=batch_size,
+                                 steps=steps or d_steps, repeats=repeats or d_repeats,
+                                 settings=speed.speed_settings(batch_size, device, combined=True))
     result = table.to_dict()
     result.update(benchmark="training speed: ResNet-18 images/s as each switch is turned on",
                   torch=torch.__version__, torchvision=torchvision.__version__,

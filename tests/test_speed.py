@@ -44,17 +44,22 @@ def test_latency_is_the_median_of_timed_forward_passes():
         speed.latency(net, repeats=0)
 
 
-def test_speed_settings_switch_on_one_thing_after_another():
+def test_speed_settings_add_one_switch_each_to_the_fast_pipeline():
     settings = speed.speed_settings(16, "cpu")
     assert settings[0] == SpeedSetting("baseline", batch_size=16)
-    assert [s.name for s in settings] == ["baseline", "+ fast input pipeline", "+ channels_last",
-                                          "+ AMP (bf16)", "+ 2x batch", "+ torch.compile"]
-    last = settings[-1]
-    assert (last.loader, last.channels_last, last.amp, last.batch_size, last.compile) == ("fast", True, "bf16", 32, True)
-    for before, after in zip(settings, settings[1:]):  # exactly one field changes per row
-        changed = [f for f in ("loader", "channels_last", "amp", "compile", "batch_size")
-                   if getattr(before, f) != getattr(after, f)]
-        assert len(changed) == 1
+    assert [s.name for s in settings] == ["baseline", "+ fast input pipeline", "fast + channels_last",
+                                          "fast + AMP (bf16)", "fast + 2x batch", "fast + torch.compile"]
+    fields = ("loader", "channels_last", "amp", "compile", "batch_size")
+
+    def changed(a, b):
+        return [f for f in fields if getattr(a, f) != getattr(b, f)]
+
+    assert changed(settings[0], settings[1]) == ["loader"]
+    for s in settings[2:]:  # exactly one switch on top of the fast pipeline
+        assert len(changed(settings[1], s)) == 1
+    every = speed.speed_settings(16, "cpu", combined=True)[-1]
+    assert every.name == "fast + all of them"
+    assert (every.loader, every.channels_last, every.amp, every.batch_size, every.compile) == ("fast", True, "bf16", 32, True)
     with pytest.raises(ValueError, match="loader"):
         SpeedSetting("x", loader="magic")
 

@@ -6,11 +6,11 @@ Two questions a practitioner asks of a network and a training setup, answered by
   ``repeats`` timed calls after ``warmup`` untimed ones, in eval mode without gradients. This
   is what "fast enough to deploy" is about (chapter 10's model choice and compression sections).
 * :func:`training_speed`: training images per second of the book's training step
-  (:func:`imagenet_book.engine.fit` on the profile's data) as the usual switches are turned on
-  one after another (:func:`speed_settings`): the fast input pipeline
-  (:mod:`imagenet_book.data.fast`) instead of the textbook ``DataLoader``, channels-last memory
-  format, mixed precision (AMP), a larger batch, and ``torch.compile``. Every setting is timed
-  in the same run as the baseline, in rotating order, and reported as a ratio to it.
+  (:func:`imagenet_book.engine.fit` on the profile's data) under the usual switches
+  (:func:`speed_settings`): the fast input pipeline (:mod:`imagenet_book.data.fast`) instead of
+  the textbook ``DataLoader``, then on top of it channels-last memory format, mixed precision
+  (AMP), a larger batch, or ``torch.compile``. Every setting is timed in the same run as the
+  baseline, in rotating order, and reported as a ratio to it.
 
 What the numbers include: a training timing is ``steps`` optimizer steps of ``engine.fit``
 (loading the batches, forward, backward, optimizer step), measured from outside the call, after
@@ -259,15 +259,16 @@ def _amp_for(device: torch.device) -> str:
     return "bf16"  # CUDA GPUs with bf16, and the CPU (whose autocast is bf16)
 
 
-def speed_settings(batch_size: int, device: str | torch.device = "cpu") -> list[SpeedSetting]:
-    """The switches of chapter 10, turned on one after another (each row keeps the previous ones).
+def speed_settings(batch_size: int, device: str | torch.device = "cpu", *,
+                   combined: bool = False) -> list[SpeedSetting]:
+    """The switches of chapter 10: the input pipeline first, then each other switch on top of it.
 
     1. ``baseline``: the textbook ``DataLoader``, fp32, contiguous (NCHW) tensors, eager mode;
-    2. ``+ fast input pipeline``;
-    3. ``+ channels_last``;
-    4. ``+ AMP`` (bf16 where the device has it, else fp16);
-    5. ``+ 2x batch``;
-    6. ``+ torch.compile``.
+    2. ``+ fast input pipeline``: every later row starts from this one (the pipeline must keep
+       up before anything else can show);
+    3. ``fast + channels_last``; 4. ``fast + AMP`` (bf16 where the device has it, else fp16);
+    5. ``fast + 2x batch``; 6. ``fast + torch.compile``: one switch each;
+    7. with ``combined``: ``fast + all of them``.
 
     Returns:
         A list of :class:`SpeedSetting`, the baseline first.
@@ -276,14 +277,14 @@ def speed_settings(batch_size: int, device: str | torch.device = "cpu") -> list[
     """
     amp = _amp_for(torch.device(device))
     base = SpeedSetting("baseline", batch_size=batch_size)
-    steps = [("+ fast input pipeline", {"loader": "fast"}),
-             ("+ channels_last", {"channels_last": True}),
-             (f"+ AMP ({amp})", {"amp": amp}),
-             ("+ 2x batch", {"batch_size": 2 * batch_size}),
-             ("+ torch.compile", {"compile": True})]
-    settings = [base]
-    for name, change in steps:
-        settings.append(dataclasses.replace(settings[-1], name=name, **change))
+    fast = dataclasses.replace(base, name="+ fast input pipeline", loader="fast")
+    switches = {"channels_last": {"channels_last": True}, f"AMP ({amp})": {"amp": amp},
+                "2x batch": {"batch_size": 2 * batch_size}, "torch.compile": {"compile": True}}
+    settings = [base, fast] + [dataclasses.replace(fast, name=f"fast + {name}", **change)
+                               for name, change in switches.items()]
+    if combined:
+        everything = {k: v for change in switches.values() for k, v in change.items()}
+        settings.append(dataclasses.replace(fast, name="fast + all of them", **everything))
     return settings
 
 
