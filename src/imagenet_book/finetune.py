@@ -549,7 +549,9 @@ def _train(net: nn.Module, groups: list[dict[str, Any]], train: VOCTensors,
            evaluate: Callable[[nn.Module], dict[str, Any]], *, epochs: int, batch_size: int,
            warmup_fraction: float, momentum: float, optimizer_name: str, device: torch.device,
            freeze_backbone: bool,
-           seed: int, progress: bool, max_steps: int | None, primary: str) -> History:
+           seed: int, progress: bool, max_steps: int | None,
+           primary: str) -> tuple[History, dict[str, Any] | None]:
+    """Train; evaluate after every epoch. Returns the History and the last evaluation."""
     n = len(train.images)
     steps_per_epoch = n // batch_size if n >= batch_size else 1
     total = epochs * steps_per_epoch
@@ -567,7 +569,7 @@ def _train(net: nn.Module, groups: list[dict[str, Any]], train: VOCTensors,
     if channels_last:
         net.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(seed)
-    history, step, t0 = History(), 0, time.perf_counter()
+    history, step, t0, scores = History(), 0, time.perf_counter(), None
     for epoch in range(epochs):
         if max_steps is not None and step >= max_steps:
             break
@@ -603,7 +605,7 @@ def _train(net: nn.Module, groups: list[dict[str, Any]], train: VOCTensors,
             "img_per_s": seen / train_s if train_s > 0 else math.nan,
             "wall_s": time.perf_counter() - t0})
     net.eval()
-    return history
+    return history, scores
 
 
 # ------------------------------------------------------------------------------- results
@@ -746,7 +748,8 @@ def _backbone_for(cfg: Any, checkpoint: str | os.PathLike[str] | None, mode: str
 def _run(cfg: Any, task: str, checkpoint: str | os.PathLike[str] | None, mode: str,
          build: Callable[[ResNetBackbone], nn.Module], loss_fn: Callable, evaluate: Callable,
          primary: str, *, epochs: int | None, img_size: int | None, batch_size: int | None,
-         lr: float | None, optimizer: str, backbone_lr_scale: float | None, source: VOCSource | None, year: str,
+         lr: float | None, optimizer: str, backbone_lr_scale: float | None,
+         source: VOCSource | None, year: str,
          arch: str, max_steps: int | None, progress: bool,
          log: Callable[[str], None] | None) -> FinetuneResult:
     t0 = time.perf_counter()
@@ -763,7 +766,8 @@ def _run(cfg: Any, task: str, checkpoint: str | os.PathLike[str] | None, mode: s
     train = load_voc_tensors(source, task, "train", recipe["img_size"], progress=progress)
     val = load_voc_tensors(source, task, "val", recipe["img_size"], progress=progress)
     if len(train.images) == 0 or len(val.images) == 0:
-        raise ValueError(f"{source.description}: no images to {'train' if not len(train.images) else 'evaluate'} on.")
+        what = "train" if not len(train.images) else "evaluate"
+        raise ValueError(f"{source.description}: no images to {what} on.")
     net = build(backbone).to(cfg.device)
     groups = finetune_param_groups(net, lr=recipe["lr"], backbone_lr_scale=recipe["backbone_lr_scale"],
                                    weight_decay=recipe["weight_decay"], freeze_backbone=mode == "probe")
@@ -776,13 +780,15 @@ def _run(cfg: Any, task: str, checkpoint: str | os.PathLike[str] | None, mode: s
         f"{recipe['lr']:g}, backbone lr x{recipe['backbone_lr_scale'] if mode != 'probe' else 0:g}, "
         f"{trainable:,} trainable parameters, {start}; device {cfg.device}")
     device = torch.device(cfg.device)
-    history = _train(net, groups, train, loss_fn,
-                     lambda n: evaluate(n, val, batch_size=recipe["batch_size"], device=device),
-                     epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-                     warmup_fraction=recipe["warmup_fraction"], momentum=recipe["momentum"],
-                     optimizer_name=recipe["optimizer"], device=device, freeze_backbone=mode == "probe", seed=cfg.seed,
-                     progress=progress, max_steps=max_steps, primary=primary)
-    final = evaluate(net, val, batch_size=recipe["batch_size"], device=device)
+    history, final = _train(
+        net, groups, train, loss_fn,
+        lambda n: evaluate(n, val, batch_size=recipe["batch_size"], device=device),
+        epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+        warmup_fraction=recipe["warmup_fraction"], momentum=recipe["momentum"],
+        optimizer_name=recipe["optimizer"], device=device, freeze_backbone=mode == "probe",
+        seed=cfg.seed, progress=progress, max_steps=max_steps, primary=primary)
+    if final is None:  # no epoch ran (max_steps=0)
+        final = evaluate(net, val, batch_size=recipe["batch_size"], device=device)
     budget = {"epochs": recipe["epochs"], "steps": history.epochs[-1]["step"] if history.epochs else 0,
               "train_images": len(train.images), "val_images": len(val.images),
               "img_size": recipe["img_size"], "batch_size": recipe["batch_size"]}
