@@ -45,11 +45,15 @@ import nbformat
 import pytest
 import yaml
 
+# Building the site executes every notebook: allow it more than the suite's default per-test limit.
+pytestmark = pytest.mark.timeout(3600)
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build" / "website-test"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
+SMOKE_CELL_TIMEOUT = 600  # seconds per cell when the test builds the site (smoke profile)
 CDN_HOSTS = ("cdn.jsdelivr.net", "cdnjs.cloudflare.com", "unpkg.com", "ajax.googleapis.com")
 # sphinx-thebe (part of Jupyter Book) writes thebe's URL into every page, and declares it twice
 # (a JavaScript error on every page, harmless). thebe is fetched only if a reader activates live
@@ -170,10 +174,15 @@ def site() -> Path:
         return html
     shutil.rmtree(BUILD, ignore_errors=True)
     BUILD.mkdir(parents=True)
+    # The book's own configuration, with a per-cell limit fit for the smoke profile (every cell
+    # takes seconds): a stalled cell fails the build in minutes, not after _config.yml's hour.
+    config = _config()
+    config["execute"]["timeout"] = SMOKE_CELL_TIMEOUT
+    (BUILD / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = dict(os.environ, IMAGENET_BOOK_PROFILE="smoke")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jupyter_book), "build", str(ROOT), "-W", "--keep-going", "--all",
-               "--path-output", str(BUILD)]
+    command = [str(jupyter_book), "build", str(ROOT), "--config", str(BUILD / "_config.yml"), "-W",
+               "--keep-going", "--all", "--path-output", str(BUILD)]
     started = time.monotonic()
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3000)
     log = result.stdout + result.stderr
@@ -321,7 +330,6 @@ def _docname_to_html(docname: str) -> str:
     return docname + ".html"
 
 
-@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("docname", _toc_pages())
 def test_page_in_browser(docname, site, server, browser):
     base, missing = server
@@ -393,7 +401,6 @@ def test_page_in_browser(docname, site, server, browser):
         page.close()
 
 
-@pytest.mark.timeout(3600)
 def test_chapter_02_explorer_is_drawn(site, server, browser):
     """The explorer of chapter 02 is on the static page: five sliders, the class dropdown and the
     figure (an <img> with pixels), as the notebook left them."""

@@ -266,8 +266,10 @@ def speed_settings(batch_size: int, device: str | torch.device = "cpu", *,
     1. ``baseline``: the textbook ``DataLoader``, fp32, contiguous (NCHW) tensors, eager mode;
     2. ``+ fast input pipeline``: every later row starts from this one (the pipeline must keep
        up before anything else can show);
-    3. ``fast + channels_last``; 4. ``fast + AMP`` (bf16 where the device has it, else fp16);
-    5. ``fast + 2x batch``; 6. ``fast + torch.compile``: one switch each;
+    3. ``fast + channels_last`` (rows 3 to 6: one switch each);
+    4. ``fast + AMP`` (bf16 where the device has it, else fp16);
+    5. ``fast + 2x batch``;
+    6. ``fast + torch.compile``;
     7. with ``combined``: ``fast + all of them``.
 
     Returns:
