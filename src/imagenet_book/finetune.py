@@ -40,7 +40,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, ClassVar, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -650,38 +650,52 @@ class FinetuneResult:
         """File-name stem: ``"{task}-{mode}-{arch}-{profile}"``."""
         return f"{self.task}-{self.mode}-{self.arch}-{self.source.profile}"
 
+    FORMAT: ClassVar[str] = FINETUNED_FORMAT  # the "format" entry its .pt file carries
+
     @property
     def score(self) -> float:
         """The task's headline number: mAP (classification) or mIoU (segmentation)."""
         return self.metrics["mAP"] if self.task == "classify" else self.metrics["mean_iou"]
 
+    @property
+    def metric_name(self) -> str:
+        """The name of :attr:`score` in tables."""
+        return "mAP" if self.task == "classify" else "mIoU"
+
+    def _side_scores(self) -> dict[str, Any]:
+        """Further numbers a table row shows beside the score (a subclass adds its own)."""
+        return {}
+
     def row(self) -> dict[str, Any]:
         """One row of a pretrained-vs-scratch table: mode, start, score and the budget."""
         start = f"pretrained ({self.checkpoint.name})" if self.checkpoint else "random weights"
-        return {"mode": self.mode, "start": start,
-                "metric": "mAP" if self.task == "classify" else "mIoU", "score": self.score,
-                **self.budget, "seconds": self.seconds}
+        return {"mode": self.mode, "start": start, "metric": self.metric_name, "score": self.score,
+                **self._side_scores(), **self.budget, "seconds": self.seconds}
 
-    def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write ``<stem>.pt`` (weights + everything needed to rebuild the network;
-        ``torch.load(..., weights_only=True)`` reads it, :func:`load_finetuned` rebuilds it) and
-        ``<stem>.json`` (metrics, budget, recipe, History), both atomically. Returns the ``.pt``."""
-        folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+    def _info(self) -> dict[str, Any]:
+        """What the saved files record besides the weights and the History."""
         backbone = self.net.backbone
-        info = {"task": self.task, "mode": self.mode, "arch": self.arch,
+        return {"task": self.task, "mode": self.mode, "arch": self.arch,
                 "small_input": bool(backbone.small_input), "num_classes": int(self.net.num_classes),
                 "skips": bool(getattr(self.net, "skips", False)), "budget": dict(self.budget),
                 "recipe": dict(self.recipe), "metrics": _plain(self.metrics),
                 "seconds": float(self.seconds), "data": self.source.description,
                 "profile": self.source.profile,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None}
-        state = {"format": FINETUNED_FORMAT, **info,
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write ``<stem>.pt`` (weights + everything needed to rebuild the network;
+        ``torch.load(..., weights_only=True)`` reads it, :func:`load_finetuned` rebuilds it) and
+        ``<stem>.json`` (the same without the weights), both atomically. Returns the ``.pt``."""
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        info, history = self._info(), self.history.to_dict()
+        state = {"format": self.FORMAT, **info,
                  "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                 "history": self.history.to_dict()}
+                 "history": history}
         pt, js = folder / f"{self.stem}.pt", folder / f"{self.stem}.json"
         _save_atomically(state, pt, lambda s, p: torch.save(s, p))
-        text = json.dumps({**info, "history": self.history.to_dict()}, indent=1, allow_nan=False)
+        text = json.dumps(_plain({**info, "history": history}), indent=1, allow_nan=False)
         _save_atomically(text, js, lambda t, p: p.write_text(t, encoding="utf-8"))
         return pt
 

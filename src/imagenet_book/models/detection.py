@@ -34,14 +34,13 @@ Taught in: chapters/08_detection_voc.ipynb.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +49,7 @@ from torchvision import ops
 from torchvision.transforms import v2
 
 from .. import losses
+from ..finetune import FinetuneResult, _plain
 from ..data.fast import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ANCHOR_SIZES", "ASPECT_RATIOS", "BOX_WEIGHTS", "DETECTOR_FORMAT", "MODES",
@@ -643,9 +643,10 @@ def evaluate_detector(net: Detector, dataset: Any, *, batch_size: int = 16, prog
 
 
 @dataclass
-class DetectionResult:
-    """What :func:`finetune_detector` returns (the shape of
-    :class:`imagenet_book.finetune.FinetuneResult`, for the detection task).
+class DetectionResult(FinetuneResult):
+    """What :func:`finetune_detector` returns (a
+    :class:`imagenet_book.finetune.FinetuneResult` whose score is VOC mAP@0.5 and whose files
+    can rebuild the detector).
 
     Attributes:
         task: ``"detect"``; mode: ``"finetune"``, ``"probe"`` or ``"scratch"``.
@@ -666,63 +667,29 @@ class DetectionResult:
     Taught in: chapters/08_detection_voc.ipynb.
     """
 
-    task: str
-    mode: str
     net: Detector
-    history: Any
-    metrics: dict[str, Any]
-    seconds: float
-    budget: dict[str, Any]
-    recipe: dict[str, Any]
-    source: Any
-    checkpoint: Path | None
-    arch: str
-    caption: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def stem(self) -> str:
-        """File-name stem: ``"detect-{mode}-{arch}-{profile}"``."""
-        return f"{self.task}-{self.mode}-{self.arch}-{self.source.profile}"
+    FORMAT: ClassVar[str] = DETECTOR_FORMAT
 
     @property
     def score(self) -> float:
         """The headline number: VOC mAP@0.5 (area)."""
         return self.metrics["map"]
 
-    def row(self) -> dict[str, Any]:
-        """One row of a pretrained-vs-scratch table: mode, start, mAP (both versions), budget."""
-        start = f"pretrained ({self.checkpoint.name})" if self.checkpoint else "random weights"
-        return {"mode": self.mode, "start": start, "metric": "mAP@0.5", "score": self.score,
-                "map_07": self.metrics["map_07"], **self.budget, "seconds": self.seconds}
+    @property
+    def metric_name(self) -> str:
+        return "mAP@0.5"
 
-    def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write ``<stem>.pt`` (weights, the detector's config, history, metrics, budget, recipe;
-        ``torch.load(..., weights_only=True)`` reads it and :func:`load_detector` rebuilds the
-        detector) and ``<stem>.json`` (the same without the weights). Each file is written under a
-        temporary name and renamed, so an interrupted save never leaves a damaged file.
+    def _side_scores(self) -> dict[str, Any]:
+        return {"map_07": self.metrics["map_07"]}
 
-        Returns:
-            The ``.pt`` path.
-        """
-        from ..finetune import _plain
-        from ..pretrain import _save_atomically
-
-        folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        info = {"task": self.task, "mode": self.mode, "arch": self.arch, "config": self.net.config(),
+    def _info(self) -> dict[str, Any]:
+        """The detector's config (what :func:`load_detector` rebuilds it from), metrics, budget,
+        recipe and data."""
+        return {"task": self.task, "mode": self.mode, "arch": self.arch, "config": self.net.config(),
                 "budget": _plain(self.budget), "recipe": _plain(self.recipe),
                 "metrics": _plain(self.metrics), "seconds": float(self.seconds),
                 "data": self.source.description, "profile": self.source.profile,
-                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "history": self.history.to_dict()}
-        state = {"format": DETECTOR_FORMAT, **info,
-                 "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
-        pt, js = folder / f"{self.stem}.pt", folder / f"{self.stem}.json"
-        _save_atomically(state, pt, lambda obj, path: torch.save(obj, path))
-        text = json.dumps(_plain(info), indent=1, allow_nan=False)
-        _save_atomically(text, js, lambda obj, path: path.write_text(obj, encoding="utf-8"))
-        return pt
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None}
 
 
 def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Detector:
