@@ -9,7 +9,6 @@ a deliberately wrong answer fails its question with a message that points at the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -25,17 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
 
 
-def _load(name: str, path: Path):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+sys.path.insert(0, str(Path(__file__).parent))
+from scripts import load_script  # noqa: E402
 
-
-assign = _load("imagenet_book_labs_assign", ROOT / "labs" / "assign.py")
-colab = _load("imagenet_book_colab_tool", ROOT / "tools" / "colab.py")
+assign = load_script("labs/assign.py", "imagenet_book_labs_assign")
+colab = load_script("tools/colab.py", "imagenet_book_colab_tool")
 
 # One deliberately wrong answer per lab: (question, a line of the solution, the wrong line that
 # replaces it, a phrase the failure message must contain).

@@ -4,7 +4,6 @@ real IPython kernel, and on Colab it runs the %pip line (faked only at the magic
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -17,16 +16,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    if "imagenet_book_colab_tool" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("imagenet_book_colab_tool", ROOT / "tools" / "colab.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["imagenet_book_colab_tool"]
+sys.path.insert(0, str(Path(__file__).parent))
+from scripts import load_script  # noqa: E402
 
-
-colab = _load()
+colab = load_script("tools/colab.py", "imagenet_book_colab_tool")
 
 
 def _config(tmp_path: Path, url: str, branch: str = "main") -> Path:

@@ -3,14 +3,17 @@ every chapter, and every notebook is committed in the form nbval checks."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
+import sys
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scripts import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb")) + sorted((ROOT / "labs").rglob("*.ipynb"))
@@ -84,21 +87,10 @@ def test_toc_lists_every_chapter_and_only_existing_files():
     assert numbered == [f for f in files if f.startswith("chapters/")], "chapters out of order in _toc.yml"
 
 
-def _colab_tool():
-    """tools/colab.py: generates the canonical setup cell from _config.yml's repository setting."""
-    import sys
-
-    if "imagenet_book_colab_tool" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("imagenet_book_colab_tool", ROOT / "tools" / "colab.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["imagenet_book_colab_tool"]
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_starts_with_the_setup_call(path):
-    colab = _colab_tool()
+    # tools/colab.py generates the canonical setup cell from _config.yml's repository setting.
+    colab = load_script("tools/colab.py", "imagenet_book_colab_tool")
     nb = nbformat.read(path, as_version=4)
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     expected = colab.setup_cell(colab.read_setting(ROOT / "_config.yml"))
@@ -109,9 +101,7 @@ def test_notebook_starts_with_the_setup_call(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_committed_in_stored_form(path):
-    spec = importlib.util.spec_from_file_location("nbtool", ROOT / "tools" / "notebooks.py")
-    nbtool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nbtool)
+    nbtool = load_script("tools/notebooks.py", "imagenet_book_notebooks_tool")
     nb = nbformat.read(path, as_version=4)
     assert nbtool.stored_form(nb) == nb, f"{path.name}: run `make outputs` (outputs only where checked)"
     checked = [c for c in nb.cells if nbtool.is_checked(c)]
