@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from .metrics import topk_correct
 
 __all__ = ["BatchLoader", "CheckpointError", "EMA", "History", "Resumable", "TrainConfig", "World",
-           "destroy_distributed", "evaluate", "fit", "init_distributed", "load_checkpoint",
+           "destroy_distributed", "evaluate", "fit", "init_distributed", "load_checkpoint", "read_state",
            "lr_factor", "make_optimizer", "make_scheduler", "param_groups"]
 
 FORMAT_VERSION = 1  # of the checkpoint dictionary; bump when its layout changes
@@ -586,20 +586,48 @@ def load_checkpoint(path: str | os.PathLike[str], net: nn.Module | None = None, 
     Taught in: chapters/06_pretraining.ipynb.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # truncated zip, bad pickle, ...: the causes vary by version
-        raise CheckpointError(
-            f"Cannot read the checkpoint {str(path)!r}: the file is truncated or corrupt "
-            f"({type(err).__name__}: {err}). Delete it: resume='auto' then continues from the "
-            "previous checkpoint in the same folder, if there is one.") from err
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{str(path)!r} is not a checkpoint of imagenet_book.engine "
-                              f"(format version {FORMAT_VERSION}).")
+    state = read_state(
+        path, "format_version", FORMAT_VERSION, what="the checkpoint",
+        redo="Delete it: resume='auto' then continues from the previous checkpoint in the same "
+             "folder, if there is one.",
+        wrong=f"is not a checkpoint of imagenet_book.engine (format version {FORMAT_VERSION}).")
     if net is not None:
         _load_weights(net, state, path, ema, arch)
+    return state
+
+
+def read_state(path: str | os.PathLike[str], key: str, value: Any, *, what: str, redo: str,
+               wrong: str, error: type[Exception] = CheckpointError,
+               missing: type[FileNotFoundError] = FileNotFoundError) -> dict[str, Any]:
+    """Read a file the book wrote with ``torch.save`` (``torch.load(weights_only=True)``, CPU) and
+    check it is the kind expected: a dict whose ``state[key] == value``.
+
+    Every checkpoint reader of the package goes through here (the engine's, pretraining's,
+    fine-tuning's, the detector's), so all say the same things about a bad file.
+
+    Args:
+        path: the file. key, value: the format tag the writer put in the dict.
+        what: the file's kind for messages (``"the checkpoint"``, ``"the detector checkpoint"``).
+        redo: the sentence telling the user how to get a good file again.
+        wrong: the end of the message for a readable file of another kind
+            (``"<path> " + wrong``).
+        error: the exception for a damaged or wrong file; missing: the one for no file.
+
+    Raises:
+        ``missing``: no such file. ``error``: a truncated or corrupt file, or another kind.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise missing(f"{what[:1].upper()}{what[1:]} {str(path)!r} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, ...: the causes vary by version
+        raise error(f"Cannot read {what} {str(path)!r}: the file is truncated or corrupt "
+                    f"({type(err).__name__}: {err}). {redo}") from err
+    if not isinstance(state, dict) or state.get(key) != value:
+        raise error(f"{str(path)!r} {wrong}")
     return state
 
 

@@ -726,17 +726,11 @@ def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "c
 
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainedNotFoundError(f"No fine-tuned checkpoint at {str(path)!r}.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise PretrainError(f"Cannot read {str(path)!r}: truncated or corrupt "
-                            f"({type(err).__name__}: {err}). Fine-tune again.") from err
-    if not isinstance(state, dict) or state.get("format") != FINETUNED_FORMAT:
-        raise PretrainError(f"{str(path)!r} is not a checkpoint written by FinetuneResult.save "
-                            "(pretraining checkpoints load with backbone_from_checkpoint).")
+    state = engine.read_state(
+        path, "format", FINETUNED_FORMAT, what="the fine-tuned checkpoint", redo="Fine-tune again.",
+        error=PretrainError, missing=PretrainedNotFoundError,
+        wrong="is not a checkpoint written by FinetuneResult.save (pretraining checkpoints load "
+              "with backbone_from_checkpoint).")
     backbone = ResNetBackbone(ARCHS[state["arch"]](small_input=state["small_input"]),
                               arch=state["arch"], small_input=state["small_input"])
     if state["task"] == "segment":

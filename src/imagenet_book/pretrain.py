@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from . import engine
 from .data.fast import IMAGENET_MEAN, IMAGENET_STD, FastLoader, fast_loader
 from .data.imagenet import DataSource, classification_source
-from .engine import History, TrainConfig
+from .engine import History, TrainConfig, read_state
 from .models import resnet18, resnet34, resnet50
 
 __all__ = ["ARCHS", "DATASETS", "PretrainError", "PretrainResult", "PretrainedCheckpoint",
@@ -368,18 +368,12 @@ def read_pretrained(path: str | os.PathLike[str]) -> PretrainedCheckpoint:
     Taught in: chapters/06_pretraining.ipynb.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PretrainedNotFoundError(f"No pretrained checkpoint at {str(path)!r}.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, ...
-        raise PretrainError(f"Cannot read {str(path)!r}: the file is truncated or corrupt "
-                            f"({type(err).__name__}: {err}). Delete it and pretrain again.") from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise PretrainError(
-            f"{str(path)!r} is not a pretrained checkpoint written by imagenet_book.pretrain "
-            "(the engine's step-*.pt files of a run in progress are not: use the <stem>.pt file "
-            "the run writes when it finishes).")
+    state = read_state(
+        path, "format", CHECKPOINT_FORMAT, what="the pretrained checkpoint",
+        redo="Delete it and pretrain again.", error=PretrainError, missing=PretrainedNotFoundError,
+        wrong="is not a pretrained checkpoint written by imagenet_book.pretrain (the engine's "
+              "step-*.pt files of a run in progress are not: use the <stem>.pt file the run writes "
+              "when it finishes).")
     meta = state["pretrain"]
     return PretrainedCheckpoint(
         path=path, arch=meta["arch"], small_input=meta["small_input"],

@@ -49,6 +49,7 @@ from torchvision import ops
 from torchvision.transforms import v2
 
 from .. import losses
+from ..engine import read_state
 from ..finetune import FinetuneResult, _plain
 from ..data.fast import IMAGENET_MEAN, IMAGENET_STD
 
@@ -708,17 +709,12 @@ def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cp
     from ..finetune import ResNetBackbone
     from ..pretrain import ARCHS
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No detector checkpoint at {str(path)!r}: DetectionResult.save(dir) writes one.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DetectorError(f"Cannot read {str(path)!r} ({type(err).__name__}: {err}): the file is "
-                            "truncated or corrupt. Train and save the detector again.") from err
-    if not isinstance(state, dict) or state.get("format") != DETECTOR_FORMAT:
-        raise DetectorError(f"{str(path)!r} is not a detector checkpoint (DetectionResult.save writes "
-                            "those). A pretrained backbone goes to finetune_detector(cfg, checkpoint=...).")
+    state = read_state(
+        path, "format", DETECTOR_FORMAT, what="the detector checkpoint",
+        redo="Train and save the detector again (DetectionResult.save(dir) writes one).",
+        error=DetectorError,
+        wrong="is not a detector checkpoint (DetectionResult.save writes those). A pretrained "
+              "backbone goes to finetune_detector(cfg, checkpoint=...).")
     config = dict(state["config"])
     arch, small_input = config.pop("arch"), config.pop("small_input")
     backbone = ResNetBackbone(ARCHS[arch](small_input=small_input), arch=arch, small_input=small_input)
