@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -28,3 +29,29 @@ def test_titles_never_run_into_the_row_above(lines):
 def test_titles_must_match_images():
     with pytest.raises(ValueError, match="2 images but 1 titles"):
         image_grid([np.zeros((8, 8, 3), np.uint8)] * 2, ["one"])
+
+
+def test_figure_explorer_redraws_when_a_control_changes():
+    import ipywidgets as widgets
+
+    from imagenet_book.viz import figure_explorer
+
+    calls = []
+
+    def draw(height, label):
+        calls.append((height, label))
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.bar([0], [height])
+        ax.set_title(label)
+        return fig
+
+    slider, text = widgets.FloatSlider(value=1.0, min=0.0, max=5.0), widgets.Text(value="a")
+    box = figure_explorer(draw, height=slider, label=text)
+    controls, image = box.children
+    assert list(controls.children) == [slider, text] and slider.description == "height"
+    first = bytes(image.value)
+    assert first.startswith(b"\x89PNG") and calls == [(1.0, "a")]
+    slider.value = 4.0
+    assert calls[-1] == (4.0, "a") and bytes(image.value) != first
+    text.value = "b"
+    assert calls[-1] == (4.0, "b")

@@ -107,7 +107,7 @@ def test_explorers_do_not_capture_output_in_an_output_widget(notebook):
     send goes through a synchronous copy of the asyncio shell socket while nbclient awaits the
     cell's `execute_reply` on it; when the two cross, the wake-up for the reply is lost and the
     cell stalls for the whole execution timeout (seen in `make book` as a hang in chapters 02 and
-    05). Draw explorer figures into an `Image` widget instead (chapter 02's `figure_explorer`)."""
+    05). Draw explorer figures into an `Image` widget instead (`ib.viz.figure_explorer`)."""
     nb = nbformat.read(notebook, as_version=4)
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -117,7 +117,7 @@ def test_explorers_do_not_capture_output_in_an_output_widget(notebook):
         assert match is None, (
             f"{notebook.relative_to(ROOT)}, cell {index}: `{match.group(0)}` captures output in an "
             "ipywidgets Output widget, which can stall unattended execution (make book, nbval). "
-            "Render the figure into a widgets.Image instead, as chapter 02's figure_explorer does.")
+            "Render the figure into a widgets.Image instead, as ib.viz.figure_explorer does.")
 
 
 def test_api_page_documents_every_module():

@@ -1,19 +1,20 @@
-"""Figures: image grids (later: curves, boxes, masks).
+"""Figures: image grids, and widget explorers that redraw a figure.
 
-Taught in: chapters/01_imagenet.ipynb.
+Taught in: chapters/01_imagenet.ipynb, chapters/02_cross_entropy.ipynb.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-__all__ = ["image_grid"]
+__all__ = ["figure_explorer", "image_grid"]
 
 
 def _as_array(image) -> np.ndarray:
@@ -64,3 +65,41 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: 
     if caption:
         fig.supxlabel(caption, fontsize=9)  # below the grid; constrained layout makes room for it
     return fig
+
+
+def figure_explorer(draw: Callable[..., plt.Figure], **controls):
+    """Widgets that redraw a figure: ``draw(**values)`` returns a matplotlib figure, shown as a PNG.
+
+    The figure goes into an ``Image`` widget rather than the ``Output`` widget that
+    ``ipywidgets.interact`` uses: the book is built by executing every notebook unattended, and
+    output captured by an ``Output`` widget can stall that execution (see tests/test_website.py).
+
+    Args:
+        draw: called with one keyword argument per control, each the control's current value.
+        controls: ipywidgets value widgets (sliders, dropdowns, checkboxes), named like the
+            arguments of ``draw``; a control without a description gets its name.
+
+    Returns:
+        An ``ipywidgets.VBox``: the controls in a wrapping row, then the figure. Changing any
+        control redraws it.
+
+    Taught in: chapters/02_cross_entropy.ipynb.
+    """
+    import ipywidgets as widgets
+
+    image = widgets.Image(format="png")
+
+    def redraw(change=None) -> None:
+        fig = draw(**{name: control.value for name, control in controls.items()})
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        image.value = png.getvalue()
+
+    for name, control in controls.items():
+        control.description = control.description or name
+        control.style.description_width = "initial"  # show whole names
+        control.observe(redraw, names="value")
+    redraw()
+    row = widgets.Layout(flex_flow="row wrap")
+    return widgets.VBox([widgets.HBox(list(controls.values()), layout=row), image])
