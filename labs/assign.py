@@ -29,6 +29,7 @@ and then adjusts what otter cannot be configured to do:
     python labs/assign.py build                 # every lab (what `make assignments` runs)
     python labs/assign.py build labs/01_cross_entropy_lab.ipynb --out /tmp/a
     python labs/assign.py build --check         # and grade each solutions notebook with its zip
+    python labs/assign.py hide                  # keep the solutions and tests off the website
 
 Grading submissions locally, without Docker (``otter run`` on each, under the smoke profile)::
 
@@ -183,6 +184,36 @@ def summarise(results) -> dict:
     return {"total": results.total, "possible": results.possible, "questions": questions}
 
 
+#: Jupyter Book tags that keep a lab's answers off the website (the repository still has them):
+#: the solution cells' code (their outputs stay) and the test cells, public and hidden.
+WEBSITE_TAGS = {"solution": "remove-input", "tests": "remove-cell"}
+
+
+def hide_answers(lab: Path, write: bool = True) -> list[str]:
+    """Tag the lab's solution cells ``remove-input`` and its test cells ``remove-cell`` (see
+    :data:`WEBSITE_TAGS`), so that the website shows each question and what the finished code
+    prints, but not the code or the hidden tests. Returns one line per cell that lacked its tag
+    (empty when the lab is already tagged); writes the notebook when ``write`` and some did."""
+    nb = nbformat.read(lab, as_version=4)
+    region, missing = None, []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "raw":
+            head = cell.source.strip().upper()
+            for name in WEBSITE_TAGS:
+                if head.startswith(f"# BEGIN {name.upper()}"):
+                    region = name
+                elif head.startswith(f"# END {name.upper()}"):
+                    region = None
+        elif cell.cell_type == "code" and region is not None:
+            tags = cell.metadata.setdefault("tags", [])
+            if WEBSITE_TAGS[region] not in tags:
+                tags.append(WEBSITE_TAGS[region])
+                missing.append(f"{lab.name}, cell {index} ({region}): needs the tag {WEBSITE_TAGS[region]!r}")
+    if missing and write:
+        nbformat.write(nb, lab)
+    return missing
+
+
 def _build_command(args) -> int:
     labs = [Path(p) for p in args.labs] or sorted(LABS.glob("*.ipynb"))
     failed = []
@@ -232,7 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--lab", help="the lab they answer (default: each file's name, e.g. 01_cross_entropy_lab)")
     g.add_argument("--out", default=str(DEFAULT_OUT), help="where `build` wrote the assignments")
     g.add_argument("--json", help="also write every score and failure message to this file")
+    h = commands.add_parser("hide", help="tag the labs' solution and test cells so the website hides them")
+    h.add_argument("labs", nargs="*", help="lab notebooks (default: every labs/*.ipynb)")
     args = parser.parse_args(argv)
+    if args.command == "hide":
+        for lab in [Path(p) for p in args.labs] or sorted(LABS.glob("*.ipynb")):
+            print(f"{lab.name}: tagged {len(hide_answers(lab))} cells")
+        return 0
     return _build_command(args) if args.command == "build" else _grade_command(args)
 
 

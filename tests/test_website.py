@@ -271,6 +271,34 @@ def test_chapter_02_notebook_carries_the_explorer_state(site):
     assert "ImageModel" in models and models.count("FloatSliderModel") == 5, models
 
 
+def _answers(lab: Path) -> list[str]:
+    """Lines the lab's page must not show: the first line of each solution (after otter's
+    `# BEGIN SOLUTION NO PROMPT`) and the `def test_...` line of each test."""
+    lines = []
+    for cell in nbformat.read(lab, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        source = cell.source.splitlines()
+        marks = [i for i, line in enumerate(source) if "# BEGIN SOLUTION NO PROMPT" in line]
+        lines += [next(s.strip() for s in source[i + 1:] if s.strip()) for i in marks]
+        lines += [line.strip() for line in source if line.startswith("def test_")]
+    return lines
+
+
+@pytest.mark.parametrize("lab", sorted((ROOT / "labs").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_lab_pages_show_the_questions_but_not_the_answers(lab, site):
+    """The labs are the instructor versions, solutions and hidden tests included; their pages
+    show the questions and what the finished code prints, not the code that answers them
+    (`python labs/assign.py hide` tags those cells)."""
+    page = html.unescape(re.sub(r"<[^>]+>", "", (site / "labs" / f"{lab.stem}.html").read_text()))
+    assert "Question 1" in page, f"{lab.stem}: the questions are missing from its page"
+    answers = _answers(lab)
+    assert len(answers) >= 6, f"{lab.stem}: expected solutions and tests, found {answers}"
+    shown = [line for line in answers if line in page]
+    assert not shown, (f"labs/{lab.stem}.html shows answers: {shown}; run `python labs/assign.py hide` "
+                       "and rebuild")
+
+
 class _Links(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
