@@ -191,7 +191,7 @@ def test_voc_standin_reads_with_torchvision_detection(voc_root):
         ds = VOCDetection(str(voc_root), year="2007", image_set=image_set, download=False)
         assert len(ds) == n
         sizes[image_set] = ds
-    names, difficult, truncated = [], [], []
+    names, difficult, truncated, mixed = [], [], [], 0
     for image, target in sizes["trainval"]:
         ann = target["annotation"]
         width, height = int(ann["size"]["width"]), int(ann["size"]["height"])
@@ -205,8 +205,13 @@ def test_voc_standin_reads_with_torchvision_detection(voc_root):
             difficult.append(int(obj["difficult"]))
             truncated.append(int(obj["truncated"]))
             assert obj["pose"] in ("Left", "Right", "Unspecified")
+            if obj["difficult"] == "1":  # the stand-in's difficult objects are the small ones
+                longest = max(box["xmax"] - box["xmin"], box["ymax"] - box["ymin"]) + 1
+                assert longest <= 0.15 * 96 + 1, f"a difficult object {longest} px long: {obj}"
+        mixed += len({obj["difficult"] for obj in objects}) == 2
     assert set(names) <= set(VOC_CLASSES) and len(set(names)) >= 10
     assert 0 < sum(difficult) < len(difficult)
+    assert mixed > 0, "no image has both difficult and normal objects: each object needs its own flag"
     assert 0 < sum(truncated) < len(truncated)
 
 

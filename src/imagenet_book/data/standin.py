@@ -82,6 +82,9 @@ __all__ = [
 
 #: Bump when the drawing code changes what is written: cached trees then regenerate.
 FORMAT_VERSION = 1
+#: The same, for the VOC stand-in alone (2: each object has its own "difficult" flag; version 1
+#: gave every object of an image the flag of the last one placed).
+VOC_FORMAT_VERSION = 2
 #: The manifest every stand-in tree carries; written last, so its presence means "complete".
 MANIFEST_NAME = "standin.json"
 _JPEG_QUALITY = 90
@@ -637,7 +640,7 @@ def _draw_voc_scene(rng: np.random.Generator, img_size: int) -> tuple[np.ndarray
     width, height = (img_size, round(img_size * aspect)) if aspect <= 1 else (round(img_size / aspect), img_size)
     img = _background(rng, width, height)
     instance = np.zeros((height, width), dtype=np.uint8)
-    placed: list[tuple[int, tuple[float, float, float, float], bool]] = []
+    placed: list[tuple[int, tuple[float, float, float, float], bool, bool]] = []
     for _ in range(int(rng.integers(1, 5))):
         cls = int(rng.integers(len(VOC_CLASSES)))
         ratio = _GLYPHS[VOC_CLASSES[cls]][0]
@@ -649,11 +652,11 @@ def _draw_voc_scene(rng: np.random.Generator, img_size: int) -> tuple[np.ndarray
             x0 = rng.uniform(-0.25 * bw, width - 0.75 * bw)
             y0 = rng.uniform(-0.25 * bh, height - 0.75 * bh)
             box = (x0, y0, x0 + bw, y0 + bh)
-            if all(_iou(box, other) < 0.2 for _, other, _ in placed):
-                placed.append((cls, box, bool(rng.random() < 0.5)))
+            if all(_iou(box, other) < 0.2 for _, other, _, _ in placed):
+                placed.append((cls, box, bool(rng.random() < 0.5), small))
                 break
     objects: list[_VocObject] = []
-    for cls, box, flip in placed:
+    for cls, box, flip, small in placed:  # small objects are the "difficult" ones
         glyph = _GLYPHS[VOC_CLASSES[cls]]
         mask, detail = _glyph_mask_and_colour(glyph, box, flip, width, height)
         if not mask.any():
@@ -802,7 +805,7 @@ def make_voc_standin(
         raise StandinError(f"seed must be an int >= 0, got {seed!r}.")
     manifest = {
         "generator": "imagenet_book.data.standin.make_voc_standin",
-        "format_version": FORMAT_VERSION,
+        "format_version": VOC_FORMAT_VERSION,
         "arguments": {"num_train": num_train, "num_val": num_val, "img_size": img_size, "seed": seed},
     }
 

@@ -501,7 +501,7 @@ def _voc_standin(cfg: Any, year: str) -> VOCSource:
     if train_n is None or val_n is None:
         raise ValueError(f"Profile {p.name!r} has no per-class sizes: a VOC stand-in needs them.")
     folder = (Path(cfg.cache_root) / "standins" /
-              f"voc-standin-{p.img_size}px-{train_n}x{val_n}-seed{VOC_STANDIN_SEED}-v{standin.FORMAT_VERSION}")
+              f"voc-standin-{p.img_size}px-{train_n}x{val_n}-seed{VOC_STANDIN_SEED}-v{standin.VOC_FORMAT_VERSION}")
     root = standin.make_voc_standin(folder, num_train=train_n, num_val=val_n,
                                     img_size=max(32, p.img_size), seed=VOC_STANDIN_SEED)
     return VOCSource(
