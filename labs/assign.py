@@ -45,6 +45,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -241,10 +242,13 @@ def _grade_command(args) -> int:
             print(f"{submission}: no assignment {lab!r} in {args.out}; build it first "
                   "(make assignments), or name the lab with --lab", file=sys.stderr)
             return 2
+        print(f"{time.strftime('%H:%M:%S')} grading {submission} ...", flush=True)
+        started = time.monotonic()
         summary = summarise(grade(submission, autograder_zip(folder)))
         report[str(submission)] = summary
         print(f"{submission}: {summary['total']:g} / {summary['possible']:g} "
-              + " ".join(f"{q}={v['score']:g}/{v['possible']:g}" for q, v in summary["questions"].items()))
+              + " ".join(f"{q}={v['score']:g}/{v['possible']:g}" for q, v in summary["questions"].items())
+              + f" ({time.monotonic() - started:.0f} s)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
