@@ -378,7 +378,10 @@ def test_page_in_browser(docname, site, server, browser):
         if views:  # the manager draws each view into a .widget-subarea inserted before its script
             page.wait_for_function(
                 f"() => document.querySelectorAll('.widget-subarea > *').length >= {views}", timeout=60_000)
-        page.wait_for_load_state("networkidle", timeout=60_000)
+        # Every image fetched and decoded, every web font loaded. (Not Playwright's "networkidle":
+        # on these pages it sometimes never came, with no request left open.)
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)"
+                               " && document.fonts.status === 'loaded'", timeout=60_000)
         shot = SCREENSHOTS / (docname.replace("/", "__") + ".png")
         page.screenshot(path=str(shot), full_page=True, timeout=180_000)  # long pages, busy CPU
 
