@@ -224,7 +224,8 @@ def browser():
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("Playwright's Python package is needed to drive Chromium: "
-                    "`.venv/bin/pip install playwright` (the browser itself is the system Chromium)")
+                    "it is in the `dev` extra, which `make test` installs (the browser itself is the system "
+                    "Chromium)")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
