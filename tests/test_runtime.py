@@ -159,17 +159,35 @@ def fake_colab(monkeypatch, clean_env):
     return mounts
 
 
-def test_drive_on_colab_mounts_drive_and_keeps_the_cache_there(fake_colab, clean_env, capsys):
+def test_drive_on_colab_keeps_the_runs_on_drive_and_the_rest_local(fake_colab, clean_env, capsys):
     cfg = ib.start(drive=True)
     mount = clean_env / "content" / "drive"
+    runs = mount / "MyDrive" / "imagenet_book"
     assert fake_colab == [str(mount)]
-    assert cfg.cache_root == mount / "MyDrive" / "imagenet_book" and cfg.cache_root.is_dir()
-    assert "Google Drive" in cfg.reasons["cache_root"]
-    # What pretrain() resumes from lives on Drive, so it outlives the Colab session.
-    assert ib.pretrain.default_checkpoint(cfg).is_relative_to(mount / "MyDrive")
+    assert cfg.cache_root == clean_env / "xdg" / "imagenet_book" and cfg.cache_root.is_dir()
+    for name in runtime.DRIVE_FOLDERS:
+        assert (cfg.cache_root / name).is_symlink() and (cfg.cache_root / name).resolve() == runs / name
+    assert "Google Drive" in cfg.reasons["cache_root"] and str(runs) in cfg.reasons["cache_root"]
+    # What pretrain() resumes from is written through the link onto Drive, so it outlives the
+    # Colab session; stand-ins and decoded caches are made on the machine's own disk.
+    checkpoint = ib.pretrain.default_checkpoint(cfg)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes(b"run")
+    assert (runs / checkpoint.relative_to(cfg.cache_root)).read_bytes() == b"run"
+    assert not (runs / "standins").exists() and not (runs / "fast").exists()
     assert cfg.profile.name == "full" and cfg.device.type == "cuda"
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and str(cfg.cache_root) in out and "Google Drive" in out
+
+
+def test_drive_refuses_a_local_run_folder_before_mounting(fake_colab, clean_env):
+    local = clean_env / "xdg" / "imagenet_book" / "checkpoints"
+    local.mkdir(parents=True)
+    (local / "run.pt").write_bytes(b"x")
+    with pytest.raises(ib.SetupError) as err:
+        ib.start(drive=True)
+    assert str(local) in str(err.value) and "MyDrive" in str(err.value)
+    assert fake_colab == [] and (local / "run.pt").read_bytes() == b"x"
 
 
 def test_drive_from_env_and_twice_in_a_row(fake_colab, monkeypatch):
@@ -205,15 +223,13 @@ def test_drive_outside_colab_changes_nothing(clean_env, monkeypatch):
     assert "Change runtime type" not in cfg.reasons["device"]
 
 
-def test_drive_and_a_cache_variable_together_are_refused_before_mounting(fake_colab, clean_env,
-                                                                       monkeypatch):
+def test_drive_with_a_cache_variable_links_the_runs_into_that_cache(fake_colab, clean_env, monkeypatch):
     cache = clean_env / "mycache"
     cache.mkdir()
     monkeypatch.setenv(runtime.ENV_CACHE, str(cache))
-    with pytest.raises(ib.SetupError) as err:
-        ib.start(drive=True)
-    assert runtime.ENV_CACHE in str(err.value) and str(cache) in str(err.value)
-    assert fake_colab == [], "Drive was mounted before the settings were checked"
+    cfg = ib.start(drive=True, quiet=True)
+    assert cfg.cache_root == cache and (cache / "checkpoints").is_symlink()
+    assert (cache / "checkpoints").resolve() == clean_env / "content" / "drive" / "MyDrive" / "imagenet_book" / "checkpoints"
 
 
 def test_invalid_drive_variable_names_the_value(clean_env, monkeypatch):

@@ -13,9 +13,11 @@ the notebook passes around. A profile changes sizes only (image size, subset siz
 size): every chapter runs the same functions under every profile.
 
 On Google Colab it also says how to switch the runtime to a GPU when there is none, and offers to
-keep the cache root on Google Drive (``start(drive=True)`` or ``IMAGENET_BOOK_DRIVE=1``): the
-resumable checkpoints of :func:`imagenet_book.pretrain.pretrain` live there, so a run cut off by a
-disconnect continues where it stopped when the notebook is run again.
+keep the runs on Google Drive (``start(drive=True)`` or ``IMAGENET_BOOK_DRIVE=1``): the cache
+root's run folders (:data:`DRIVE_FOLDERS`: the resumable checkpoints of
+:func:`imagenet_book.pretrain.pretrain`, the fine-tuning and lab runs) become links into Drive, so a
+run cut off by a disconnect continues where it stopped when the notebook is run again; the
+stand-ins and decoded image caches, rebuilt in minutes, stay on the Colab machine's disk.
 
 Taught in: chapters/01_imagenet.ipynb (and used as the first code cell of every notebook).
 """
@@ -39,9 +41,13 @@ ENV_CACHE = "IMAGENET_BOOK_CACHE"
 ENV_DEVICE = "IMAGENET_BOOK_DEVICE"
 ENV_DRIVE = "IMAGENET_BOOK_DRIVE"
 
-#: Where Colab mounts Google Drive, and the cache root's folder inside it.
+#: Where Colab mounts Google Drive, and the folder inside it that keeps the runs.
 COLAB_DRIVE_MOUNT = Path("/content/drive")
 DRIVE_CACHE = Path("MyDrive") / "imagenet_book"
+#: The cache root's folders that hold runs (checkpoints, histories, results): with Drive on, links
+#: to the same folders in ``MyDrive/imagenet_book``. The others (``standins``, ``fast``: gigabytes
+#: at full scale, rebuilt in minutes) stay local.
+DRIVE_FOLDERS = ("checkpoints", "finetune", "labs")
 COLAB_GPU_HINT = ("on Colab: Runtime > Change runtime type > a GPU (e.g. T4), then run the notebook "
                   "again from the top")
 
@@ -161,7 +167,7 @@ def _on_colab() -> bool:
 
 
 def _choose_drive(drive: bool | None) -> tuple[bool, str]:
-    """Whether to put the cache root on Google Drive, and why (argument, else env, else no)."""
+    """Whether to keep the runs on Google Drive, and why (argument, else env, else no)."""
     if drive is not None:
         return bool(drive), "drive=" + str(bool(drive))
     value = os.environ.get(ENV_DRIVE, "").strip().lower()
@@ -170,13 +176,13 @@ def _choose_drive(drive: bool | None) -> tuple[bool, str]:
     if value in ("1", "true", "yes"):
         return True, f"env {ENV_DRIVE}"
     raise SetupError(
-        f"Invalid value {os.environ[ENV_DRIVE]!r} of env {ENV_DRIVE}. Use 1 (keep the cache on "
+        f"Invalid value {os.environ[ENV_DRIVE]!r} of env {ENV_DRIVE}. Use 1 (keep the runs on "
         "Google Drive, on Colab) or 0, or unset it."
     )
 
 
 def _mount_drive() -> Path:
-    """Mount Google Drive (Colab asks the user to allow it) and return the cache root on it."""
+    """Mount Google Drive (Colab asks the user to allow it) and return the runs' folder on it."""
     from google.colab import drive as colab_drive
 
     colab_drive.mount(str(COLAB_DRIVE_MOUNT))
@@ -239,24 +245,26 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
             else ``"full"`` when CUDA is available and ``"local"`` otherwise.
         seed: seed for ``random``, NumPy and torch.
         quiet: do not print the summary line (for library code and tests).
-        drive: on Google Colab, mount Google Drive and put the cache root (stand-ins, decoded
-            caches, and the checkpoints an interrupted ``pretrain()`` resumes from) in
-            ``MyDrive/imagenet_book``, so that it outlives the Colab session. ``None``: env
-            ``IMAGENET_BOOK_DRIVE`` (``1``/``0``), else off. Outside Colab it changes nothing
-            (the printed line says so), so the same notebook runs everywhere.
+        drive: on Google Colab, mount Google Drive and make the cache root's run folders
+            (:data:`DRIVE_FOLDERS`: the checkpoints an interrupted ``pretrain()`` resumes from,
+            the fine-tuning and lab runs) links to ``MyDrive/imagenet_book/<folder>``, so that
+            they outlive the Colab session. ``None``: env ``IMAGENET_BOOK_DRIVE`` (``1``/``0``),
+            else off. Outside Colab it changes nothing (the printed line says so), so the same
+            notebook runs everywhere.
 
     Environment:
         ``IMAGENET_BOOK_DATA``: data root (must exist). Default: ``<user cache>/imagenet_book/data``.
         ``IMAGENET_BOOK_CACHE``: cache root (must exist). Default: ``<user cache>/imagenet_book``.
         ``IMAGENET_BOOK_DEVICE``: force a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
-        ``IMAGENET_BOOK_DRIVE``: ``1`` to keep the cache root on Google Drive (Colab only).
+        ``IMAGENET_BOOK_DRIVE``: ``1`` to keep the runs on Google Drive (Colab only).
 
     Returns:
         A :class:`Setup`.
 
     Raises:
         SetupError: an unknown profile, an invalid device, a data/cache root that does not
-            exist, or both ``IMAGENET_BOOK_CACHE`` and Drive asked for on Colab. Nothing is
+            exist, or (Drive on, on Colab) a run folder of the cache root that is a local
+            folder where Drive's link must go. Nothing is
             created on disk (and Drive is not mounted) before every setting has been checked.
 
     Taught in: chapters/01_imagenet.ipynb.
@@ -271,16 +279,19 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
     cache_root, cache_why, cache_must_exist = _choose_dir(ENV_CACHE, user_cache)
     data_root, data_why, data_must_exist = _choose_dir(ENV_DATA, user_cache / "data")
     colab = _on_colab()
-    if use_drive and colab and cache_must_exist:
-        raise SetupError(
-            f"Both env {ENV_CACHE} ({str(cache_root)!r}) and {drive_why} choose the cache root. "
-            f"Unset {ENV_CACHE} to keep the cache on Google Drive, or turn Drive off."
-        )
     if use_drive and not colab:
         cache_why += f"; {drive_why} ignored: not on Colab"
     elif colab and not use_drive and not cache_must_exist:
-        cache_why += ("; lost when the Colab session ends: ib.start(drive=True) keeps it on "
+        cache_why += ("; lost when the Colab session ends: ib.start(drive=True) keeps the runs on "
                       "Google Drive, so an interrupted run resumes")
+    if use_drive and colab:
+        for name in DRIVE_FOLDERS:
+            local = cache_root / name
+            if local.exists() and not local.is_symlink():
+                raise SetupError(
+                    f"{str(local)!r} is a folder on this machine, where {drive_why} puts a link to "
+                    f"Google Drive ({str(COLAB_DRIVE_MOUNT / DRIVE_CACHE / name)!r}). Move what it "
+                    "holds to Drive (or delete it), or call ib.start() without drive.")
     for path, must_exist, env, what in (
         (data_root, data_must_exist, ENV_DATA, "data root"),
         (cache_root, cache_must_exist, ENV_CACHE, "cache root"),
@@ -292,10 +303,18 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
                 f"{env} at an existing one, or unset {env} to use the default."
             )
     # Every setting is valid: only now mount Drive and create the default folders.
-    if use_drive and colab:
-        cache_root, cache_why = _mount_drive(), f"Google Drive, {drive_why}"
     for path in (data_root, cache_root):
         path.mkdir(parents=True, exist_ok=True)
+    if use_drive and colab:
+        runs = _mount_drive()
+        for name in DRIVE_FOLDERS:
+            (runs / name).mkdir(parents=True, exist_ok=True)
+            link = cache_root / name
+            if link.is_symlink() and link.resolve() != (runs / name).resolve():
+                link.unlink()  # a link left by another Drive mount point
+            if not link.is_symlink():
+                link.symlink_to(runs / name, target_is_directory=True)
+        cache_why += f"; {', '.join(DRIVE_FOLDERS)} on Google Drive in {str(runs)!r}, {drive_why}"
     seed_everything(seed)
     setup = Setup(
         profile=chosen_profile, device=device, seed=seed, data_root=data_root,
