@@ -64,7 +64,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # one thread: the same reduction order in every run
-    from imagenet_book.engine import BatchLoader, fit
+    from imagenet_book.engine import BatchLoader, destroy_distributed, fit, init_distributed
+
+    # Join torchrun's group here, as a training script does: fit() then uses it and leaves it
+    # alone, and the rank is still known after fit() (a group fit() creates, it also destroys).
+    world = init_distributed()  # a no-op without torchrun
 
     torch.manual_seed(0)
     net = SmallCNN(bn=args.bn, dropout=0.2 if args.bn else 0.0)
@@ -85,11 +89,12 @@ def main() -> None:
                   label_smoothing=0.1 if args.bn else 0.0, ema_decay=0.9 if args.bn else None,
                   device="cpu", checkpoint_dir=args.ckpt, checkpoint_every=args.checkpoint_every,
                   resume="auto" if args.resume else False, progress=False)
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+    if world.rank == 0:  # one writer: two ranks writing the same files interleave them
         args.out.mkdir(parents=True, exist_ok=True)
         ema = history.ema.module.state_dict() if history.ema else None
         torch.save({"model": net.state_dict(), "ema": ema}, args.out / "final.pt")
         history.to_json(args.out / "history.json")
+    destroy_distributed()
 
 
 if __name__ == "__main__":

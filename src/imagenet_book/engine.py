@@ -751,6 +751,11 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
         **recipe: Any) -> History:
     """Train ``net`` on ``train_loader`` with a recipe; evaluate on ``val_loader`` each epoch.
 
+    Under ``torchrun`` it trains with DDP in the process group of :func:`init_distributed`. A
+    script that writes files after ``fit`` should call :func:`init_distributed` first (it
+    returns the rank) and :func:`destroy_distributed` at its end: a group that ``fit`` has to
+    create itself, it also destroys on return, and every rank then looks like rank 0.
+
     Args:
         net: a classifier, float ``(B, 3, H, W)`` -> logits ``(B, C)``. Trained in place (moved
             to ``device``; channels_last when that is on).
