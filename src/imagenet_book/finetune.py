@@ -672,13 +672,15 @@ class FinetuneResult:
         return {"mode": self.mode, "start": start, "metric": self.metric_name, "score": self.score,
                 **self._side_scores(), **self.budget, "seconds": self.seconds}
 
+    def _net_info(self) -> dict[str, Any]:
+        """What :func:`load_finetuned` rebuilds the network from (a subclass gives its own)."""
+        return {"small_input": bool(self.net.backbone.small_input),
+                "num_classes": int(self.net.num_classes), "skips": bool(getattr(self.net, "skips", False))}
+
     def _info(self) -> dict[str, Any]:
         """What the saved files record besides the weights and the History."""
-        backbone = self.net.backbone
-        return {"task": self.task, "mode": self.mode, "arch": self.arch,
-                "small_input": bool(backbone.small_input), "num_classes": int(self.net.num_classes),
-                "skips": bool(getattr(self.net, "skips", False)), "budget": dict(self.budget),
-                "recipe": dict(self.recipe), "metrics": _plain(self.metrics),
+        return {"task": self.task, "mode": self.mode, "arch": self.arch, **self._net_info(),
+                "budget": dict(self.budget), "recipe": dict(self.recipe), "metrics": _plain(self.metrics),
                 "seconds": float(self.seconds), "data": self.source.description,
                 "profile": self.source.profile,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None}

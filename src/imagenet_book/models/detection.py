@@ -50,7 +50,7 @@ from torchvision.transforms import v2
 
 from .. import losses
 from ..engine import read_state
-from ..finetune import FinetuneResult, _plain
+from ..finetune import FinetuneResult
 from ..data.fast import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ANCHOR_SIZES", "ASPECT_RATIOS", "BOX_WEIGHTS", "DETECTOR_FORMAT", "MODES",
@@ -683,14 +683,9 @@ class DetectionResult(FinetuneResult):
     def _side_scores(self) -> dict[str, Any]:
         return {"map_07": self.metrics["map_07"]}
 
-    def _info(self) -> dict[str, Any]:
-        """The detector's config (what :func:`load_detector` rebuilds it from), metrics, budget,
-        recipe and data."""
-        return {"task": self.task, "mode": self.mode, "arch": self.arch, "config": self.net.config(),
-                "budget": _plain(self.budget), "recipe": _plain(self.recipe),
-                "metrics": _plain(self.metrics), "seconds": float(self.seconds),
-                "data": self.source.description, "profile": self.source.profile,
-                "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+    def _net_info(self) -> dict[str, Any]:
+        """The detector's config: what :func:`load_detector` rebuilds it from."""
+        return {"config": self.net.config()}
 
 
 def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Detector:
