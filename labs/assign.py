@@ -190,11 +190,12 @@ def summarise(results) -> dict:
 WEBSITE_TAGS = {"solution": "remove-input", "tests": "remove-cell"}
 
 
-def hide_answers(lab: Path, write: bool = True) -> list[str]:
+def hide_answers(lab: Path, write: bool = True) -> list[tuple[int, str]]:
     """Tag the lab's solution cells ``remove-input`` and its test cells ``remove-cell`` (see
     :data:`WEBSITE_TAGS`), so that the website shows each question and what the finished code
-    prints, but not the code or the hidden tests. Returns one line per cell that lacked its tag
-    (empty when the lab is already tagged); writes the notebook when ``write`` and some did."""
+    prints, but not the code or the hidden tests. Returns ``(cell index, tag)`` for each cell that
+    lacked its tag (empty when the lab is already tagged); writes the notebook when ``write`` and
+    some did."""
     nb = nbformat.read(lab, as_version=4)
     region, missing = None, []
     for index, cell in enumerate(nb.cells):
@@ -209,7 +210,7 @@ def hide_answers(lab: Path, write: bool = True) -> list[str]:
             tags = cell.metadata.setdefault("tags", [])
             if WEBSITE_TAGS[region] not in tags:
                 tags.append(WEBSITE_TAGS[region])
-                missing.append(f"{lab.name}, cell {index} ({region}): needs the tag {WEBSITE_TAGS[region]!r}")
+                missing.append((index, WEBSITE_TAGS[region]))
     if missing and write:
         nbformat.write(nb, lab)
     return missing
