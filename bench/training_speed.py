@@ -56,6 +56,9 @@ def run(device: str | torch.device = "cpu", img_size: int | None = None, batch_s
                                  steps=steps or d_steps, repeats=repeats or d_repeats,
                                  settings=speed.speed_settings(batch_size, device, combined=True))
     result = table.to_dict()
+    # The data's name, not where it lies: results are committed and must not show this machine's
+    # folders (real data is described as "real Imagenette (imagenette2-160, from <data root>)").
+    result["data"] = result["data"].replace(str(Path(cfg.data_root)), "the data root")
     result.update(benchmark="training speed: ResNet-18 images/s as each switch is turned on",
                   torch=torch.__version__, torchvision=torchvision.__version__,
                   omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import BookError
+
 __all__ = ["PROFILES", "Profile", "Setup", "SetupError", "start", "seed_everything"]
 
 ENV_PROFILE = "IMAGENET_BOOK_PROFILE"
@@ -52,7 +54,7 @@ COLAB_GPU_HINT = ("on Colab: Runtime > Change runtime type > a GPU (e.g. T4), th
                   "again from the top")
 
 
-class SetupError(ValueError):
+class SetupError(BookError, ValueError):
     """A setting given to :func:`start` (or through its environment variables) is invalid."""
 
 

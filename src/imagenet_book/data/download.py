@@ -26,6 +26,8 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from ..errors import BookError
+
 __all__ = ["DATASETS", "DatasetSource", "DownloadError", "ChecksumError", "UnsafeArchiveError",
            "DatasetNotFoundError", "download", "extract", "fetch_dataset"]
 
@@ -34,7 +36,7 @@ _MiB = 1 << 20
 _data_filter = getattr(tarfile, "data_filter", None)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(BookError, RuntimeError):
     """No URL gave a complete file that passes its checksum."""
 
 
@@ -42,11 +44,11 @@ class ChecksumError(DownloadError):
     """A downloaded file's digest (or size) differs from the one on record."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(BookError, ValueError):
     """An archive member would land outside the destination, or is a device or unsafe link."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(BookError, FileNotFoundError):
     """A dataset folder is missing from the data root and downloading is not allowed."""
 
 

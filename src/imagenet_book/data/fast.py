@@ -61,6 +61,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import BookError
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CacheBuildError", "FastLoader", "HostBatch",
            "ImageCache", "center_crop_boxes", "decode_cache", "fast_loader",
            "random_resized_crop_boxes", "resized_crop"]
@@ -70,7 +72,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT_VERSION = 1  # bump when the stored pixels change: every cache is then rebuilt
 
 
-class CacheBuildError(RuntimeError):
+class CacheBuildError(BookError, RuntimeError):
     """An image could not be decoded while building a cache; the message names the file."""
 
 

@@ -38,6 +38,7 @@ from torchvision.datasets import ImageFolder, VisionDataset
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import BookError
 from . import standin
 from .download import DatasetNotFoundError, fetch_dataset
 
@@ -101,7 +102,7 @@ _SPLITS = ("train", "val")
 STANDIN_SEED = 0
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(BookError, ValueError):
     """A folder exists but is not laid out as the dataset should be. The message says how."""
 
 

@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import BookError
 from .voc import VOC_CLASSES
 
 __all__ = [
@@ -91,7 +92,7 @@ _JPEG_QUALITY = 90
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and averaged down: smooth, anti-aliased edges
 
 
-class StandinError(RuntimeError):
+class StandinError(BookError, RuntimeError):
     """A stand-in could not be written (bad arguments, or a target folder that is not ours)."""
 
 

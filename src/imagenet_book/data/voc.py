@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..errors import BookError
 from .download import DatasetNotFoundError, fetch_dataset
 
 __all__ = ["VOC_CLASSES", "VOC_YEARS", "DatasetNotFoundError", "VOCFormatError", "VOCSource",
@@ -65,7 +66,7 @@ _CLASS_INDEX = {name: k for k, name in enumerate(VOC_CLASSES)}
 _FETCH_NAMES = {"2007": ("voc2007-trainval", "voc2007-test"), "2012": ("voc2012-trainval",)}
 
 
-class VOCFormatError(ValueError):
+class VOCFormatError(BookError, ValueError):
     """A VOC file exists but cannot be used (bad XML, unknown class, corrupt image, ...).
 
     The message names the file and says how to fix it.
