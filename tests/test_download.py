@@ -280,6 +280,92 @@ def test_all_urls_failing_raises_download_error(server, tmp_path):
     assert tree(tmp_path) == []
 
 
+def test_download_error_mentions_a_part_file_only_when_there_is_one(server, tmp_path):
+    with pytest.raises(dl.DownloadError) as err:  # 404 everywhere: no byte was saved
+        dl.download(server.url("/a.tgz"), tmp_path / "x.tgz", md5="0" * 32, progress=False)
+    assert ".part" not in str(err.value) and tree(tmp_path) == []
+
+    archive = make_tgz(FILES)
+    server.files["/toy.tgz"] = archive
+    server.cut_after["/toy.tgz"] = 1000
+    with pytest.raises(dl.DownloadError) as err:  # cut: the .part is kept and named
+        dl.download(server.url("/toy.tgz"), tmp_path / "toy.tgz", md5=md5(archive), progress=False,
+                    attempts=1)
+    part = tmp_path / "toy.tgz.part"
+    assert part.stat().st_size == 1000
+    assert str(part) in str(err.value) and "1,000 bytes" in str(err.value)
+
+
+# ----------------------------------------------------------------- stalled and silent hosts
+
+
+@pytest.fixture
+def silent_host():
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (a read stall).
+    Yields its URL base and the list of accepted connections."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # timeout: look at stop again
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+@pytest.fixture
+def unreachable_host():
+    """A port on 127.0.0.1 whose connections never complete: a listening socket whose backlog
+    is full and that never accepts, so the kernel drops new SYNs (a connect timeout)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later SYNs are dropped
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for sock in fillers + [listener]:
+        sock.close()
+
+
+def test_stalled_and_unreachable_hosts_fail_fast_and_each_try_is_reported(
+        silent_host, unreachable_host, tmp_path, capsys):
+    import time
+
+    stalled, accepted = silent_host
+    urls = [unreachable_host + "/x.tgz", stalled + "/x.tgz"]
+    started = time.perf_counter()
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download(urls, tmp_path / "x.tgz", md5="0" * 32, progress=False, attempts=3,
+                    connect_timeout=0.2, timeout=0.3)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 4, f"took {elapsed:.1f} s"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "x.tgz" in line]
+    # The host that cannot be reached is tried once (then the next mirror), the one that stalls
+    # three times; every try says which host failed and why.
+    assert len(lines) == 4, lines
+    assert unreachable_host.split("//")[1] in lines[0] and "could not connect" in lines[0]
+    assert "next URL" in lines[0]
+    assert all(stalled.split("//")[1] in line and "timed out" in line for line in lines[1:])
+    assert len(accepted) == 3
+    assert str(err.value).count("timed out") == 4
+
+
 def test_size_and_head_md5_check(server, tmp_path):
     archive = make_tgz(FILES)
     server.files["/toy.tgz"] = archive

@@ -18,6 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ __all__ = ["DATASETS", "DatasetSource", "DownloadError", "ChecksumError", "Unsaf
            "DatasetNotFoundError", "download", "extract", "fetch_dataset"]
 
 _MiB = 1 << 20
+#: Seconds to wait for a host to accept the connection. A host that does not is not tried again:
+#: the next URL (mirror) is.
+CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for the next bytes from a connected host (a stall); that try is then retried.
+READ_TIMEOUT = 60.0
 # Python >= 3.12, and 3.8.17 / 3.9.17 / 3.10.12 / 3.11.4 backports (PEP 706). None: our own checks.
 _data_filter = getattr(tarfile, "data_filter", None)
 
@@ -152,19 +158,59 @@ def _check(path: Path, md5=None, sha256=None, size=None, head_md5=None) -> str |
     return "; ".join(problems) or None
 
 
-def _fetch(url: str, part: Path, *, progress: bool, chunk_size: int, timeout: float) -> bool:
-    """Append the rest of ``url`` to ``part`` (or write it whole). Returns whether it resumed."""
+class _ConnectError(OSError):
+    """The host did not accept the connection (timed out, refused, unknown name)."""
+
+
+def _opener(read_timeout: float) -> urllib.request.OpenerDirector:
+    """urllib, but each connection switches from the connect timeout to ``read_timeout`` once
+    it is established (urllib itself has one timeout for both)."""
+
+    def connected(connection_class):
+        class Connection(connection_class):
+            def connect(self):
+                super().connect()  # TCP (and TLS) under self.timeout: the connect timeout
+                self.sock.settimeout(read_timeout)
+        return Connection
+
+    http_connection = connected(http.client.HTTPConnection)
+    https_connection = connected(http.client.HTTPSConnection)
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(http_connection, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(https_connection, req, context=self._context)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+
+
+def _fetch(url: str, part: Path, *, progress: bool, chunk_size: int, timeout: float,
+           connect_timeout: float) -> bool:
+    """Append the rest of ``url`` to ``part`` (or write it whole). Returns whether it resumed.
+
+    Raises _ConnectError when the host cannot be reached, HTTPError, or OSError/HTTPException
+    when a connected transfer stalls or is cut."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "imagenet_book downloader (urllib)"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = _opener(timeout).open(urllib.request.Request(url, headers=headers),
+                                         timeout=connect_timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # the .part is not a prefix of this file: start again
             part.unlink()
-            return _fetch(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout)
+            return _fetch(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout,
+                          connect_timeout=connect_timeout)
         raise
+    except urllib.error.URLError as err:  # raised before the request was sent: no connection
+        reason = err.reason
+        if isinstance(reason, TimeoutError):
+            reason = f"timed out after {connect_timeout:g} s"
+        raise _ConnectError(f"could not connect ({reason})") from err
     with response:
         resumed = response.status == 206
         if resumed:
@@ -191,8 +237,8 @@ def _fetch(url: str, part: Path, *, progress: bool, chunk_size: int, timeout: fl
 
 def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: str | None = None,
              sha256: str | None = None, size: int | None = None, head_md5: str | None = None,
-             progress: bool = True, chunk_size: int = _MiB, timeout: float = 60.0,
-             attempts: int = 3) -> Path:
+             progress: bool = True, chunk_size: int = _MiB, timeout: float | None = None,
+             connect_timeout: float | None = None, attempts: int = 3) -> Path:
     """Download a file, trying each URL in order, resuming cut transfers, verifying it.
 
     Bytes go to ``dest + ".part"``. If that file exists (a cut transfer), the request carries
@@ -200,13 +246,22 @@ def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: 
     is renamed to ``dest`` only once every given check passes; one that fails is deleted. A
     ``dest`` already present that passes the checks is not downloaded again.
 
+    Every failed try is printed at once (URL, host, reason, what happens next). A host that does
+    not accept the connection within ``connect_timeout`` is not tried again: the next URL is. A
+    connected transfer that stalls for ``timeout`` seconds, or is cut, is tried again (it resumes).
+    With the defaults a dead host costs 10 s, a stalled one 3 x 60 s, each reported as it fails.
+
     Args:
         url_or_urls: one URL, or several: the official one first, then mirrors.
         dest: final path of the file.
         md5, sha256: expected hex digest of the whole file.
         size, head_md5: expected size in bytes / MD5 of the first MiB (fast.ai's own check).
         progress: show a tqdm bar (total from Content-Length).
-        chunk_size: bytes read per step.  timeout: seconds to wait for the server.
+        chunk_size: bytes read per step.
+        timeout: seconds to wait for the next bytes from a connected server (default
+            :data:`READ_TIMEOUT`, 60 s).
+        connect_timeout: seconds to wait for a server to accept the connection (default
+            :data:`CONNECT_TIMEOUT`, 10 s).
         attempts: tries per URL; each resumes where the last one was cut.
 
     Returns:
@@ -215,7 +270,8 @@ def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: 
     Raises:
         ChecksumError: a complete download failed its check (message: file, expected and actual
             digest, what to do).
-        DownloadError: no URL gave a complete file (the message lists each URL's failure).
+        DownloadError: no URL gave a complete file (the message lists each try's failure, and
+            names the partial ``.part`` file when one was kept).
 
     Taught in: chapters/06_pretraining.ipynb
     """
@@ -232,19 +288,37 @@ def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: 
         print(f"{dest} is present but its {problem}: downloading it again.")
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    timeout = READ_TIMEOUT if timeout is None else timeout
+    connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+    attempts = max(1, attempts)
     failures: list[str] = []
     mismatch = None
-    for url in urls:
-        for _ in range(max(1, attempts)):
+
+    def failed(url: str, k: int, why: str, next_step: str) -> None:
+        failures.append(f"{url}: {why}")
+        host = urllib.parse.urlsplit(url).netloc
+        print(f"download {dest.name}: try {k}/{attempts} of {url} failed (host {host}: {why}); "
+              f"{next_step}.", flush=True)
+
+    for u, url in enumerate(urls):
+        after = "trying the next URL" if u + 1 < len(urls) else "no URL left"
+        for k in range(1, attempts + 1):
+            again = "trying it again" if k < attempts else after
             try:
-                resumed = _fetch(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout)
+                resumed = _fetch(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout,
+                                 connect_timeout=connect_timeout)
             except urllib.error.HTTPError as err:
-                failures.append(f"{url}: HTTP {err.code} {err.reason}")
                 if err.code < 500:  # 403, 404...: retrying this URL will not help
+                    failed(url, k, f"HTTP {err.code} {err.reason}", after)
                     break
+                failed(url, k, f"HTTP {err.code} {err.reason}", again)
                 continue
-            except (OSError, http.client.HTTPException) as err:  # refused, timed out, cut
-                failures.append(f"{url}: {err}")
+            except _ConnectError as err:  # a host that does not answer: go on to the mirror
+                failed(url, k, str(err), after)
+                break
+            except (OSError, http.client.HTTPException) as err:  # stalled (timed out), cut
+                why = f"timed out: no data for {timeout:g} s" if isinstance(err, TimeoutError) else str(err)
+                failed(url, k, why or type(err).__name__, again)
                 continue
             problem = _check(part, **expect)
             if problem is None:
@@ -263,8 +337,10 @@ def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: 
             f"transfer can be corrupted). If it fails again, the file on the server has changed: "
             f"download it by hand, check it, put it at {dest}, and report the new checksum.\n"
             f"Tried:\n  {tried}")
-    raise DownloadError(f"Could not download {dest.name}. Tried:\n  {tried}\n"
-                        f"Check the connection and run again: a partial {part.name} resumes.")
+    kept = (f"The partial file {part} ({part.stat().st_size:,} bytes) was kept: running again "
+            f"resumes from there." if part.exists() else "Nothing was saved.")
+    raise DownloadError(f"Could not download {dest.name}. Tried:\n  {tried}\n{kept}\n"
+                        f"Check the connection (and that the URLs open in a browser), then run again.")
 
 
 # ------------------------------------------------------------------------------------ extract
