@@ -216,9 +216,8 @@ def _epochs(loader: FastLoader, n: int) -> list[list[tuple[torch.Tensor, torch.T
 def test_training_batches(cache):
     loader = FastLoader(cache, 4, out_size=16, seed=0)
     assert len(loader) == 3  # 15 images, drop_last
-    batches = list(loader)  # kept all at once: the CPU output buffers must not be reused
+    batches = [(X.clone(), y) for X, y in loader]  # kept beyond the ring's lifetime: cloned
     assert len(batches) == 3
-    assert len({X.data_ptr() for X, _ in batches}) == 3
     for X, y in batches:
         assert X.shape == (4, 3, 16, 16) and X.dtype == torch.float32 and y.dtype == torch.int64
         assert X.min() >= (0 - max(IMAGENET_MEAN)) / min(IMAGENET_STD) - 1e-4
@@ -229,6 +228,24 @@ def test_training_batches(cache):
     for (X, y), (X_kept, y_kept) in zip(loader, batches):
         torch.testing.assert_close(X, X_kept)
         assert torch.equal(y, y_kept)
+
+
+def test_cpu_batches_live_in_a_fixed_ring_and_stay_intact_while_the_next_two_are_made(cache):
+    """FastLoader's promise: on the CPU, X is one of RING preallocated buffers used in turn, valid
+    while the next RING - 1 batches are produced; the buffers never grow in number."""
+    expected = [[X.clone() for X, _ in FastLoader(cache, 4, out_size=16, seed=2)]]
+    loader = FastLoader(cache, 4, out_size=16, seed=2)
+    held, buffers = [], set()
+    for epoch in range(3):
+        loader.set_epoch(0)  # the same three batches every time
+        for k, (X, _) in enumerate(loader):
+            held.append((X, expected[0][k]))  # the caller keeps every batch it was given
+            buffers.add(X.data_ptr())
+            for kept, want in held[-3:]:  # this one and the two before it
+                torch.testing.assert_close(kept, want)
+    assert len(buffers) == 3  # 9 batches, 3 buffers: reused, no growth
+    assert FastLoader.RING == 3
+    assert held[0][0].data_ptr() == held[3][0].data_ptr()
 
 
 def test_same_seed_same_batches_and_new_crops_every_epoch(cache):
@@ -263,7 +280,7 @@ def test_gathered_path_equals_direct_path(cache):
 def test_evaluation_batches_are_centre_crops_of_every_image(cache):
     loader = FastLoader(cache, 4, train=False, out_size=16, crop_fraction=0.8)
     assert len(loader) == 4
-    batches = list(loader)
+    batches = [(X.clone(), y) for X, y in loader]  # 4 batches kept: more than the ring's 3
     assert [len(y) for _, y in batches] == [4, 4, 4, 3]
     X = torch.cat([X for X, _ in batches])
     assert torch.equal(torch.cat([y for _, y in batches]), cache.labels)

@@ -339,8 +339,20 @@ class FastLoader:
     seed gives the same batches (:meth:`set_epoch` picks the epoch, e.g. to resume).
     ``preload=True`` copies the whole uint8 cache to the device once (CUDA, when it fits).
 
+    How long a batch stays valid. On the CPU, fresh memory for every batch costs a page fault per
+    4 KiB, as much work as the augmentation itself; so ``X`` is written into a fixed ring of
+    :attr:`RING` (3) preallocated buffers, used in turn. A yielded ``X`` stays intact while the
+    next two batches are produced, and the third one overwrites it. A training loop (one batch at
+    a time) never notices; to keep batches longer (a list of a whole epoch), ``X.clone()`` them.
+    ``y`` and, on a GPU, ``X`` are new tensors for every batch (the CUDA caching allocator already
+    reuses memory). With ``gather=True`` the uint8 images of a :class:`HostBatch` are valid until
+    two batches later (two pinned buffers).
+
     Taught in: chapters/06_pretraining.ipynb.
     """
+
+    #: Output buffers of the CPU ring: a batch is overwritten ``RING`` batches later.
+    RING = 3
 
     def __init__(self, cache: ImageCache, batch_size: int, *, train: bool = True,
                  out_size: int | None = None, device: str | torch.device = "cpu", seed: int = 0,
@@ -360,7 +372,8 @@ class FastLoader:
         self._transfer = self.device.type != "cpu" and not on_device
         self._buffers: list[torch.Tensor] = []
         self._events: list[Any] = [None, None]
-        self._outputs: list[torch.Tensor] = []
+        self._ring: list[torch.Tensor] = []  # the CPU output buffers, created on first use
+        self._produced = 0  # batches augmented so far: the next one goes to slot produced % RING
 
     def __len__(self) -> int:
         n = len(self.cache)
@@ -418,18 +431,15 @@ class FastLoader:
         return X, batch.labels.to(dev, non_blocking=True)
 
     def _free_output(self, n: int) -> torch.Tensor | None:
-        # On the CPU, fresh memory costs a page fault per 4 KiB: for a new batch tensor that is as
-        # much work as the augmentation. So reuse an earlier batch's tensor once nothing refers to
-        # its memory any more (use count 2: our tensor + the storage object made for the check).
-        if self.device.type != "cpu" or not hasattr(torch._C, "_storage_Use_Count"):
+        """The next buffer of the CPU ring, first ``n`` images (None on a GPU: allocate)."""
+        if self.device.type != "cpu":
             return None
-        for buf in self._outputs:
-            if torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2:
-                return buf[:n]
-        if len(self._outputs) < 3:
-            self._outputs.append(torch.empty(self.batch_size, 3, self.out_size, self.out_size))
-            return self._outputs[-1][:n]
-        return None  # all held by the caller (e.g. kept batches): allocate
+        if not self._ring:
+            shape = (self.batch_size, self.cache.images.shape[1], self.out_size, self.out_size)
+            self._ring = [torch.empty(shape) for _ in range(self.RING)]
+        buffer = self._ring[self._produced % self.RING]
+        self._produced += 1
+        return buffer[:n]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.host_batches():
