@@ -199,6 +199,32 @@ def test_a_truncated_jpeg_is_named_in_the_error(tmp_path):
     assert not any(n.endswith(".json") for n in _files(tmp_path / "cache"))
 
 
+def test_an_unreadable_first_image_is_named_when_the_size_is_probed(tmp_path):
+    """size=None reads the first image's size: a damaged first file gives CacheBuildError naming
+    it, not PIL's traceback."""
+    ds = _write_tree(tmp_path / "data" / "train", sizes=((64, 64), (64, 64)))
+    first = Path(ds.samples[0][0])
+    first.write_bytes(b"not a JPEG at all")
+    with pytest.raises(CacheBuildError, match=first.name) as info:
+        decode_cache(ds, cache_dir=tmp_path / "cache", progress=False)
+    assert str(first) in str(info.value)
+
+
+def test_fast_loader_names_an_unreadable_first_image(tmp_path, monkeypatch):
+    for env, folder in ((runtime.ENV_DATA, "data"), (runtime.ENV_CACHE, "cache")):
+        (tmp_path / folder).mkdir()
+        monkeypatch.setenv(env, str(tmp_path / folder))
+    monkeypatch.setenv(runtime.ENV_DEVICE, "cpu")
+    cfg = imagenet_book.start("smoke", seed=1, quiet=True)
+    from imagenet_book.data.imagenet import classification_source, load_classification
+
+    source = classification_source(cfg)
+    first = Path(load_classification(source, "val").samples[0][0])
+    first.write_bytes(b"\x00" * 100)
+    with pytest.raises(CacheBuildError, match=first.name):
+        fast_loader(cfg, "val", source=source, progress=False)
+
+
 # ------------------------------------------------------------------ the loader
 
 

@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from ..errors import BookError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CacheBuildError", "FastLoader", "HostBatch",
-           "ImageCache", "center_crop_boxes", "decode_cache", "fast_loader",
+           "ImageCache", "center_crop_boxes", "decode_cache", "fast_loader", "image_side",
            "random_resized_crop_boxes", "resized_crop"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,6 +112,24 @@ def _decode_or_explain(path: str, size: int) -> np.ndarray:
                               "Replace or delete this file, then run again.") from err
 
 
+def image_side(path: str | os.PathLike[str]) -> int:
+    """The shorter side, in pixels, of the image file ``path`` (read from its header only).
+
+    Raises:
+        CacheBuildError: PIL cannot read the file (missing, corrupt, not an image); the message
+            names it and the fix.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    try:
+        with Image.open(path) as im:
+            return min(im.size)
+    except Exception as err:  # PIL raises OSError (UnidentifiedImageError), SyntaxError, ...
+        raise CacheBuildError(f"Cannot read the image file {str(path)!r} to find the image size "
+                              f"({type(err).__name__}: {err}). Replace or delete this file, then run "
+                              "again.") from err
+
+
 def _remove_dead_partials(folder: Path, stem: str) -> None:
     if os.name != "posix":  # os.kill(pid, 0) is a harmless probe only on POSIX
         return
@@ -155,8 +173,7 @@ def decode_cache(dataset: Any, size: int | None = None, *, cache_dir: str | os.P
     if not samples:
         raise ValueError(f"{str(root)!r}: the dataset has no images to cache.")
     if size is None:
-        with Image.open(samples[0][0]) as im:
-            size = min(im.size)
+        size = image_side(samples[0][0])
     files = []
     for p, label in samples:
         st = os.stat(p)
@@ -465,8 +482,7 @@ def fast_loader(cfg: Any, split: str = "train", *, source: Any = None, per_class
     dataset = load_classification(source, split, per_class=per_class)
     img_size = img_size or cfg.profile.img_size
     if store_size is None:
-        with Image.open(dataset.samples[0][0]) as im:
-            store_size = min(min(im.size), math.ceil(1.25 * img_size))
+        store_size = min(image_side(dataset.samples[0][0]), math.ceil(1.25 * img_size))
     cache = decode_cache(dataset, store_size, cache_dir=Path(cfg.cache_root) / "fast",
                          name=source.name, progress=progress)
     kwargs = {"train": split == "train", "device": cfg.device, "seed": cfg.seed, **kwargs}
