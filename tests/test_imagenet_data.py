@@ -197,6 +197,22 @@ def test_imagenet_class_subset_is_a_seeded_file_list(tmp_path):
         imagenet_class_subset(tmp_path, num_classes=2, per_class=1, split="val")
 
 
+def test_an_empty_class_folder_is_named(tmp_path):
+    """torchvision's ImageFolder raises FileNotFoundError for the whole split; we name the folder."""
+    release = _fake_release(tmp_path, "imagenette2-160", IMAGENETTE_WNIDS, train=2, val=1)
+    empty = release / "train" / IMAGENETTE_WNIDS[3]
+    for f in empty.iterdir():
+        f.unlink()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetLayoutError, match=IMAGENETTE_WNIDS[3]) as info:
+        ImageNetSubset(release / "train")
+    assert str(empty) in str(info.value)
+    with pytest.raises(DatasetLayoutError, match=IMAGENETTE_WNIDS[3]):
+        imagenette(tmp_path, "train")
+    with pytest.raises(DatasetLayoutError, match=IMAGENETTE_WNIDS[3]):
+        imagenet_class_subset(release, num_classes=0, per_class=None, wnids=[IMAGENETTE_WNIDS[3]])
+
+
 # ------------------------------------------------------------------ the profile rule
 
 

@@ -155,6 +155,15 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
+def _check_not_empty(class_dir: Path) -> None:
+    """Raise DatasetLayoutError naming ``class_dir`` when it holds no image file."""
+    if not any(_is_image(e.name) for e in os.scandir(class_dir) if e.is_file()):
+        raise DatasetLayoutError(
+            f"The class folder {str(class_dir)!r} holds no image file ({', '.join(IMG_EXTENSIONS)}). "
+            "Put that class's images in it, or delete the folder (its class is then left out); "
+            "an interrupted copy or extraction leaves such folders: copy or extract the data again.")
+
+
 def _pick_per_class(
     targets: Sequence[int], num_classes: int, per_class: int | None, seed: int, pick: str
 ) -> list[int]:
@@ -289,6 +298,11 @@ class ImageNetSubset(ImageFolder):
         class_names: readable names in label order.
         samples: ``[(path, label), ...]`` kept; ``targets``: their labels.
 
+    Raises:
+        DatasetNotFoundError: ``root`` is not a folder.
+        DatasetLayoutError: ``root`` has no class folders, or a class folder holds no image (the
+            message names the folder).
+
     Taught in: chapters/06_pretraining.ipynb.
     """
 
@@ -314,6 +328,8 @@ class ImageNetSubset(ImageFolder):
                 f"{str(root)!r} has no class folders: expected one sub-folder per class named by its "
                 "WordNet id (e.g. n01440764/) holding that class's JPEG files."
             )
+        for name in _class_folders(root):  # ImageFolder would raise FileNotFoundError for the split
+            _check_not_empty(root / name)
         super().__init__(str(root), transform=transform, target_transform=target_transform, loader=loader)
         keep = _pick_per_class(self.targets, len(self.classes), per_class, seed, pick)
         self.samples = [self.samples[i] for i in keep]
@@ -561,7 +577,8 @@ def imagenet_class_subset(
 
     Raises:
         DatasetNotFoundError: no ``<split>/`` folder under ``root``.
-        DatasetLayoutError: fewer than K class folders, or a requested wnid is missing.
+        DatasetLayoutError: fewer than K class folders, a requested wnid is missing, or a chosen
+            class folder holds no image (the message names it).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -594,6 +611,7 @@ def imagenet_class_subset(
     samples: list[tuple[Path, int]] = []
     for label, w in enumerate(chosen):
         folder = split_dir / w
+        _check_not_empty(folder)
         samples += [(folder / n, label) for n in sorted(os.listdir(folder)) if _is_image(n)]
     keep = _pick_per_class([t for _, t in samples], len(chosen), per_class, seed, "random")
     return ImageFileList(split_dir, [samples[i] for i in keep], chosen, [names.get(w, w) for w in chosen],
