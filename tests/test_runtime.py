@@ -237,3 +237,69 @@ def test_invalid_drive_variable_names_the_value(clean_env, monkeypatch):
     with pytest.raises(ib.SetupError, match="'maybe'.*IMAGENET_BOOK_DRIVE"):
         ib.start("smoke")
     assert not (clean_env / "xdg").exists()
+
+
+def test_roots_given_as_arguments_or_options_are_reported_as_such(clean_env, monkeypatch, capsys):
+    """A root passed to start() (or by the command line's --data-root) is named as such, in the
+    printed line and in errors, not blamed on the environment variable."""
+    monkeypatch.setenv(runtime.ENV_DATA, str(clean_env))  # set, but overridden by the argument
+    missing = clean_env / "no" / "such" / "data"
+    with pytest.raises(ib.SetupError) as err:
+        ib.start("smoke", data_root=missing)
+    assert f"{str(missing)!r} (from argument data_root=) does not exist" in str(err.value)
+    with pytest.raises(ib.SetupError) as err:
+        ib.start("smoke", cache_root=missing, origin="command line")
+    assert "(from option --cache-root)" in str(err.value) and "from env" not in str(err.value)
+    data, cache = clean_env / "data", clean_env / "cache"
+    data.mkdir()
+    cache.mkdir()
+    cfg = ib.start("smoke", data_root=data, cache_root=cache, origin="command line")
+    line = capsys.readouterr().out
+    assert cfg.data_root == data and cfg.cache_root == cache
+    assert f"data={data} (option --data-root)" in line and f"cache={cache} (option --cache-root)" in line
+    assert ib.start("smoke", data_root=data, quiet=True).reasons["data_root"] == "argument data_root="
+    assert ib.start("smoke", quiet=True).reasons["data_root"] == f"env {runtime.ENV_DATA}"
+    with pytest.raises(ib.SetupError, match="option --profile"):
+        ib.start("smok", origin="command line")
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A real folder in which no file can be created: chmod 555, or, for root (whom permissions do
+    not stop), a folder of a read-only file system such as /sys."""
+    import os
+    import tempfile
+
+    candidates = [tmp_path / "read-only", Path("/sys/kernel"), Path("/proc/sys")]
+    candidates[0].mkdir()
+    candidates[0].chmod(0o555)
+    for folder in candidates:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError:
+            return folder
+        if folder == candidates[0]:
+            os.chmod(folder, 0o755)
+    pytest.skip("no read-only folder on this machine")
+
+
+def test_a_read_only_cache_root_is_refused_at_start(clean_env, monkeypatch):
+    read_only = _read_only_folder(clean_env)
+    monkeypatch.setenv(runtime.ENV_CACHE, str(read_only))
+    with pytest.raises(ib.SetupError) as err:
+        ib.start("smoke", quiet=True)
+    message = str(err.value)
+    assert str(read_only) in message and f"env {runtime.ENV_CACHE}" in message
+    assert f"set {runtime.ENV_CACHE} to an existing, writable folder" in message
+    monkeypatch.delenv(runtime.ENV_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(read_only / "xdg"))  # the default root, unwritable
+    with pytest.raises(ib.SetupError, match=f"set {runtime.ENV_CACHE} to a writable folder"):
+        ib.start("smoke", quiet=True)
+
+
+def test_mps_asked_without_mps_is_refused(clean_env, monkeypatch):
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    monkeypatch.setenv(runtime.ENV_DEVICE, "mps")
+    with pytest.raises(ib.SetupError, match=f"'mps' \\(from env {runtime.ENV_DEVICE}\\).*MPS"):
+        ib.start("smoke", quiet=True)

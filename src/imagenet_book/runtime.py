@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,9 @@ class Setup:
         seed: the seed every generator was given.
         data_root: folder that holds (or will hold) the datasets.
         cache_root: folder for generated stand-ins, decoded caches and checkpoints.
-        reasons: for each choice above, why it was made (``"argument"``, ``"env ..."``, ...).
+        reasons: for each choice above, why it was made and where the value came from
+            (``"argument"``, ``"argument data_root="``, ``"option --data-root"``,
+            ``"env IMAGENET_BOOK_DATA"``, ``"default"``, ...).
     """
 
     profile: Profile
@@ -143,9 +146,20 @@ def _user_cache_dir() -> Path:
     return Path(base) / "imagenet_book"
 
 
-def _choose_profile(profile: str | None, cuda: bool) -> tuple[Profile, str]:
+#: How :func:`start`'s arguments were given: ``"argument"`` (a Python call) or ``"command line"``
+#: (the ``imagenet-book`` command, whose options fill them). Messages name the place accordingly.
+ORIGINS = ("argument", "command line")
+
+
+def _given(origin: str, name: str) -> str:
+    """Where the value of argument ``name`` came from, as the user wrote it."""
+    return f"option --{name.replace('_', '-')}" if origin == "command line" else f"argument {name}="
+
+
+def _choose_profile(profile: str | None, cuda: bool, origin: str) -> tuple[Profile, str]:
     if profile is not None:
-        name, why, source = profile, "argument", "the argument profile="
+        source = _given(origin, "profile")
+        name, why = profile, "argument" if origin == "argument" else source
     elif os.environ.get(ENV_PROFILE):
         name = os.environ[ENV_PROFILE]
         why = source = f"env {ENV_PROFILE}"
@@ -156,7 +170,7 @@ def _choose_profile(profile: str | None, cuda: bool) -> tuple[Profile, str]:
     key = name.strip().lower()
     if key not in PROFILES:
         raise SetupError(
-            f"Unknown profile {name!r} (from {source}). "
+            f"Unknown profile {name!r} (from {'the ' if source.startswith('arg') else ''}{source}). "
             f"Choose one of: {', '.join(PROFILES)}."
         )
     return PROFILES[key], why
@@ -212,6 +226,17 @@ def _choose_device(cuda: bool) -> tuple[torch.device, str]:
                 f"Device {wanted!r} (from env {ENV_DEVICE}) asked for CUDA, but torch sees no CUDA "
                 "GPU. Unset it, or set it to cpu."
             )
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise SetupError(
+                f"Device {wanted!r} (from env {ENV_DEVICE}) asked for CUDA GPU {device.index}, but torch "
+                f"sees {torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1}). "
+                "Set it to one of those, or unset it.")
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise SetupError(
+                f"Device {wanted!r} (from env {ENV_DEVICE}) asked for Apple's MPS, but torch has no "
+                "MPS device here (it needs an Apple-silicon Mac and a PyTorch built with MPS). "
+                "Unset it, or set it to cpu" + (" or cuda." if cuda else "."))
         return device, f"env {ENV_DEVICE}"
     if cuda:
         return torch.device("cuda"), torch.cuda.get_device_name(0)
@@ -220,12 +245,38 @@ def _choose_device(cuda: bool) -> tuple[torch.device, str]:
     return torch.device("cpu"), "no GPU found" + (f"; {COLAB_GPU_HINT}" if _on_colab() else "")
 
 
-def _choose_dir(env: str, default: Path) -> tuple[Path, str, bool]:
-    """Return (path, reason, must_exist): a folder set by the user must exist already."""
+def _choose_dir(given: str | os.PathLike[str] | None, source: str, env: str,
+                default: Path) -> tuple[Path, str, bool]:
+    """Return (path, reason, must_exist): the argument, else the env variable, else the default.
+    A folder set by the user must exist already."""
+    if given is not None and str(given) != "":
+        return Path(given).expanduser().resolve(), source, True
     value = os.environ.get(env)
     if value:
         return Path(value).expanduser().resolve(), f"env {env}", True
     return default, "default", False
+
+
+def _how_to_set(what: str, env: str, source: str) -> str:
+    """The fix for a bad data/cache root, naming the place its value came from."""
+    if source.startswith(("argument", "option")):
+        return (f"give {source.split(' ', 1)[1]} an existing, writable folder, or leave it out "
+                f"(then env {env}, else the default, is used).")
+    if source.startswith("env"):
+        return f"set {env} to an existing, writable folder, or unset {env} to use the default."
+    return f"set {env} to a writable folder (the {what} is then that folder)."
+
+
+def _writable(path: Path) -> str | None:
+    """None if a file can be created in ``path`` (made if missing), else the system's reason.
+    The test file is deleted at once."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -239,7 +290,8 @@ def seed_everything(seed: int) -> None:
 
 
 def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
-          drive: bool | None = None) -> Setup:
+          drive: bool | None = None, data_root: str | os.PathLike[str] | None = None,
+          cache_root: str | os.PathLike[str] | None = None, origin: str = "argument") -> Setup:
     """Set up a notebook: choose profile, device, seed, data and cache roots; print one line.
 
     Args:
@@ -253,6 +305,14 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
             they outlive the Colab session. ``None``: env ``IMAGENET_BOOK_DRIVE`` (``1``/``0``),
             else off. Outside Colab it changes nothing (the printed line says so), so the same
             notebook runs everywhere.
+        data_root: the data root (must exist). ``None``: env ``IMAGENET_BOOK_DATA``, else the
+            default below.
+        cache_root: the cache root (must exist, and be writable). ``None``: env
+            ``IMAGENET_BOOK_CACHE``, else the default below.
+        origin: how ``profile``, ``data_root`` and ``cache_root`` were given: ``"argument"`` (a
+            Python call; reported as ``argument data_root=``) or ``"command line"`` (the
+            ``imagenet-book`` command; reported as ``option --data-root``). The printed line and
+            every error name the place a value really came from.
 
     Environment:
         ``IMAGENET_BOOK_DATA``: data root (must exist). Default: ``<user cache>/imagenet_book/data``.
@@ -264,22 +324,30 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
         A :class:`Setup`.
 
     Raises:
-        SetupError: an unknown profile, an invalid device, a data/cache root that does not
-            exist, or (Drive on, on Colab) a run folder of the cache root that is a local
-            folder where Drive's link must go. Nothing is
-            created on disk (and Drive is not mounted) before every setting has been checked.
+        SetupError: an unknown profile, an invalid or absent device (CUDA or MPS asked for on a
+            machine without it), a data/cache root that does not exist, a cache root (or a
+            default root) where no file can be written, or (Drive on, on Colab) a run folder of
+            the cache root that is a local folder where Drive's link must go. Every message
+            names the setting, where it came from (argument, command-line option, environment
+            variable or default) and the fix. Nothing is created on disk (and Drive is not
+            mounted) before every setting has been checked.
 
     Taught in: chapters/01_imagenet.ipynb.
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SetupError(f"seed must be an int, got {seed!r}.")
+    if origin not in ORIGINS:
+        raise SetupError(f"origin must be one of {ORIGINS}, got {origin!r}.")
     cuda = torch.cuda.is_available()
-    chosen_profile, profile_why = _choose_profile(profile, cuda)
+    chosen_profile, profile_why = _choose_profile(profile, cuda, origin)
     device, device_why = _choose_device(cuda)
     use_drive, drive_why = _choose_drive(drive)
     user_cache = _user_cache_dir()
-    cache_root, cache_why, cache_must_exist = _choose_dir(ENV_CACHE, user_cache)
-    data_root, data_why, data_must_exist = _choose_dir(ENV_DATA, user_cache / "data")
+    cache_root, cache_why, cache_must_exist = _choose_dir(
+        cache_root, _given(origin, "cache_root"), ENV_CACHE, user_cache)
+    data_root, data_why, data_must_exist = _choose_dir(
+        data_root, _given(origin, "data_root"), ENV_DATA, user_cache / "data")
+    data_source, cache_source = data_why, cache_why
     colab = _on_colab()
     if use_drive and not colab:
         cache_why += f"; {drive_why} ignored: not on Colab"
@@ -294,19 +362,23 @@ def start(profile: str | None = None, seed: int = 0, *, quiet: bool = False,
                     f"{str(local)!r} is a folder on this machine, where {drive_why} puts a link to "
                     f"Google Drive ({str(COLAB_DRIVE_MOUNT / DRIVE_CACHE / name)!r}). Move what it "
                     "holds to Drive (or delete it), or call ib.start() without drive.")
-    for path, must_exist, env, what in (
-        (data_root, data_must_exist, ENV_DATA, "data root"),
-        (cache_root, cache_must_exist, ENV_CACHE, "cache root"),
-    ):
+    roots = ((data_root, data_must_exist, ENV_DATA, "data root", data_source),
+             (cache_root, cache_must_exist, ENV_CACHE, "cache root", cache_source))
+    for path, must_exist, env, what, source in roots:
         if must_exist and not path.is_dir():
             problem = "is not a folder" if path.exists() else "does not exist"
-            raise SetupError(
-                f"The {what} {str(path)!r} (from env {env}) {problem}. Create that folder, or point "
-                f"{env} at an existing one, or unset {env} to use the default."
-            )
-    # Every setting is valid: only now mount Drive and create the default folders.
-    for path in (data_root, cache_root):
-        path.mkdir(parents=True, exist_ok=True)
+            raise SetupError(f"The {what} {str(path)!r} (from {source}) {problem}. Create that "
+                             f"folder, or {_how_to_set(what, env, source)}")
+    # Every setting is valid: only now create the default folders, and check that the cache root
+    # (stand-ins, decoded caches, checkpoints) takes files. A data root the user gives may be
+    # read-only (shared data).
+    for path, must_exist, env, what, source in reversed(roots):  # the cache root holds the default data root
+        if what == "cache root" or not must_exist:
+            problem = _writable(path)
+            if problem is not None:
+                raise SetupError(f"Cannot write in the {what} {str(path)!r} ("
+                                 f"{'the default' if source == 'default' else 'from ' + source}; "
+                                 f"{problem}). To fix it, {_how_to_set(what, env, source)}")
     if use_drive and colab:
         runs = _mount_drive()
         for name in DRIVE_FOLDERS:
