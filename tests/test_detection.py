@@ -22,6 +22,7 @@ import imagenet_book as ib
 from imagenet_book import losses, runtime
 from imagenet_book.data.standin import make_voc_standin
 from imagenet_book.data.voc import VOCDetection
+from imagenet_book import finetune as ft
 from imagenet_book.finetune import backbone_from_checkpoint
 from imagenet_book.models import detection as det
 from imagenet_book.pretrain import PretrainError
@@ -288,7 +289,7 @@ def test_detector_overfits_one_image(voc_scenes):
     image, target = ds[index]
     torch.manual_seed(0)
     net = det.Detector(backbone_from_checkpoint(None, pretrained=False), 20, img_size=64)
-    small, small_target = det.detection_transforms(64, train=False)(image, target)
+    small, small_target = ft.detection_transforms(64, train=False)(image, target)
     X, anchors = net.normalize(small[None]), net.anchors()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     net.eval()  # BatchNorm in eval mode: one image is no batch to take statistics from
@@ -311,13 +312,13 @@ def test_detection_transforms_move_boxes_with_the_image(voc_scenes):
     ds = VOCDetection(voc_scenes, "2007", "train")
     image, target = ds[0]
     h, w = image.shape[-2:]
-    resized, t = det.detection_transforms(64, train=False)(image, target)
+    resized, t = ft.detection_transforms(64, train=False)(image, target)
     assert resized.shape == (3, 64, 64) and resized.dtype == torch.uint8
     scale = torch.tensor([64 / w, 64 / h, 64 / w, 64 / h])
     torch.testing.assert_close(t["boxes"].as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor) * scale)
     torch.manual_seed(0)
     for _ in range(10):  # random crops drop boxes together with their labels and difficult flags
-        im, t = det.detection_transforms(64)(image, target)
+        im, t = ft.detection_transforms(64)(image, target)
         assert im.shape == (3, 64, 64)
         assert len(t["boxes"]) == len(t["labels"]) == len(t["difficult"])
         assert (t["boxes"][:, 2] > t["boxes"][:, 0]).all() and (t["boxes"] <= 64).all()
@@ -348,12 +349,12 @@ def smoke(tmp_path_factory):
 
 def test_finetune_detector_end_to_end_and_save(smoke, tmp_path):
     cfg, ckpts = smoke
-    result = det.finetune_detector(cfg, ckpts["resnet18"], mode="finetune", epochs=2, max_steps=5,
+    result = ft.finetune_detector(cfg, ckpts["resnet18"], mode="finetune", epochs=2, max_steps=5,
                                    progress=False, log=None)
     assert result.task == "detect" and result.mode == "finetune" and result.checkpoint == ckpts["resnet18"]
-    assert result.budget["steps"] == 5 and result.budget["img_size"] == det.SIZE_FACTOR * cfg.profile.img_size
+    assert result.budget["steps"] == 5 and result.budget["img_size"] == ib.recipe.DET_SIZE_FACTOR * cfg.profile.img_size
     assert result.budget["train_images"] == result.source.train_images
-    assert [set(r) >= {"cls_loss", "reg_loss", "train_loss"} for r in result.history.epochs] == [True, True]
+    assert [set(r) >= {"train_cls", "train_reg", "train_loss"} for r in result.history.epochs] == [True, True]
     assert len(result.history.steps) == 5 and all(s["loss"] == pytest.approx(s["cls"] + s["reg"]) for s in result.history.steps)
     m = result.metrics
     assert set(m) >= {"map", "map_07", "per_class", "per_class_07"} and len(m["per_class"]) == 20
@@ -362,22 +363,22 @@ def test_finetune_detector_end_to_end_and_save(smoke, tmp_path):
     assert result.recipe["backbone_lr_scale"] == pytest.approx(0.1)
     path = result.save(tmp_path)
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == det.DETECTOR_FORMAT and raw["budget"]["steps"] == 5
+    assert raw["format"] == ft.DETECTOR_FORMAT and raw["budget"]["steps"] == 5
     info = json.loads(path.with_suffix(".json").read_text())
     assert info["mode"] == "finetune" and "map_07" in info["metrics"] and info["history"]["epochs"]
-    loaded = det.load_detector(path)
+    loaded = ft.load_detector(path)
     X = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(loaded(X), result.net.cpu()(X)):
             torch.testing.assert_close(a, b)
     with pytest.raises(det.DetectorError, match="not a detector checkpoint"):
-        det.load_detector(ckpts["resnet18"])
+        ft.load_detector(ckpts["resnet18"])
 
 
 def test_probe_freezes_the_backbone(smoke):
     cfg, ckpts = smoke
     before = {k: v.clone() for k, v in backbone_from_checkpoint(ckpts["resnet18"]).state_dict().items()}
-    result = det.finetune_detector(cfg, ckpts["resnet18"], mode="probe", epochs=1, max_steps=2,
+    result = ft.finetune_detector(cfg, ckpts["resnet18"], mode="probe", epochs=1, max_steps=2,
                                    progress=False, log=None)
     after = result.net.backbone.state_dict()
     assert all(torch.equal(before[k], after[k].cpu()) for k in before)  # weights AND BatchNorm statistics
@@ -386,8 +387,8 @@ def test_probe_freezes_the_backbone(smoke):
 def test_wrong_architecture_checkpoint_is_a_clear_error(smoke):
     cfg, ckpts = smoke
     with pytest.raises(PretrainError, match=r"resnet34.*not the resnet18.*arch='resnet34'"):
-        det.finetune_detector(cfg, ckpts["resnet34"], mode="finetune", arch="resnet18", progress=False, log=None)
+        ft.finetune_detector(cfg, ckpts["resnet34"], mode="finetune", arch="resnet18", progress=False, log=None)
     with pytest.raises(det.DetectorError, match="Unknown mode"):
-        det.finetune_detector(cfg, ckpts["resnet18"], mode="linear", progress=False, log=None)
+        ft.finetune_detector(cfg, ckpts["resnet18"], mode="linear", progress=False, log=None)
     with pytest.raises(det.DetectorError, match="box loss"):
-        det.finetune_detector(cfg, ckpts["resnet18"], reg_loss="iou", progress=False, log=None)
+        ft.finetune_detector(cfg, ckpts["resnet18"], reg_loss="iou", progress=False, log=None)

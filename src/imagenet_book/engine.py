@@ -1,35 +1,39 @@
-"""The training engine: :func:`fit` and :func:`evaluate` for image classification.
+"""The training engine: the book's one loop, :func:`fit`, and :func:`evaluate`, for every task.
 
 The whole algorithm, as :func:`fit` runs it::
 
     for epoch in range(epochs):
-        for X, y in this epoch's batches (from where a resumed run left off):
-            loss = F.cross_entropy(net(X), y)     # under autocast on a GPU
-            loss.backward(); optimizer.step(); scheduler.step(); ema.update(net)
+        task.train_mode(net)
+        for batch in this epoch's batches (from where a resumed run left off):
+            out = task.training_step(net, batch)      # {"loss": ..., other scalars}; autocast on a GPU
+            out["loss"].backward(); clip; optimizer.step(); scheduler.step(); ema.update(net)
             every `checkpoint_every` steps: save all that is needed to continue exactly
-        evaluate on the validation set, record the epoch in the History, save a checkpoint
+        evaluate(net, val_loader, task=task): the task's meter; record the epoch; save a checkpoint
+        callbacks (e.g. early stopping) may end the run
 
-The rest of this file is that loop's parts, one small function each: the recipe
-(:class:`TrainConfig`, its numbers live there and nowhere else), no weight decay on biases and
-normalisation weights (:func:`param_groups`), linear warmup then cosine or one-cycle decay
-(:func:`lr_factor`), mixed precision (bf16 on GPUs that have it, else fp16 with a ``GradScaler``;
-fp32 on the CPU), checkpoints, and torchrun DDP.
+What differs between problems is the **task** (:mod:`imagenet_book.tasks`): how a batch becomes
+a loss, which meter evaluates, which parameters train at which rate, how train mode is set. The
+default is :class:`~imagenet_book.tasks.Classification` with the recipe's label smoothing. The
+recipe (:class:`~imagenet_book.recipe.TrainConfig`), the optimizer and the schedule come from
+:mod:`imagenet_book.recipe`, the same for every task. The loop alone owns mixed precision (bf16
+on GPUs that have it, else fp16 with a ``GradScaler``; fp32 on the CPU), ``backward``, clipping,
+the step, the schedule, checkpoints, DDP, EMA and logging.
 
-Loss: ``torch.nn.functional.cross_entropy``. Chapter 02 shows that
+Loss of the classification task: ``torch.nn.functional.cross_entropy``. Chapter 02 shows that
 :func:`imagenet_book.losses.cross_entropy` gives the same numbers; PyTorch's is one fused kernel
-(faster, less memory), so the engine uses it. Validation losses have no label smoothing.
+(faster, less memory), so the task uses it. Validation losses have no label smoothing.
 
 **Exact resume.** A checkpoint stores the weights, optimizer, scheduler, scaler and EMA, every
-RNG state, the History, and where the data stood: the epoch, the batches done in it and the
-loader's :class:`Resumable` state. On the CPU a resumed run ends with weights bit-identical to
-an uninterrupted run's (on a GPU, as far as its kernels are deterministic).
+RNG state, the History, the callbacks' state, and where the data stood: the epoch, the batches
+done in it and the loader's :class:`Resumable` state. On the CPU a resumed run ends with weights
+bit-identical to an uninterrupted run's (on a GPU, as far as its kernels are deterministic).
 
 **DDP.** Under ``torchrun --nproc_per_node=N`` the same call trains on N processes: each builds
-the same global batch and keeps its ``1/N`` slice (:func:`fit` slices, so any loader works), DDP
-averages the gradients, so the global batch size is the loader's ``batch_size``. BatchNorm
-normalises each slice with its own statistics (convert with ``nn.SyncBatchNorm`` for global
-ones). Only rank 0 writes checkpoints, history and bars; on resume every rank takes rank 0's RNG
-states; :func:`evaluate` sums its counts over all ranks.
+the same global batch and keeps its ``1/N`` slice (:func:`fit` slices tensors and lists, so any
+loader works), DDP averages the gradients, so the global batch size is the loader's
+``batch_size``. BatchNorm normalises each slice with its own statistics (convert with
+``nn.SyncBatchNorm`` for global ones). Only rank 0 writes checkpoints, history and bars; on
+resume every rank takes rank 0's RNG states; :func:`evaluate` combines the meters of all ranks.
 
 Taught in: chapters/06_pretraining.ipynb.
 """
@@ -48,118 +52,29 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .metrics import topk_correct
+from .errors import BookError
+from .recipe import TrainConfig, lr_factor, make_optimizer, make_scheduler, param_groups
+from .tasks import Classification, Task, World, all_sum
 
-__all__ = ["BatchLoader", "CheckpointError", "EMA", "History", "Resumable", "TrainConfig", "World",
-           "destroy_distributed", "evaluate", "fit", "init_distributed", "load_checkpoint", "read_state",
-           "lr_factor", "make_optimizer", "make_scheduler", "param_groups"]
+__all__ = ["BatchLoader", "Callback", "CheckpointError", "EMA", "EarlyStopping", "History", "Resumable",
+           "TrainConfig", "World", "destroy_distributed", "evaluate", "fit", "init_distributed",
+           "load_checkpoint", "lr_factor", "make_optimizer", "make_scheduler", "param_groups",
+           "plain_values", "read_state", "world"]
 
-FORMAT_VERSION = 1  # of the checkpoint dictionary; bump when its layout changes
+FORMAT_VERSION = 2  # of the checkpoint dictionary; bump when its layout changes
 KEEP_CHECKPOINTS = 2  # the newest and the one before it (the fallback if the newest is damaged)
 LOG_EVERY = 50  # steps between reads of the loss from the device (each read waits for the GPU)
 
 
-# ------------------------------------------------------------------------------- the recipe
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The numbers of a training recipe (defaults: torchvision's ResNet recipe, cosine schedule).
-
-    Attributes:
-        epochs: passes over the training set.
-        optimizer: ``"sgd"`` (with momentum) or ``"adamw"``.
-        lr: peak learning rate, reached after warmup, for the global batch.
-        weight_decay: L2 penalty on weights; biases and norm-layer weights get none.
-        momentum: SGD momentum (AdamW: beta1).
-        warmup_epochs: linear warmup from 0, in epochs (fractions allowed).
-        warmup_steps: the same in optimizer steps; overrides ``warmup_epochs`` when given.
-        schedule: after warmup, ``"cosine"`` (half cosine to 0) or ``"onecycle"`` (straight
-            line to 0: with warmup, the triangular one-cycle policy).
-        label_smoothing: ``eps`` of the training loss (target ``(1 - eps) * onehot + eps / C``).
-        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
-            ``0.999``), evaluated each epoch beside the weights; ``None``: no EMA.
-
-    Taught in: chapters/06_pretraining.ipynb.
-    """
-
-    epochs: int = 10
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 0.0
-    warmup_steps: int | None = None
-    schedule: str = "cosine"
-    label_smoothing: float = 0.0
-    ema_decay: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "onecycle"):
-            raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
-
-
-def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two parameter groups: weights of convolutions and linear layers (``ndim >= 2``) decay;
-    biases and normalisation weights (``ndim <= 1``) do not: shrinking a BatchNorm scale or a
-    bias towards 0 does not regularise, it only fights the layer.
-
-    Returns:
-        ``[{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}]``.
-
-    Taught in: chapters/06_pretraining.ipynb.
-    """
-    params = [p for p in net.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-
-
-def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over :func:`param_groups`, at ``cfg.lr``.
-
-    Taught in: chapters/06_pretraining.ipynb.
-    """
-    groups = param_groups(net, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based).
-
-    Linear warmup ``(step + 1) / warmup_steps``, then from 1 down to 0 at ``total_steps``: half a
-    cosine (``"cosine"``) or a straight line (``"onecycle"``).
-
-    Taught in: chapters/06_pretraining.ipynb.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step ``LambdaLR`` following :func:`lr_factor` over ``cfg.epochs * steps_per_epoch``.
-
-    Taught in: chapters/06_pretraining.ipynb.
-    """
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
+# ------------------------------------------------------------------------------- EMA
 
 
 class EMA:
@@ -185,14 +100,15 @@ class EMA:
                 ema_v.copy_(v)
 
 
+
 # ------------------------------------------------------------------------------- data
 
 
 class Resumable(Protocol):
     """The loader protocol: what :func:`fit` uses, when a training loader has it, to resume.
 
-    A training loader is any iterable of ``(X, y)`` batches with ``len()``. For a resumed run to
-    see exactly the batches the interrupted one would have seen:
+    A training loader is any iterable of batches (tuples such as ``(X, y)``) with ``len()``. For
+    a resumed run to see exactly the batches the interrupted one would have seen:
 
     * ``set_epoch(epoch)``: the next pass yields epoch ``epoch``. Its order and augmentation must
       depend on the loader's seed and ``epoch`` only, or else draw from the global RNG (which
@@ -210,42 +126,55 @@ class Resumable(Protocol):
     """
 
     def __len__(self) -> int: ...
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def __iter__(self) -> Iterator[tuple[Any, ...]]: ...
     def set_epoch(self, epoch: int) -> None: ...
-    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def iter_from(self, start: int) -> Iterator[tuple[Any, ...]]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class BatchLoader:
-    """Batches from in-memory tensors ``(X, y)`` or a map-style dataset, in a seeded order.
+    """Batches from in-memory tensors or a map-style dataset, in a seeded order.
 
     Epoch ``e``'s order is ``randperm`` from a ``torch.Generator`` seeded by ``(seed, e)``, so any
     position of any epoch can be regenerated (:class:`Resumable`). Each pass advances the epoch.
 
     Args:
-        data: ``(X, y)`` tensors, ``X`` of shape ``(N, ...)`` and ``y`` int64 ``(N,)``; or a
-            dataset whose items are ``(x, label)`` with ``x`` a tensor (stacked into batches).
+        data: a tuple of tensors of the same length ``N`` (e.g. ``(X, y)`` or ``(X, y, mask)``):
+            each batch is the tuple of their rows; or a dataset whose items are combined by
+            ``collate`` (default: items ``(x, label)`` with ``x`` a tensor, stacked into ``(X, y)``).
         batch_size: examples per batch (the global batch under DDP).
         shuffle: a new order each epoch (else ``0 .. N-1``).
         seed: seed of the order.
         drop_last: drop the last, incomplete batch.
-        device: move batches there (``None``: leave them where they are).
-        transform_on_device: ``X -> X`` applied to each batch after the move (e.g. random flips,
-            normalisation). If it draws random numbers, it must draw them from the global torch
-            RNG (which checkpoints save) for resume to be exact.
+        device: move batches there (``None``: leave them where they are); tensors inside lists
+            and dicts move too.
+        transform_on_device: ``X -> X`` applied to the batch's first element after the move
+            (e.g. random flips, normalisation).
+        batch_transform: ``(*batch) -> batch`` applied to the whole batch after the move and
+            ``transform_on_device`` (e.g. a flip that moves an image and its mask together).
+        collate: ``list of items -> batch tuple``, for datasets whose items do not stack (e.g.
+            :func:`imagenet_book.data.voc.collate_detection`).
+
+        A random transform (``transform_on_device``, ``batch_transform`` or the dataset's own)
+        must draw from the global torch RNG, which checkpoints save, for resume to be exact; it
+        then also gives the same draws on every DDP process (all are seeded alike).
 
     Yields:
-        ``(X, y)``: ``X`` ``(B, ...)`` as stored (e.g. float32 ``(B, 3, H, W)``), ``y`` int64 ``(B,)``.
+        Tuples: ``data``'s rows (e.g. ``X`` float32 ``(B, 3, H, W)``, ``y`` int64 ``(B,)``), or
+        what ``collate`` makes of the items.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
 
     def __init__(self, data: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, device: str | torch.device | None = None,
-                 transform_on_device: Any = None) -> None:
+                 transform_on_device: Callable[[Tensor], Tensor] | None = None,
+                 batch_transform: Callable[..., Sequence[Any]] | None = None,
+                 collate: Callable[[list[Any]], Sequence[Any]] | None = None) -> None:
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.drop_last, self.transform_on_device = drop_last, transform_on_device
+        self.batch_transform, self.collate = batch_transform, collate
         self.device = None if device is None else torch.device(device)
         self.tensors = isinstance(data, (tuple, list)) and all(isinstance(t, Tensor) for t in data)
         self.num_examples = len(data[0]) if self.tensors else len(data)
@@ -265,25 +194,31 @@ class BatchLoader:
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
         return torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(seed))
 
-    def _fetch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _fetch(self, index: Tensor) -> tuple[Any, ...]:
         if self.tensors:
-            return self.data[0][index], self.data[1][index]
+            return tuple(t[index] for t in self.data)
         items = [self.data[i] for i in index.tolist()]
+        if self.collate is not None:
+            return tuple(self.collate(items))
         return torch.stack([x for x, _ in items]), torch.as_tensor([t for _, t in items])
 
-    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def iter_from(self, start: int) -> Iterator[tuple[Any, ...]]:
         """One pass of the current epoch, from batch ``start`` on (earlier batches not built)."""
         order, self.epoch = self._order(), self.epoch + 1
         return self._batches(order, start)
 
-    def _batches(self, order: Tensor, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches(self, order: Tensor, start: int) -> Iterator[tuple[Any, ...]]:
         for s in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
-            X, y = self._fetch(order[s:s + self.batch_size])
+            batch = self._fetch(order[s:s + self.batch_size])
             if self.device is not None:
-                X, y = X.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            yield (X if self.transform_on_device is None else self.transform_on_device(X)), y
+                batch = to_device(batch, self.device)
+            if self.transform_on_device is not None:
+                batch = (self.transform_on_device(batch[0]), *batch[1:])
+            if self.batch_transform is not None:
+                batch = tuple(self.batch_transform(*batch))
+            yield batch
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return self.iter_from(0)
 
     def state_dict(self) -> dict[str, Any]:
@@ -310,26 +245,44 @@ def _epoch_batches(loader: Iterable, epoch: int, start: int) -> Iterator:
     return islice(iter(loader), start, None)
 
 
-# ------------------------------------------------------------------------------- distributed
+def _map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to every tensor inside tuples, lists and dicts (other values unchanged)."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)([_map_tensors(b, fn) for b in batch])
+    if isinstance(batch, dict):
+        return {k: _map_tensors(v, fn) for k, v in batch.items()}
+    return batch
 
 
-@dataclass(frozen=True)
-class World:
-    """This process's place in a (possibly 1-process) run: ``rank`` of ``size``, ``local_rank``
-    on its machine (the GPU it uses).
+def to_device(batch: Any, device: torch.device | str, channels_last: bool = False) -> Any:
+    """Every tensor of ``batch`` (a tensor, or tuples/lists/dicts of them) moved to ``device``;
+    4-D tensors (image batches) in channels_last memory format when ``channels_last``.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
+    def move(t: Tensor) -> Tensor:
+        fmt = torch.channels_last if channels_last and t.ndim == 4 else torch.preserve_format
+        return t.to(device, non_blocking=True, memory_format=fmt)
+    return _map_tensors(batch, move)
 
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
+
+def batch_len(batch: Sequence[Any]) -> int:
+    """The number of examples in a batch tuple: the length of its first element."""
+    return len(batch[0])
+
+
+# ------------------------------------------------------------------------------- distributed
 
 
 def init_distributed() -> World:
     """Join the process group that ``torchrun`` describes in the environment (``RANK``,
     ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``): NCCL with one GPU per process on
     CUDA, gloo on the CPU. Without torchrun (or ``WORLD_SIZE=1``) it does nothing.
+
+    Returns:
+        This process's :class:`~imagenet_book.tasks.World`.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -338,10 +291,14 @@ def init_distributed() -> World:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return _world()
+    return world()
 
 
-def _world() -> World:
+def world() -> World:
+    """This process's place in the current process group (rank 0 of 1 outside one).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
     if tdist.is_available() and tdist.is_initialized():
         return World(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return World()
@@ -360,30 +317,28 @@ def destroy_distributed() -> None:
 def _distributed() -> Iterator[World]:
     """:func:`init_distributed`; on exit, destroy the group if this call created it."""
     created = tdist.is_available() and not tdist.is_initialized()
-    world = init_distributed()
+    here = init_distributed()
     try:
-        yield world
+        yield here
     finally:
-        if created and world.size > 1:
+        if created and here.size > 1:
             destroy_distributed()
 
 
-def _shard(X: Tensor, y: Tensor, world: World, even: bool) -> tuple[Tensor, Tensor]:
-    """This rank's slice of a global batch (training needs equal slices: DDP averages them)."""
-    if world.size == 1:
-        return X, y
-    if even and len(y) % world.size:
-        raise ValueError(f"A training batch of {len(y)} examples does not split evenly over "
-                         f"{world.size} processes. Use drop_last=True and a batch size divisible "
-                         f"by {world.size}.")
-    return X.tensor_split(world.size)[world.rank], y.tensor_split(world.size)[world.rank]
-
-
-def _all_sum(t: Tensor, world: World) -> Tensor:
-    if world.size > 1:
-        t = t.clone()
-        tdist.all_reduce(t)
-    return t
+def _shard(batch: Sequence[Any], here: World, even: bool) -> tuple[Any, ...]:
+    """This rank's slice of a global batch (training needs equal slices: DDP averages them).
+    Tensors and lists are sliced along their first dimension, other values kept."""
+    if here.size == 1:
+        return tuple(batch)
+    n = batch_len(batch)
+    if even and n % here.size:
+        raise ValueError(f"A training batch of {n} examples does not split evenly over "
+                         f"{here.size} processes. Use drop_last=True and a batch size divisible "
+                         f"by {here.size}.")
+    sizes = [len(part) for part in torch.arange(n).tensor_split(here.size)]
+    start = sum(sizes[:here.rank])
+    stop = start + sizes[here.rank]
+    return tuple(b[start:stop] if isinstance(b, (Tensor, list, tuple)) else b for b in batch)
 
 
 # ------------------------------------------------------------------------------- devices
@@ -401,13 +356,19 @@ def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | No
     return choices[amp]
 
 
-def _to_device(X: Tensor, y: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
-    fmt = torch.channels_last if channels_last and X.ndim == 4 else torch.preserve_format
-    return X.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
+def autocast(device: str | torch.device, amp: str | bool | None = None) -> Any:
+    """The loop's mixed-precision context for ``device``: bf16 on CUDA GPUs that have it, fp16
+    on other CUDA GPUs, nothing (fp32) elsewhere; ``amp`` forces one (see :func:`fit`).
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    device = torch.device(device)
+    dtype = _amp_dtype(amp, device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @contextlib.contextmanager
-def _explain_oom(what: str, batch_size: int, world: World, lr: float | None = None) -> Iterator[None]:
+def _explain_oom(what: str, batch_size: int, here: World, lr: float | None = None) -> Iterator[None]:
     """Re-raise an out-of-memory error with a batch size to try."""
     try:
         yield
@@ -416,7 +377,7 @@ def _explain_oom(what: str, batch_size: int, world: World, lr: float | None = No
         lr_hint = f" and the learning rate with it (lr={lr / 2:g})" if lr is not None else ""
         raise torch.cuda.OutOfMemoryError(
             f"Out of memory during {what} on a batch of {batch_size} images "
-            f"({batch_size // world.size} per process). Try half the batch size, batch_size={half}"
+            f"({batch_size // here.size} per process). Try half the batch size, batch_size={half}"
             f"{lr_hint}; mixed precision (amp='bf16' or 'fp16') also halves activation memory. "
             f"Original error: {err}") from err
 
@@ -434,7 +395,8 @@ class History:
     ``img_per_s`` (training images per second, all processes) and ``wall_s`` (seconds since the
     run began, across resumes). ``steps``: one dict per optimizer step: ``step``, ``epoch``
     (fractional), ``loss`` (rank 0's batch), ``lr``. ``ema``: the :class:`EMA` of the run that
-    made it (not saved to files; its weights are in the checkpoints).
+    made it (not saved to files; its weights are in the checkpoints). ``final``: the whole last
+    evaluation (the task meter's metrics, per-class lists included), or ``None``.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -442,15 +404,17 @@ class History:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     ema: EMA | None = field(default=None, repr=False, compare=False)
+    final: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, list]:
-        """``{"epochs": [...], "steps": [...]}`` of plain values (as stored in checkpoints)."""
-        return {"epochs": self.epochs, "steps": self.steps}
+    def to_dict(self) -> dict[str, Any]:
+        """``{"epochs": [...], "steps": [...], "final": {...} or None}`` of plain values (as
+        stored in checkpoints)."""
+        return {"epochs": self.epochs, "steps": self.steps, "final": self.final}
 
     @classmethod
-    def from_dict(cls, d: dict[str, list]) -> History:
+    def from_dict(cls, d: dict[str, Any]) -> History:
         """The inverse of :meth:`to_dict`."""
-        return cls([dict(r) for r in d["epochs"]], [dict(r) for r in d["steps"]])
+        return cls([dict(r) for r in d["epochs"]], [dict(r) for r in d["steps"]], final=d.get("final"))
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write epochs and steps to a JSON file (:meth:`from_json` reads it back)."""
@@ -508,12 +472,97 @@ class History:
         return fig
 
 
+# ------------------------------------------------------------------------------- callbacks
+
+
+class Callback:
+    """Something that hooks into :func:`fit` at the end of each epoch, without a loop of its own.
+
+    ``on_epoch_end(record, net)`` sees the epoch's History record (``train_*``, ``val_*``) and
+    the network; it returns ``True`` to end the run after this epoch. ``state_dict`` /
+    ``load_state_dict`` (plain values and tensors) go into the checkpoints, so a resumed run
+    continues with the callback as it was. ``on_fit_end(net)`` runs once when training ends.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+
+    def on_epoch_end(self, record: dict[str, Any], net: nn.Module) -> bool:
+        return False
+
+    def on_fit_end(self, net: nn.Module) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class EarlyStopping(Callback):
+    """Stop after ``patience`` epochs without a better ``metric``; at the end, put the weights of
+    the best epoch back into the network.
+
+    Args:
+        metric: a key of the epoch records, e.g. ``"val_loss"`` or ``"val_top1"``.
+        mode: ``"min"`` (lower is better: losses) or ``"max"`` (accuracies, mAP, mIoU).
+        patience: epochs without improvement before stopping.
+        min_delta: an improvement must beat the best by more than this.
+
+    Attributes (after :func:`fit`): ``best_epoch``, ``best`` (the best record's ``val_*``
+    entries), ``stopped_epoch``, ``stopped_early``.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+
+    def __init__(self, metric: str = "val_loss", mode: str = "min", patience: int = 3,
+                 min_delta: float = 0.0) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}.")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}.")
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.best_score, self.best_epoch, self.waited = -math.inf, 0, 0
+        self.best: dict[str, Any] = {}
+        self.best_state: dict[str, Tensor] | None = None
+        self.stopped_epoch, self.stopped_early = 0, False
+
+    def on_epoch_end(self, record: dict[str, Any], net: nn.Module) -> bool:
+        value = record.get(self.metric)
+        if value is None:
+            raise ValueError(f"EarlyStopping watches {self.metric!r}, which the epoch records lack "
+                             f"(they have {sorted(record)}): give fit a val_loader, or another metric.")
+        score = value if self.mode == "max" else -value
+        self.stopped_epoch = record["epoch"]
+        if score > self.best_score + self.min_delta:
+            self.best_score, self.best_epoch, self.waited = score, record["epoch"], 0
+            self.best = {k: v for k, v in record.items() if k.startswith("val_")}
+            self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            return False
+        self.waited += 1
+        self.stopped_early = self.waited >= self.patience
+        return self.stopped_early
+
+    def on_fit_end(self, net: nn.Module) -> None:
+        if self.best_state is not None:
+            net.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "waited": self.waited,
+                "best": dict(self.best), "best_state": self.best_state,
+                "stopped_epoch": self.stopped_epoch, "stopped_early": self.stopped_early}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
 # ------------------------------------------------------------------------------- checkpoints
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BookError, RuntimeError):
     """A checkpoint cannot be used: damaged file, or made for another network. The message says
-    which file and what to do.
+    which file and what to do. A :class:`~imagenet_book.errors.BookError`.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -550,15 +599,14 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def _save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
-    """Write ``step-<step>.pt`` atomically (temporary file, fsync, rename); keep the newest two."""
+    """Write ``step-<step>.pt`` atomically (:func:`imagenet_book.files.save_atomically`:
+    temporary file, fsync, rename; the temporary file goes on any exception, Ctrl-C included);
+    keep the newest two."""
+    from .files import save_atomically
+
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{state['step']:08d}.pt"
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    path = save_atomically(state, folder / f"step-{state['step']:08d}.pt",
+                           lambda s, p: torch.save(s, p))
     for old in _checkpoints(folder)[:-KEEP_CHECKPOINTS]:
         old.unlink(missing_ok=True)
     return path
@@ -599,36 +647,20 @@ def load_checkpoint(path: str | os.PathLike[str], net: nn.Module | None = None, 
 def read_state(path: str | os.PathLike[str], key: str, value: Any, *, what: str, redo: str,
                wrong: str, error: type[Exception] = CheckpointError,
                missing: type[FileNotFoundError] = FileNotFoundError) -> dict[str, Any]:
-    """Read a file the book wrote with ``torch.save`` (``torch.load(weights_only=True)``, CPU) and
-    check it is the kind expected: a dict whose ``state[key] == value``.
-
-    Every checkpoint reader of the package goes through here (the engine's, pretraining's,
-    fine-tuning's, the detector's), so all say the same things about a bad file.
-
-    Args:
-        path: the file. key, value: the format tag the writer put in the dict.
-        what: the file's kind for messages (``"the checkpoint"``, ``"the detector checkpoint"``).
-        redo: the sentence telling the user how to get a good file again.
-        wrong: the end of the message for a readable file of another kind
-            (``"<path> " + wrong``).
-        error: the exception for a damaged or wrong file; missing: the one for no file.
+    """:func:`imagenet_book.files.read_state` with :class:`CheckpointError` for a damaged or
+    wrong file: read a file the book wrote with ``torch.save`` (``weights_only=True``, CPU) and
+    check ``state[key] == value``. Kept here for the engine's readers and older callers; new code
+    imports it from :mod:`imagenet_book.files`.
 
     Raises:
-        ``missing``: no such file. ``error``: a truncated or corrupt file, or another kind.
+        ``missing``: no such file. ``error``: a truncated or corrupt file, one refused for safety
+        (it would run code), or another kind of file.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise missing(f"{what[:1].upper()}{what[1:]} {str(path)!r} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, ...: the causes vary by version
-        raise error(f"Cannot read {what} {str(path)!r}: the file is truncated or corrupt "
-                    f"({type(err).__name__}: {err}). {redo}") from err
-    if not isinstance(state, dict) or state.get(key) != value:
-        raise error(f"{str(path)!r} {wrong}")
-    return state
+    from .files import read_state as read
+
+    return read(path, key, value, what=what, redo=redo, wrong=wrong, error=error, missing=missing)
 
 
 def _load_weights(net: nn.Module, state: dict, path: Path, ema: bool, arch: str | None) -> None:
@@ -667,89 +699,98 @@ def _resume_path(resume: bool | str | os.PathLike[str], folder: Path | None) -> 
 # ------------------------------------------------------------------------------- the loop
 
 
-def _train_step(model: nn.Module, X: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
-                label_smoothing: float) -> tuple[Tensor, Tensor]:
-    """One optimizer step; returns the (detached) loss and logits ``(B, C)``."""
-    with torch.autocast(X.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(X)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+def _train_step(model: nn.Module, task: Task, batch: tuple[Any, ...], optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, device: torch.device, amp_dtype: torch.dtype | None,
+                grad_clip: float | None) -> dict[str, Tensor]:
+    """One optimizer step (the package's only ``backward``); returns the task's detached scalars."""
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = task.training_step(model, batch)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()  # the scaler is a no-op unless amp is fp16
+    scaler.scale(out["loss"]).backward()  # the scaler is a no-op unless amp is fp16
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach(), logits.detach()
+    return {k: v.detach().float() for k, v in out.items()}
 
 
 @torch.no_grad()
 def evaluate(net: nn.Module, loader: Iterable, device: str | torch.device | None = None, *,
-             amp: str | bool | None = None, channels_last: bool | None = None) -> dict[str, float]:
-    """Mean loss (no label smoothing), top-1 and top-5 accuracy of ``net`` over ``loader``.
+             task: Task | None = None, amp: str | bool | None = None,
+             channels_last: bool | None = None) -> dict[str, Any]:
+    """The task's metrics of ``net`` over ``loader`` (eval mode, no gradients, autocast on a GPU).
 
-    Under DDP each rank evaluates its slice of every batch and the sums are all-reduced, so
-    every rank returns the metrics of the whole set. ``top5`` is top-``min(5, C)``.
+    Default task: :class:`~imagenet_book.tasks.Classification`, which returns the mean loss (no
+    label smoothing), top-1 and top-5 accuracy (``top5`` is top-``min(5, C)``). Under DDP each
+    rank evaluates its slice of every batch and the task's meter combines the ranks, so every
+    rank returns the metrics of the whole set.
 
     Args:
         net: the network (a DDP or :class:`EMA` wrapper is unwrapped).
-        loader: batches ``(X, y)``: float ``(B, 3, H, W)``, int64 ``(B,)``.
+        loader: evaluation batches in the task's format (classification: ``(X, y)``, float
+            ``(B, 3, H, W)``, int64 ``(B,)``).
         device: default: where ``net``'s parameters are.
+        task: a :class:`~imagenet_book.tasks.Task` (its ``meter()`` does the counting).
         amp, channels_last: as for :func:`fit`.
 
     Returns:
-        ``{"loss": float, "top1": float, "top5": float}``, accuracies in ``[0, 1]``.
+        The meter's ``{name: value}``: classification ``{"loss", "top1", "top5"}`` (accuracies
+        in ``[0, 1]``); multi-label ``{"loss", "mAP", "ap"}``; segmentation ``{"loss",
+        "pixel_accuracy", "mean_iou", "iou"}``; detection ``{"map", "map_07", ...}``.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
     if isinstance(net, (EMA, nn.parallel.DistributedDataParallel)):
         net = net.module
+    task = task if task is not None else Classification()
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    amp_dtype, world = _amp_dtype(amp, device), _world()
+    amp_dtype, here = _amp_dtype(amp, device), world()
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     was_training = net.training
     net.eval()
-    sums = torch.zeros(4, device=device)  # loss, top-1 hits, top-5 hits, examples
-    for X, y in loader:
-        batch_size = len(y)
-        X, y = _to_device(*_shard(X, y, world, even=False), device, channels_last)
-        if len(y) == 0:
+    meter = task.meter()
+    for batch in loader:
+        size = batch_len(batch)
+        batch = to_device(_shard(batch, here, even=False), device, channels_last)
+        if batch_len(batch) == 0:
             continue
-        with _explain_oom("evaluation", batch_size, world), \
+        with _explain_oom("evaluation", size, here), \
                 torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = net(X).float()
-        k = min(5, logits.shape[1])
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
-                             topk_correct(logits, y, 1).sum(), topk_correct(logits, y, k).sum(),
-                             torch.tensor(float(len(y)), device=device)])
+            meter.update(net, batch)
     net.train(was_training)
-    loss, top1, top5, n = _all_sum(sums, world).tolist()
-    if n == 0:
-        raise ValueError("evaluate(): the loader yielded no examples")
-    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n}
+    return meter.compute(here)
 
 
-def _check_loader(loader: Any, world: World, checkpointing: bool) -> None:
+def _check_loader(loader: Any, here: World, checkpointing: bool) -> None:
     if len(loader) == 0:
         raise ValueError("train_loader yields no batches: is the dataset smaller than one batch "
                          "with drop_last=True?")
-    if world.size > 1 and (getattr(loader, "batch_size", 0) % world.size
-                           or getattr(loader, "drop_last", True) is False):
+    if here.size > 1 and (getattr(loader, "batch_size", 0) % here.size
+                          or getattr(loader, "drop_last", True) is False):
         raise ValueError(f"Under DDP every process needs an equal slice of every training batch: "
-                         f"use drop_last=True and a batch size divisible by {world.size}.")
+                         f"use drop_last=True and a batch size divisible by {here.size}.")
     if checkpointing and not hasattr(loader, "set_epoch"):
         warnings.warn("train_loader has no set_epoch(): a resumed run will not see the batches the "
                       "interrupted run would have (see the loader protocol in imagenet_book.engine; "
                       "BatchLoader follows it).", stacklevel=3)
 
 
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable | None = None,
-        config: TrainConfig | None = None, *, device: str | torch.device | None = None,
+        config: TrainConfig | None = None, *, task: Task | None = None,
+        device: str | torch.device | None = None,
         amp: str | bool | None = None, channels_last: bool | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None, checkpoint_every: int | None = None,
         resume: bool | str | os.PathLike[str] = False, progress: bool = True,
         max_steps: int | None = None, arch: str | None = None,
-        batch_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
-        **recipe: Any) -> History:
-    """Train ``net`` on ``train_loader`` with a recipe; evaluate on ``val_loader`` each epoch.
+        batch_transform: Callable[..., Sequence[Any]] | None = None,
+        callbacks: Sequence[Callback] = (), evaluate_every: int = 1, **recipe: Any) -> History:
+    """Train ``net`` for ``task`` on ``train_loader`` with a recipe; evaluate on ``val_loader``
+    each epoch. The book's one training loop.
 
     Under ``torchrun`` it trains with DDP in the process group of :func:`init_distributed`. A
     script that writes files after ``fit`` should call :func:`init_distributed` first (it
@@ -757,14 +798,17 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
     create itself, it also destroys on return, and every rank then looks like rank 0.
 
     Args:
-        net: a classifier, float ``(B, 3, H, W)`` -> logits ``(B, C)``. Trained in place (moved
-            to ``device``; channels_last when that is on).
-        train_loader: batches ``(X, y)``, X float ``(B, 3, H, W)``, y int64 ``(B,)`` (or class
-            probabilities, float ``(B, C)``), with ``len()``; under DDP, the global batch. Exact resume needs :class:`Resumable`'s
+        net: the network, trained in place (moved to ``device``; channels_last when that is on).
+        train_loader: training batches in the task's format (classification: ``(X, y)``, X float
+            ``(B, 3, H, W)``, y int64 ``(B,)`` or class probabilities float ``(B, C)``), with
+            ``len()``; under DDP, the global batch. Exact resume needs :class:`Resumable`'s
             methods (:class:`BatchLoader` has them all).
         val_loader: evaluation batches, or ``None``.
-        config: the recipe (:class:`TrainConfig`); keyword arguments named like its fields
-            (``epochs=``, ``lr=``, ...) override it.
+        config: the recipe (:class:`~imagenet_book.recipe.TrainConfig`); keyword arguments named
+            like its fields (``epochs=``, ``lr=``, ...) override it.
+        task: what the batches are for (:mod:`imagenet_book.tasks`); default
+            ``Classification(label_smoothing=config.label_smoothing)``. Its ``param_groups``
+            decide what trains at which rate (a probe freezes ``net.backbone``).
         device: default ``"cuda"`` if available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
         amp: ``None`` (auto: bf16 on CUDA GPUs that support it, fp16 with a ``GradScaler`` on
             other CUDA GPUs, fp32 elsewhere), ``"bf16"``, ``"fp16"``, ``"fp32"`` or ``False``.
@@ -780,15 +824,20 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
             ``epochs``); the last, partial epoch is evaluated and recorded.
         arch: architecture name stored in checkpoints and checked on resume (default: the
             class name of ``net``).
-        batch_transform: applied to every training batch on the device, after sharding, e.g.
-            :func:`imagenet_book.augment.mix_transform` (mixup/cutmix). It may turn ``y`` into
-            probabilities ``(B, C)``; the loss then uses them as soft targets and the training
-            top-1 counts a hit when the top logit is the target's largest class. It must draw
+        batch_transform: applied as ``batch_transform(*batch)`` to every training batch on the
+            device, after sharding, e.g. :func:`imagenet_book.augment.mix_transform`
+            (mixup/cutmix turns ``y`` into probabilities ``(B, C)``: soft targets). It must draw
             its random numbers from torch's global generator (checkpoints keep its state, so a
             resumed run mixes the same pairs).
+        callbacks: :class:`Callback` s called after each epoch (e.g. :class:`EarlyStopping`).
+        evaluate_every: evaluate every this many epochs (and always after the last one);
+            the other epochs record ``None`` for ``val_*``.
 
     Returns:
-        The :class:`History` (also inside every checkpoint).
+        The :class:`History` (also inside every checkpoint): per epoch ``train_<name>`` for each
+        scalar of the task's ``training_step`` (``train_loss``, ...), ``val_<name>`` for each
+        scalar metric of its meter, ``ema_val_<name>`` with EMA, ``lr``, ``img_per_s``,
+        ``wall_s``; ``history.final`` is the whole last evaluation.
 
     Raises:
         CheckpointError: the checkpoint to resume from is damaged or made for another network.
@@ -797,60 +846,67 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
     Taught in: chapters/06_pretraining.ipynb.
     """
     cfg = replace(config or TrainConfig(), **recipe)
-    with _distributed() as world:
+    task = task if task is not None else Classification(label_smoothing=cfg.label_smoothing)
+    with _distributed() as here:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", world.local_rank)
+            device = torch.device("cuda", here.local_rank)
         amp_dtype = _amp_dtype(amp, device)
         channels_last = device.type == "cuda" if channels_last is None else channels_last
         net.to(device)
         if channels_last:
             net.to(memory_format=torch.channels_last)
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        _check_loader(train_loader, world, folder is not None)
+        _check_loader(train_loader, here, folder is not None)
 
         steps_per_epoch = len(train_loader)
-        optimizer = make_optimizer(net, cfg)
+        optimizer = make_optimizer(task.param_groups(net, cfg), cfg)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         ema = EMA(net, cfg.ema_decay) if cfg.ema_decay else None
         history = History(ema=ema)
         first_epoch, done, step, seen, epoch_s, elapsed = 0, 0, 0, 0, 0.0, 0.0
-        meter = torch.zeros(2, device=device)  # this epoch's training loss sum and top-1 hits
+        keys: list[str] = []  # the task's scalars, in its order ("loss" first)
+        sums: Tensor | None = None  # this epoch's sums of keys x batch size (this rank's)
         path = _resume_path(resume, folder)
         if path is not None:
             state = load_checkpoint(path, net, arch=arch)
-            _restore(state, cfg, optimizer, scheduler, scaler, ema, train_loader)
+            _restore(state, cfg, optimizer, scheduler, scaler, ema, train_loader, callbacks)
             first_epoch, done = state["data"]["epoch"], state["data"]["batches_done"]
             step, elapsed = state["step"], state["elapsed"]
-            loss_sum, hits, seen_all, epoch_s = state["meter"]
-            if world.rank == 0:  # the sums over all ranks so far; the others start from 0
-                meter = torch.tensor([loss_sum, hits], device=device)
-            seen = int(seen_all) // world.size
+            meter = state["meter"]
+            keys, epoch_s = list(meter["sums"]), meter["seconds"]
+            if keys:  # the sums over all ranks so far live on rank 0; the others start from 0
+                values = list(meter["sums"].values()) if here.rank == 0 else [0.0] * len(keys)
+                sums = torch.tensor(values, device=device)
+            seen = int(meter["seen"]) // here.size
             history = History.from_dict(state["history"])
             history.ema = ema
-        if folder is not None and world.rank == 0:
+            if state.get("stopped"):  # a callback ended this run: it stays ended
+                first_epoch = cfg.epochs
+        if folder is not None and here.rank == 0:
             for stale in folder.glob(".step-*.tmp-*"):  # left by a run killed while saving
                 stale.unlink(missing_ok=True)
-        model = net if world.size == 1 else nn.parallel.DistributedDataParallel(
+        model = net if here.size == 1 else nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
-        pending: list[tuple[int, Tensor, float]] = []  # per-step losses, read in bulk (one sync)
-        t_start = time.perf_counter()
+        pending: list[tuple[int, Tensor, float]] = []  # per-step scalars, read in bulk (one sync)
+        t_start = t_epoch = time.perf_counter()
+        stopped = False
 
         def flush() -> None:
-            losses = torch.stack([loss for _, loss, _ in pending]).tolist() if pending else []
-            history.steps += [{"step": s, "epoch": round(s / steps_per_epoch, 4), "loss": v, "lr": r}
-                              for (s, _, r), v in zip(pending, losses)]
+            values = torch.stack([v for _, v, _ in pending]).tolist() if pending else []
+            history.steps += [{"step": s, "epoch": round(s / steps_per_epoch, 4),
+                               **dict(zip(keys, row)), "lr": r}
+                              for (s, _, r), row in zip(pending, values)]
             pending.clear()
 
         def checkpoint(epoch: int, done: int) -> None:
             flush()
-            # This epoch so far, over all ranks: loss sum, top-1 hits, examples, seconds.
-            totals = _all_sum(meter, world).tolist() + [seen * world.size,
-                                                        epoch_s + time.perf_counter() - t_epoch]
-            if folder is None or world.rank != 0:
+            # This epoch so far, over all ranks: the sums, examples, seconds.
+            totals = all_sum(sums, here).tolist() if sums is not None else []
+            if folder is None or here.rank != 0:
                 return
             name, classes = _arch_of(net, arch)
             _save_checkpoint({
@@ -858,7 +914,10 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
                 "config": asdict(cfg), "step": step, "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema else None,
-                "rng": _rng_state(), "meter": totals, "history": history.to_dict(),
+                "rng": _rng_state(), "history": history.to_dict(),
+                "meter": {"sums": dict(zip(keys, totals)), "seen": seen * here.size,
+                          "seconds": epoch_s + time.perf_counter() - t_epoch},
+                "callbacks": [cb.state_dict() for cb in callbacks], "stopped": stopped,
                 "elapsed": elapsed + time.perf_counter() - t_start,
                 "data": {"epoch": epoch, "batches_done": done, "loader":
                          train_loader.state_dict() if hasattr(train_loader, "state_dict") else {}},
@@ -868,25 +927,28 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
             if max_steps is not None and step >= max_steps:
                 break
             bar = tqdm(total=steps_per_epoch, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress or world.rank != 0)
+                       disable=not progress or here.rank != 0)
             t_epoch = time.perf_counter()
-            model.train()
-            for X, y in _epoch_batches(train_loader, epoch, done):
-                batch_size = len(y)
-                X, y = _to_device(*_shard(X, y, world, even=True), device, channels_last)
+            task.train_mode(model)
+            for batch in _epoch_batches(train_loader, epoch, done):
+                size = batch_len(batch)
+                batch = to_device(_shard(batch, here, even=True), device, channels_last)
                 if batch_transform is not None:
-                    X, y = batch_transform(X, y)
-                lr = optimizer.param_groups[0]["lr"]
-                with _explain_oom("training", batch_size, world, cfg.lr):
-                    loss, logits = _train_step(model, X, y, optimizer, scaler, amp_dtype,
-                                               cfg.label_smoothing)
+                    batch = tuple(batch_transform(*batch))
+                lr = optimizer.param_groups[-1]["lr"]  # the new layers' rate when groups differ
+                with _explain_oom("training", size, here, cfg.lr):
+                    out = _train_step(model, task, batch, optimizer, scaler, device, amp_dtype,
+                                      cfg.grad_clip)
                 scheduler.step()
                 if ema is not None:
                     ema.update(net)
-                step, done, seen = step + 1, done + 1, seen + len(y)
-                hard = y.argmax(1) if y.is_floating_point() else y  # soft targets: their top class
-                meter += torch.stack([loss * len(y), topk_correct(logits, hard, 1).sum()])
-                pending.append((step, loss, lr))
+                if not keys:
+                    keys = list(out)
+                values = torch.stack([out[k] for k in keys])
+                n = batch_len(batch)
+                sums = values * n if sums is None else sums + values * n
+                step, done, seen = step + 1, done + 1, seen + n
+                pending.append((step, values, lr))
                 bar.update()
                 if step % LOG_EVERY == 0:
                     flush()
@@ -897,36 +959,59 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
                     break
 
             flush()
-            loss_sum, hits = _all_sum(meter, world).tolist()
-            seen_all, train_s = seen * world.size, epoch_s + time.perf_counter() - t_epoch
+            totals = all_sum(sums, here).tolist() if sums is not None else [math.nan] * len(keys)
+            seen_all, train_s = seen * here.size, epoch_s + time.perf_counter() - t_epoch
             progress_in_epochs = round(epoch + done / steps_per_epoch, 4)
-            record = {"epoch": epoch + 1 if done == steps_per_epoch else progress_in_epochs,
-                      "step": step, "train_loss": loss_sum / seen_all, "train_top1": hits / seen_all,
-                      "val_loss": None, "val_top1": None, "val_top5": None}
-            if val_loader is not None:
+            record: dict[str, Any] = {
+                "epoch": epoch + 1 if done == steps_per_epoch else progress_in_epochs, "step": step,
+                **{f"train_{k}": v / max(seen_all, 1) for k, v in zip(keys, totals)}}
+            last = epoch + 1 == cfg.epochs or (max_steps is not None and step >= max_steps)
+            if val_loader is None or not (last or (epoch + 1) % evaluate_every == 0):
+                record.update({f"val_{k}": None for k in task.metric_names})
+            else:
                 for prefix, module in (("val_", net), ("ema_val_", ema.module if ema else None)):
                     if module is not None:
-                        metrics = evaluate(module, val_loader, device, amp=amp,
+                        metrics = evaluate(module, val_loader, device, task=task, amp=amp,
                                            channels_last=channels_last)
-                        record.update({prefix + k: v for k, v in metrics.items()})
+                        record.update({prefix + k: v for k, v in metrics.items() if _scalar(v)})
+                        if prefix == "val_":
+                            history.final = plain_values(metrics)
             record.update(lr=history.steps[-1]["lr"] if history.steps else None,
                           img_per_s=seen_all / train_s, wall_s=elapsed + time.perf_counter() - t_start)
             history.epochs.append(record)
-            bar.set_postfix({k: f"{record[k]:.3f}" for k in ("train_loss", "val_top1")
-                             if record[k] is not None})
+            shown = ("train_loss", f"val_{task.primary}")
+            bar.set_postfix({k: f"{record[k]:.3f}" for k in shown if record.get(k) is not None})
             bar.close()
+            stopped = any([cb.on_epoch_end(record, net) for cb in callbacks])
             if done == steps_per_epoch:  # a full epoch: the next starts from zero
                 done, seen, epoch_s, t_epoch = 0, 0, 0.0, time.perf_counter()
-                meter.zero_()
+                sums = None
                 checkpoint(epoch + 1, 0)
             else:
                 checkpoint(epoch, done)
+            if stopped:
+                break
+        for cb in callbacks:
+            cb.on_fit_end(net)
         return history
+
+
+def plain_values(value: Any) -> Any:
+    """Tensors -> lists, tuples -> lists, NaN -> None, recursively (JSON- and weights_only-safe)."""
+    if isinstance(value, dict):
+        return {k: plain_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_values(v) for v in value]
+    if isinstance(value, Tensor):
+        return plain_values(value.tolist())
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def _restore(state: dict[str, Any], cfg: TrainConfig, optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-             ema: EMA | None, loader: Any) -> None:
+             ema: EMA | None, loader: Any, callbacks: Sequence[Callback]) -> None:
     """Put everything but the weights and the counters back as the checkpoint has it."""
     changed = sorted(k for k, v in asdict(cfg).items() if state["config"].get(k) != v)
     if changed:
@@ -939,4 +1024,6 @@ def _restore(state: dict[str, Any], cfg: TrainConfig, optimizer: torch.optim.Opt
         ema.module.load_state_dict(state["ema"])
     if hasattr(loader, "load_state_dict") and state["data"]["loader"]:
         loader.load_state_dict(state["data"]["loader"])
+    for cb, cb_state in zip(callbacks, state.get("callbacks", [])):
+        cb.load_state_dict(cb_state)
     _set_rng_state(state["rng"])

@@ -1,136 +1,79 @@
-"""Fine-tuning a pretrained backbone on PASCAL VOC: the core shared by classification,
-detection and segmentation, and the classification and segmentation runs themselves.
+"""Fine-tuning a pretrained backbone on PASCAL VOC: multi-label classification (chapter 07),
+detection (chapter 08) and segmentation (chapter 09), all through the book's one training loop.
 
 Every task follows the same four steps::
 
     backbone = backbone_from_checkpoint(path)             # chapter 06's ResNet, without its fc
-    net = BackboneClassifier(backbone, 20)                # or FCN(backbone, 21), or a detector
-    groups = finetune_param_groups(net, lr=lr)            # head at lr, backbone at lr / 10
-    ... train with the task's loss, evaluate with the task's metric
+    net = BackboneClassifier(backbone, 20)                # or FCN(backbone, 21), or Detector(backbone)
+    task = tasks.MultiLabel(mode=mode)                    # or tasks.Segmentation, tasks.Detection
+    engine.fit(net, train_loader, val_loader, recipe, task=task)   # the loop of chapter 06
 
 and three **modes** compare what pretraining buys:
 
 * ``"probe"``: the backbone is frozen (its weights AND its BatchNorm statistics); only the new
   head learns. It measures how useful the pretrained features are as they are;
 * ``"finetune"``: everything learns, the backbone at a tenth of the head's learning rate
-  (:data:`BACKBONE_LR_SCALE`): the pretrained weights are a good starting point that large
-  steps would destroy, while the new head starts from random and needs large steps;
+  (:data:`~imagenet_book.recipe.BACKBONE_LR_SCALE`): the pretrained weights are a good starting
+  point that large steps would destroy, while the new head starts from random and needs large
+  steps;
 * ``"scratch"``: the same architecture, randomly initialised, everything at the head's rate.
 
-:func:`finetune_classifier` (chapter 07) and :func:`finetune_segmenter` (chapter 09) run one
+:func:`finetune_classifier`, :func:`finetune_detector` and :func:`finetune_segmenter` run one
 mode on the profile's VOC (:func:`imagenet_book.data.voc.voc_source`) and return a
 :class:`FinetuneResult` with the network, the History, the metrics, the wall time and the
-budget. All sizes (image size, epochs, batch size, number of images) come from ``cfg.profile``.
-
-The training loop is a compact relative of :func:`imagenet_book.engine.fit` (which trains
-single-label classifiers with cross-entropy): the same SGD + warmup + cosine schedule
-(:func:`imagenet_book.engine.make_scheduler`), the same no-decay rule for norms and biases
-(:func:`imagenet_book.engine.param_groups`), AMP and channels_last on CUDA, fp32 on the CPU; it
-takes any loss and any evaluation.
+budget. All sizes (image size, epochs, batch size, number of images) come from ``cfg.profile``
+through :func:`~imagenet_book.recipe.finetune_recipe` / :func:`~imagenet_book.recipe.detection_recipe`.
 
 Taught in: chapters/07_finetune_voc_classification.ipynb (classification, the modes and the
-learning-rate rule) and chapters/09_segmentation_voc.ipynb (segmentation).
+learning-rate rule), chapters/08_detection_voc.ipynb (detection) and
+chapters/09_segmentation_voc.ipynb (segmentation).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from . import engine, metrics
-from .data.fast import IMAGENET_MEAN, IMAGENET_STD
-from .data.voc import VOC_CLASSES, VOCMultiLabel, VOCSegmentation, VOCSource, voc_source
-from .engine import History, TrainConfig
-from .models.segmentation import FCN, segmentation_loss
-from .pretrain import (ARCHS, PretrainedNotFoundError, PretrainError, _how_to_make, _save_atomically,
-                       default_checkpoint, read_pretrained)
+from . import engine, tasks
+from .data.voc import (VOC_CLASSES, VOCDetection, VOCMultiLabel, VOCSegmentation, VOCSource,
+                       collate_detection, sanitize_boxes, voc_source)
+from .engine import BatchLoader, History, plain_values
+from .files import check_writable, read_state, save_atomically
+from .losses import multilabel_loss
+from .models.backbone import BackboneClassifier, ResNetBackbone
+from .models.detection import Detector, DetectorError, check_losses
+from .models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .models.segmentation import FCN
+from .pretrain import (ARCHS, PretrainedNotFoundError, PretrainError, default_checkpoint, how_to_make,
+                       read_pretrained)
+from .recipe import (BACKBONE_LR_SCALE, DET_CROP_PROB, OPTIMIZER, SEG_BATCH_DIVISOR, TrainConfig,
+                     detection_recipe, finetune_param_groups, finetune_recipe)
 
-__all__ = ["BACKBONE_LR_SCALE", "MODES", "BackboneClassifier", "FinetuneResult", "ResNetBackbone",
-           "VOCTensors", "backbone_from_checkpoint", "evaluate_classifier", "evaluate_segmenter",
-           "finetune_classifier", "finetune_param_groups", "finetune_recipe", "finetune_segmenter",
-           "load_finetuned", "load_voc_tensors", "multilabel_loss", "resolve_checkpoint"]
+__all__ = ["BACKBONE_LR_SCALE", "MODES", "BackboneClassifier", "DetectionResult", "FinetuneResult",
+           "ResNetBackbone", "VOCTensors", "backbone_from_checkpoint", "detection_recipe",
+           "detection_transforms", "evaluate_classifier", "evaluate_detector", "evaluate_segmenter",
+           "finetune_classifier", "finetune_detector", "finetune_param_groups", "finetune_recipe",
+           "finetune_segmenter", "load_detector", "load_finetuned", "load_voc_tensors",
+           "multilabel_loss", "predict_dataset", "resolve_checkpoint", "voc_batches"]
 
 #: The three ways to start: frozen pretrained backbone, all of it fine-tuned, random weights.
 MODES = ("probe", "finetune", "scratch")
 
-# The fine-tuning recipe. Its numbers live here and nowhere else (chapter 07 explains them).
-OPTIMIZER = "sgd"        # "sgd" (with momentum) or "adamw"
-BASE_LR = 0.1            # head's peak lr for a batch of BASE_BATCH, scaled linearly (as pretraining)
-BASE_BATCH = 256
-ADAMW_LR = 1e-3          # head's peak lr with AdamW (not scaled with the batch)
-BACKBONE_LR_SCALE = 0.1  # the backbone learns at a tenth of the head's rate ("discriminative rates")
-MOMENTUM = 0.9
-WEIGHT_DECAY = 1e-4      # on conv/linear weights only (engine.param_groups)
-WARMUP_FRACTION = 0.1    # linear warmup over the first 10% of the steps, then cosine to 0
-EPOCHS_PER_PROFILE_EPOCH = 1  # fine-tuning epochs = this * cfg.profile.epochs (smoke 1, local 4, full 40)
-SEG_BATCH_DIVISOR = 4    # segmentation batch = cfg.profile.batch_size // this (bigger outputs)
-
 FINETUNED_FORMAT = "imagenet_book.finetuned"
+DETECTOR_FORMAT = "imagenet_book.detector"
 
 
 # ------------------------------------------------------------------------------- the backbone
-
-
-class ResNetBackbone(nn.Module):
-    """A ResNet without its classifier: the stem and the four stages, nothing after ``layer4``.
-
-    Built from a :class:`~imagenet_book.models.ResNet`, sharing its modules; the parameter names
-    are the ResNet's (``conv1.weight``, ``layer1.0.bn1.bias``, ...) minus ``fc.*``, so a ResNet
-    ``state_dict`` without ``fc`` loads into it with ``strict=True``.
-
-    Shapes: float32 ``(N, 3, H, W)`` -> ``forward``: ``(N, out_channels, ceil(H/32), ceil(W/32))``
-    (stride 8 with the small-input stem); ``features``: ``{"layer1": stride 4, "layer2": 8,
-    "layer3": 16, "layer4": 32}`` maps (strides of the standard stem).
-
-    Attributes:
-        out_channels: channels of the last map (512 for ResNet-18/34, 2048 for ResNet-50).
-        channels: ``{"layer1": 64, ..., "layer4": out_channels}``.
-        arch, small_input: what it is; ``pretrained``: whether the weights came from a
-            checkpoint; ``checkpoint``: that file (``None`` for random weights);
-        img_size: image side the checkpoint was pretrained at (``None`` for random weights).
-
-    Taught in: chapters/07_finetune_voc_classification.ipynb
-    """
-
-    def __init__(self, resnet: nn.Module, *, arch: str = "resnet18", small_input: bool = False,
-                 checkpoint: Path | None = None, img_size: int | None = None) -> None:
-        super().__init__()
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            setattr(self, name, getattr(resnet, name))
-        self.channels = {name: _out_channels(getattr(self, name))
-                         for name in ("layer1", "layer2", "layer3", "layer4")}
-        self.out_channels = self.channels["layer4"]
-        self.arch, self.small_input = arch, small_input
-        self.checkpoint, self.img_size = checkpoint, img_size
-        self.pretrained = checkpoint is not None
-
-    def features(self, x: Tensor) -> dict[str, Tensor]:
-        """The output of each stage, ``{"layer1": ..., "layer4": ...}`` (for FCN skips)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out = {}
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            x = getattr(self, name)(x)
-            out[name] = x
-        return out
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-
-def _out_channels(stage: nn.Sequential) -> int:
-    convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels
 
 
 def backbone_from_checkpoint(path: str | os.PathLike[str] | None, arch: str = "resnet18", *,
@@ -204,121 +147,9 @@ def resolve_checkpoint(cfg: Any, checkpoint: str | os.PathLike[str] | None = Non
         out = None if checkpoint is None else file.parent
         raise PretrainedNotFoundError(
             f"No pretrained {arch} checkpoint at {str(file)!r} to fine-tune. "
-            + _how_to_make(cfg.profile.name, arch, data, False, out)
+            + how_to_make(cfg, arch, data, False, out)
             + "; or fine-tune from scratch (mode='scratch', or --from scratch on the command line).")
     return file
-
-
-class BackboneClassifier(nn.Module):
-    """A backbone with a new head: global average pooling and one linear layer.
-
-    Shapes: float32 ``(N, 3, H, W)`` -> logits ``(N, num_classes)`` (for VOC, 20 independent
-    "is this class in the image?" scores).
-
-    Attributes:
-        backbone: e.g. a :class:`ResNetBackbone` (anything with ``out_channels``).
-        head: ``Sequential(AdaptiveAvgPool2d(1), Flatten(), Linear(out_channels, num_classes))``.
-
-    Taught in: chapters/07_finetune_voc_classification.ipynb
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int = len(VOC_CLASSES)) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(backbone.out_channels, num_classes))
-        self.num_classes = num_classes
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x))
-
-
-# ------------------------------------------------------------------------------- the recipe
-
-
-def finetune_param_groups(net: nn.Module, *, lr: float, backbone_lr_scale: float = BACKBONE_LR_SCALE,
-                          weight_decay: float = WEIGHT_DECAY,
-                          freeze_backbone: bool = False) -> list[dict[str, Any]]:
-    """Optimizer parameter groups with discriminative learning rates.
-
-    ``net.backbone`` learns at ``lr * backbone_lr_scale``, every other parameter (the head) at
-    ``lr``; within each, conv/linear weights decay and biases and norm weights do not (the
-    rule of :func:`imagenet_book.engine.param_groups`). ``freeze_backbone=True`` (the linear
-    probe) sets ``requires_grad=False`` on the backbone and leaves it out; ``False`` sets it
-    back to ``True``. Empty groups are left out. A scheduler scales each group's ``lr`` by the
-    same factor, so the ratio holds for the whole run.
-
-    Args:
-        net: a module with a ``backbone`` attribute.
-        lr: the head's learning rate.
-        backbone_lr_scale: the backbone's rate relative to ``lr`` (1.0: one rate for all).
-        weight_decay: on weights with ``ndim >= 2``.
-        freeze_backbone: the linear probe.
-
-    Returns:
-        ``[{"params", "lr", "weight_decay", "name"}, ...]`` with names ``"backbone"``,
-        ``"backbone (no decay)"``, ``"head"``, ``"head (no decay)"``: pass to any
-        ``torch.optim`` optimizer.
-
-    Taught in: chapters/07_finetune_voc_classification.ipynb
-    """
-    backbone = getattr(net, "backbone", None)
-    if not isinstance(backbone, nn.Module):
-        raise ValueError(f"{type(net).__name__} has no .backbone module: finetune_param_groups needs "
-                         "to know which parameters are pretrained.")
-    backbone.requires_grad_(not freeze_backbone)
-    in_backbone = {id(p) for p in backbone.parameters()}
-    head = nn.ParameterList([p for p in net.parameters() if id(p) not in in_backbone])
-    parts = [("head", head, lr)]
-    if not freeze_backbone:
-        parts.insert(0, ("backbone", backbone, lr * backbone_lr_scale))
-    groups = []
-    for name, module, part_lr in parts:
-        decay, no_decay = engine.param_groups(module, weight_decay)
-        for group, suffix in ((decay, ""), (no_decay, " (no decay)")):
-            if group["params"]:
-                groups.append({**group, "lr": part_lr, "name": name + suffix})
-    return groups
-
-
-def finetune_recipe(cfg: Any, task: str = "classify", *, epochs: int | None = None,
-                    batch_size: int | None = None, img_size: int | None = None,
-                    lr: float | None = None, optimizer: str = OPTIMIZER) -> dict[str, Any]:
-    """The sizes and rates of a fine-tuning run, derived from ``cfg.profile``.
-
-    * ``epochs``: :data:`EPOCHS_PER_PROFILE_EPOCH` x ``cfg.profile.epochs``;
-    * ``batch_size``: the profile's, divided by :data:`SEG_BATCH_DIVISOR` for segmentation
-      (its outputs are images too);
-    * ``img_size``: the profile's;
-    * ``optimizer``: :data:`OPTIMIZER` (SGD with momentum) or ``"adamw"``;
-    * ``lr``: the head's peak rate; for SGD ``BASE_LR * batch_size / BASE_BATCH`` (the linear
-      scaling rule of pretraining), for AdamW :data:`ADAMW_LR`; the backbone gets
-      ``lr * BACKBONE_LR_SCALE`` when fine-tuning.
-
-    Returns:
-        ``{"epochs", "batch_size", "img_size", "optimizer", "lr", "backbone_lr_scale",
-        "momentum", "weight_decay", "warmup_fraction"}``.
-
-    Taught in: chapters/07_finetune_voc_classification.ipynb
-    """
-    if task not in ("classify", "segment", "detect"):
-        raise ValueError(f"task must be 'classify', 'segment' or 'detect', got {task!r}.")
-    if optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
-    p = cfg.profile
-    divisor = SEG_BATCH_DIVISOR if task == "segment" else 1
-    batch_size = batch_size or max(2, p.batch_size // divisor)
-    recipe = {"epochs": epochs or EPOCHS_PER_PROFILE_EPOCH * p.epochs, "batch_size": batch_size,
-              "img_size": img_size or p.img_size,
-              "optimizer": optimizer,
-              "lr": lr if lr is not None else (BASE_LR * batch_size / BASE_BATCH
-                                               if optimizer == "sgd" else ADAMW_LR),
-              "backbone_lr_scale": BACKBONE_LR_SCALE, "momentum": MOMENTUM,
-              "weight_decay": WEIGHT_DECAY, "warmup_fraction": WARMUP_FRACTION}
-    for key in ("epochs", "batch_size", "img_size"):
-        if not isinstance(recipe[key], int) or recipe[key] < 1:
-            raise ValueError(f"{key} must be an int >= 1, got {recipe[key]!r}.")
-    return recipe
 
 
 # ------------------------------------------------------------------------------- data
@@ -417,66 +248,53 @@ _MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def _batches(data: VOCTensors, batch_size: int, device: torch.device, *, train: bool,
-             generator: torch.Generator | None = None,
-             channels_last: bool = False) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
-    """(X normalised float32 (B, 3, S, S), targets, mask) on ``device``; training batches are
-    shuffled, randomly mirrored (image and mask together) and the last incomplete one is dropped."""
-    n = len(data.images)
-    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
-    stop = n - n % batch_size if train and n >= batch_size else n
-    for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
-        X = data.images[index].to(device, non_blocking=True).float().div_(255)
-        y = data.targets[index].to(device, non_blocking=True)
-        m = data.mask[index].to(device, non_blocking=True) if data.mask is not None else None
-        if train:
-            flip = (torch.rand(len(index), generator=generator) < 0.5).to(device)
-            X = torch.where(flip.view(-1, 1, 1, 1), X.flip(-1), X)
-            if y.ndim == 3:  # a segmentation mask moves with its image
-                y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
-        X = (X - _MEAN.to(device)) / _STD.to(device)
-        if channels_last:
-            X = X.contiguous(memory_format=torch.channels_last)
-        yield X, y, m
+def _normalize(X: Tensor) -> Tensor:
+    """uint8 ``(B, 3, S, S)`` -> float32 normalised with ImageNet's mean and std."""
+    return (X.float().div_(255) - _MEAN.to(X.device)) / _STD.to(X.device)
 
 
-# ------------------------------------------------------------------------------- losses, metrics
+def _flip_and_normalize(X: Tensor, y: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+    """Training augmentation of decoded VOC batches: mirror a random half of the images (a
+    segmentation mask moves with its image; draws from the global torch RNG), then normalise."""
+    flip = torch.rand(len(X), device=X.device) < 0.5
+    X = torch.where(flip.view(-1, 1, 1, 1), X.flip(-1), X)
+    if y.ndim == 3:
+        y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
+    return (_normalize(X), y, *rest)
 
 
-def multilabel_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Binary cross-entropy with logits, one independent yes/no question per class, averaged
-    over the entries that count (``mask == 1``).
+def _normalize_batch(X: Tensor, y: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+    return (_normalize(X), y, *rest)
 
-    Args:
-        logits: float ``(N, C)``.
-        targets: float ``(N, C)`` in {0, 1}.
-        mask: float ``(N, C)``: 0 leaves an entry out (VOC: classes present only as difficult
-            objects); ``None``: every entry counts.
 
-    Returns:
-        A float scalar: ``sum(mask * bce) / sum(mask)`` (0 when nothing counts).
+def voc_batches(data: VOCTensors, batch_size: int, *, train: bool, seed: int = 0,
+                device: str | torch.device | None = None) -> BatchLoader:
+    """A :class:`~imagenet_book.engine.BatchLoader` over decoded VOC tensors.
+
+    Training (``train=True``): a seeded shuffle, random horizontal flips (images and masks
+    together), the last incomplete batch dropped (kept when there is less than one batch);
+    evaluation: in order, every image. Batches are normalised with ImageNet's mean and std.
+
+    Yields:
+        classification ``(X, y, mask)``: float32 ``(B, 3, S, S)``, float32 ``(B, 20)`` twice;
+        segmentation ``(X, y)``: float32 ``(B, 3, S, S)``, uint8 ``(B, S, S)``.
 
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
-    if logits.shape != targets.shape or (mask is not None and mask.shape != logits.shape):
-        raise ValueError(f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and mask "
-                         f"{None if mask is None else tuple(mask.shape)} must all be (N, C).")
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
-    if mask is None:
-        return bce.mean()
-    return (bce * mask).sum() / mask.sum().clamp(min=1)
+    tensors = (data.images, data.targets) + ((data.mask,) if data.mask is not None else ())
+    n = len(data.images)
+    return BatchLoader(tensors, batch_size, shuffle=train, seed=seed, drop_last=train and n >= batch_size,
+                       device=device, batch_transform=_flip_and_normalize if train else _normalize_batch)
 
 
-def _amp(device: torch.device):
-    dtype = engine._amp_dtype(None, device)  # the engine's rule: bf16/fp16 on CUDA, fp32 elsewhere
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), dtype
+# ------------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
 def evaluate_classifier(net: nn.Module, data: VOCTensors, *, batch_size: int = 64,
                         device: str | torch.device | None = None) -> dict[str, Any]:
-    """VOC classification metrics of ``net`` on ``data`` (eval mode, no augmentation).
+    """VOC classification metrics of ``net`` on ``data`` (eval mode, no augmentation):
+    :func:`imagenet_book.engine.evaluate` with the :class:`~imagenet_book.tasks.MultiLabel` task.
 
     Returns:
         ``{"loss": masked BCE, "mAP": float, "ap": [AP of each of the 20 classes]}``, from
@@ -484,25 +302,14 @@ def evaluate_classifier(net: nn.Module, data: VOCTensors, *, batch_size: int = 6
 
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    autocast, _ = _amp(device)
-    scores = []
-    for X, _, _ in _batches(data, batch_size, device, train=False):
-        with autocast:
-            scores.append(net(X).float().cpu())
-    net.train(was_training)
-    logits = torch.cat(scores)
-    mean_ap, per_class = metrics.multilabel_average_precision(logits, data.targets, mask=data.mask)
-    return {"loss": multilabel_loss(logits, data.targets, data.mask).item(), "mAP": float(mean_ap),
-            "ap": [float(a) for a in per_class]}
+    return engine.evaluate(net, voc_batches(data, batch_size, train=False), device, task=tasks.MultiLabel())
 
 
 @torch.no_grad()
 def evaluate_segmenter(net: nn.Module, data: VOCTensors, *, batch_size: int = 16,
                        device: str | torch.device | None = None) -> dict[str, Any]:
-    """Segmentation metrics of ``net`` on ``data``, from one confusion matrix over all pixels.
+    """Segmentation metrics of ``net`` on ``data``, from one confusion matrix over all pixels:
+    :func:`imagenet_book.engine.evaluate` with the :class:`~imagenet_book.tasks.Segmentation` task.
 
     Returns:
         ``{"loss", "pixel_accuracy", "mean_iou", "iou": [IoU of each of the 21 classes]}``
@@ -511,104 +318,40 @@ def evaluate_segmenter(net: nn.Module, data: VOCTensors, *, batch_size: int = 16
 
     Taught in: chapters/09_segmentation_voc.ipynb
     """
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    was_training = net.training
-    net.eval()
-    autocast, _ = _amp(device)
     num_classes = getattr(net, "num_classes", len(VOC_CLASSES) + 1)
-    confmat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    loss_sum, pixels = 0.0, 0
-    for X, y, _ in _batches(data, batch_size, device, train=False):
-        with autocast:
-            logits = net(X).float()
-        y = y.long()
-        counted = int((y != 255).sum())
-        if counted:
-            loss_sum += segmentation_loss(logits, y).item() * counted
-            pixels += counted
-        confmat += metrics.confusion_matrix(logits.argmax(1).cpu(), y.cpu(), num_classes,
-                                            ignore_index=255).to(torch.int64)
-    net.train(was_training)
-    scores = metrics.segmentation_scores(confmat)
-    return {"loss": loss_sum / max(pixels, 1), "pixel_accuracy": float(scores["pixel_accuracy"]),
-            "mean_iou": float(scores["mean_iou"]),
-            "iou": [float(v) for v in torch.as_tensor(scores["iou"]).tolist()]}
+    return engine.evaluate(net, voc_batches(data, batch_size, train=False), device,
+                           task=tasks.Segmentation(num_classes=num_classes))
 
 
-# ------------------------------------------------------------------------------- the loop
+def evaluate_detector(net: Detector, dataset: Any, *, batch_size: int = 16, progress: bool = False,
+                      class_names: Any = None) -> dict[str, Any]:
+    """VOC mAP@0.5 of ``net`` on ``dataset``: area (VOC2010+) and 11-point (VOC2007) versions:
+    :func:`imagenet_book.engine.evaluate` with the :class:`~imagenet_book.tasks.Detection` task.
+
+    Difficult objects are neither rewarded nor punished
+    (:func:`imagenet_book.metrics.voc_detection_map`).
+
+    Args:
+        dataset: items ``(image uint8 (3, H, W), target dict)`` at their original sizes.
+
+    Returns:
+        A dict with ``"map"`` and ``"map_07"`` (float), ``"per_class"`` and ``"per_class_07"``
+        (``{name: AP or None}``) and ``"images"`` and ``"detections"`` (int); the AP is ``None``
+        for a class without (non-difficult) objects in ``dataset`` (and ``map`` is ``nan`` if no
+        class has any).
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    loader = BatchLoader(dataset, batch_size, shuffle=False, collate=collate_detection)
+    out = engine.evaluate(net, tqdm(loader, desc="evaluate", disable=not progress, leave=False),
+                          task=tasks.Detection(num_classes=net.num_classes))
+    return _named_per_class(out, class_names)
 
 
-def _set_train_mode(net: nn.Module, freeze_backbone: bool) -> None:
-    net.train()
-    if freeze_backbone:  # a frozen backbone keeps its BatchNorm statistics too
-        net.backbone.eval()
-
-
-def _train(net: nn.Module, groups: list[dict[str, Any]], train: VOCTensors,
-           loss_fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],
-           evaluate: Callable[[nn.Module], dict[str, Any]], *, epochs: int, batch_size: int,
-           warmup_fraction: float, momentum: float, optimizer_name: str, device: torch.device,
-           freeze_backbone: bool,
-           seed: int, progress: bool, max_steps: int | None,
-           primary: str) -> tuple[History, dict[str, Any] | None]:
-    """Train; evaluate after every epoch. Returns the History and the last evaluation."""
-    n = len(train.images)
-    steps_per_epoch = n // batch_size if n >= batch_size else 1
-    total = epochs * steps_per_epoch
-    if optimizer_name == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(momentum, 0.999))
-    recipe = TrainConfig(epochs=epochs, lr=groups[0]["lr"], momentum=momentum,
-                         warmup_steps=max(1, round(warmup_fraction * total)), schedule="cosine")
-    scheduler = engine.make_scheduler(optimizer, recipe, steps_per_epoch)
-    autocast, amp_dtype = _amp(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    channels_last = device.type == "cuda"
-    net.to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(seed)
-    history, step, t0, scores = History(), 0, time.perf_counter(), None
-    for epoch in range(epochs):
-        if max_steps is not None and step >= max_steps:
-            break
-        _set_train_mode(net, freeze_backbone)
-        t_epoch, loss_sum, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False)
-        for X, y, m in _batches(train, batch_size, device, train=True, generator=generator,
-                                channels_last=channels_last):
-            with autocast:
-                loss = loss_fn(net(X).float(), y, m)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[-1]["lr"]  # the head's: the last group
-            scheduler.step()
-            step += 1
-            value = loss.item()
-            loss_sum, seen = loss_sum + value * len(X), seen + len(X)
-            history.steps.append({"step": step, "epoch": round(step / steps_per_epoch, 4),
-                                  "loss": value, "lr": lr})
-            bar.update()
-            if max_steps is not None and step >= max_steps:
-                break
-        bar.close()
-        train_s = time.perf_counter() - t_epoch
-        scores = evaluate(net)
-        history.epochs.append({
-            "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-            "val_loss": scores["loss"], f"val_{primary}": scores[primary],
-            "lr": history.steps[-1]["lr"] if history.steps else None,
-            "img_per_s": seen / train_s if train_s > 0 else math.nan,
-            "wall_s": time.perf_counter() - t0})
-    net.eval()
-    return history, scores
-
-
-# ------------------------------------------------------------------------------- results
+def _named_per_class(metrics: dict[str, Any], class_names: Any = None) -> dict[str, Any]:
+    names = list(class_names or VOC_CLASSES)
+    return {**metrics, "per_class": dict(zip(names, metrics["per_class"])),
+            "per_class_07": dict(zip(names, metrics["per_class_07"]))}
 
 
 @dataclass
@@ -616,7 +359,7 @@ class FinetuneResult:
     """What :func:`finetune_classifier` / :func:`finetune_segmenter` return.
 
     Attributes:
-        task: ``"classify"`` or ``"segment"``; mode: ``"probe"``, ``"finetune"`` or ``"scratch"``.
+        task: ``"classify"``, ``"segment"`` or ``"detect"``; mode: ``"probe"``, ``"finetune"`` or ``"scratch"``.
         net: the trained network (eval mode, on ``cfg.device``).
         history: a :class:`~imagenet_book.engine.History` (per epoch: ``train_loss``,
             ``val_loss``, ``val_mAP`` or ``val_mean_iou``, ``lr``, ``img_per_s``, ``wall_s``).
@@ -647,8 +390,19 @@ class FinetuneResult:
 
     @property
     def stem(self) -> str:
-        """File-name stem: ``"{task}-{mode}-{arch}-{profile}"``."""
-        return f"{self.task}-{self.mode}-{self.arch}-{self.source.profile}"
+        """File-name stem: ``"{task}-{mode}-{arch}-{profile}-from-{source}-{hash}"``.
+
+        ``source`` is the pretrained checkpoint's stem (``scratch`` for random weights) and
+        ``hash`` eight hex digits of everything else that defines the run (the checkpoint's
+        full path, the recipe, the data): runs from different checkpoints or with different
+        settings never share a file; the same run again writes the same name."""
+        source = self.checkpoint.stem if self.checkpoint else "scratch"
+        key = json.dumps({"checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
+                          "recipe": self.recipe, "data": self.source.description,
+                          "budget": {k: self.budget.get(k) for k in ("train_images", "val_images")}},
+                         sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        return f"{self.task}-{self.mode}-{self.arch}-{self.source.profile}-from-{source}-{digest}"
 
     FORMAT: ClassVar[str] = FINETUNED_FORMAT  # the "format" entry its .pt file carries
 
@@ -680,7 +434,7 @@ class FinetuneResult:
     def _info(self) -> dict[str, Any]:
         """What the saved files record besides the weights and the History."""
         return {"task": self.task, "mode": self.mode, "arch": self.arch, **self._net_info(),
-                "budget": dict(self.budget), "recipe": dict(self.recipe), "metrics": _plain(self.metrics),
+                "budget": dict(self.budget), "recipe": dict(self.recipe), "metrics": plain_values(self.metrics),
                 "seconds": float(self.seconds), "data": self.source.description,
                 "profile": self.source.profile,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None}
@@ -689,30 +443,18 @@ class FinetuneResult:
         """Write ``<stem>.pt`` (weights + everything needed to rebuild the network;
         ``torch.load(..., weights_only=True)`` reads it, :func:`load_finetuned` rebuilds it) and
         ``<stem>.json`` (the same without the weights), both atomically. Returns the ``.pt``."""
-        folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = check_writable(out_dir)
         info, history = self._info(), self.history.to_dict()
         state = {"format": self.FORMAT, **info,
                  "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                  "history": history}
         pt, js = folder / f"{self.stem}.pt", folder / f"{self.stem}.json"
-        _save_atomically(state, pt, lambda s, p: torch.save(s, p))
-        text = json.dumps(_plain({**info, "history": history}), indent=1, allow_nan=False)
-        _save_atomically(text, js, lambda t, p: p.write_text(t, encoding="utf-8"))
+        save_atomically(state, pt, lambda s, p: torch.save(s, p))
+        text = json.dumps(plain_values({**info, "history": history}), indent=1, allow_nan=False)
+        save_atomically(text, js, lambda t, p: p.write_text(t, encoding="utf-8"))
         return pt
 
 
-def _plain(value: Any) -> Any:
-    """NaN -> None, tensors -> lists, recursively (JSON and weights_only-safe values)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Tensor):
-        return _plain(value.tolist())
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
@@ -728,7 +470,7 @@ def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "c
 
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
-    state = engine.read_state(
+    state = read_state(
         path, "format", FINETUNED_FORMAT, what="the fine-tuned checkpoint", redo="Fine-tune again.",
         error=PretrainError, missing=PretrainedNotFoundError,
         wrong="is not a checkpoint written by FinetuneResult.save (pretraining checkpoints load "
@@ -749,64 +491,86 @@ def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "c
 def _backbone_for(cfg: Any, checkpoint: str | os.PathLike[str] | None, mode: str,
                   arch: str) -> ResNetBackbone:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        raise PretrainError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)}.")
     if mode == "scratch":  # the architecture of the given checkpoint, if any; random weights
         return backbone_from_checkpoint(checkpoint, arch, pretrained=False)
     return backbone_from_checkpoint(resolve_checkpoint(cfg, checkpoint, arch), arch)
 
 
-def _run(cfg: Any, task: str, checkpoint: str | os.PathLike[str] | None, mode: str,
-         build: Callable[[ResNetBackbone], nn.Module], loss_fn: Callable, evaluate: Callable,
-         primary: str, *, epochs: int | None, img_size: int | None, batch_size: int | None,
-         lr: float | None, optimizer: str, backbone_lr_scale: float | None,
-         source: VOCSource | None, year: str,
-         arch: str, max_steps: int | None, progress: bool,
-         log: Callable[[str], None] | None) -> FinetuneResult:
+def _train(cfg: Any, name: str, mode: str, net: nn.Module, backbone: ResNetBackbone,
+           recipe: TrainConfig, task: tasks.Task, train_loader: Any, val_loader: Any, *,
+           max_steps: int | None, progress: bool, checkpoint_dir: Any,
+           say: Callable[[str], None], evaluate_every: int = 1) -> tuple[History, dict[str, Any]]:
+    """The one loop (:func:`imagenet_book.engine.fit`) with the task; returns the History and
+    the last evaluation."""
+    net.to(cfg.device)
+    start = f"from {backbone.checkpoint.name}" if backbone.pretrained else "from random weights"
+    trainable = sum(p.numel() for g in task.param_groups(net, recipe) for p in g["params"])
+    say(f"{name}/{mode}: {recipe.epochs} epochs x {len(train_loader)} steps at batch {recipe.batch_size}, "
+        f"{recipe.img_size} px, {recipe.optimizer} head lr {recipe.lr:g}, backbone lr "
+        f"x{recipe.backbone_lr_scale if mode == 'finetune' else (0 if mode == 'probe' else 1):g}, "
+        f"{trainable:,} trainable parameters, {start}; device {cfg.device}")
+    history = engine.fit(net, train_loader, val_loader, recipe, task=task, device=cfg.device,
+                         progress=progress, max_steps=max_steps, checkpoint_dir=checkpoint_dir,
+                         resume="auto" if checkpoint_dir is not None else False,
+                         evaluate_every=evaluate_every)
+    final = history.final
+    if final is None:  # no epoch ran (max_steps=0)
+        final = engine.evaluate(net, val_loader, cfg.device, task=task)
+    net.eval()
+    return history, final
+
+
+def _budget(recipe: TrainConfig, history: History, n_train: int, n_val: int) -> dict[str, int]:
+    return {"epochs": recipe.epochs, "steps": history.epochs[-1]["step"] if history.epochs else 0,
+            "train_images": n_train, "val_images": n_val, "img_size": recipe.img_size,
+            "batch_size": recipe.batch_size}
+
+
+def _run(cfg: Any, task_name: str, checkpoint: str | os.PathLike[str] | None, mode: str,
+         build: Callable[[ResNetBackbone], nn.Module], task: tasks.Task, *, epochs: int | None,
+         img_size: int | None, batch_size: int | None, lr: float | None, optimizer: str,
+         backbone_lr_scale: float | None, source: VOCSource | None, year: str, arch: str,
+         max_steps: int | None, progress: bool, log: Callable[[str], None] | None,
+         out_dir: Any, checkpoint_dir: Any) -> FinetuneResult:
     t0 = time.perf_counter()
     say = log if log is not None else (lambda _msg: None)
-    recipe = finetune_recipe(cfg, task, epochs=epochs, batch_size=batch_size, img_size=img_size,
-                             lr=lr, optimizer=optimizer)
-    if backbone_lr_scale is not None:
-        recipe["backbone_lr_scale"] = backbone_lr_scale
-    if mode == "scratch":
-        recipe["backbone_lr_scale"] = 1.0  # nothing to preserve: one rate for the whole network
+    if out_dir is not None:
+        check_writable(out_dir)  # before training, not after it
+    recipe = finetune_recipe(cfg, task_name, epochs=epochs, batch_size=batch_size, img_size=img_size,
+                             lr=lr, optimizer=optimizer,
+                             backbone_lr_scale=1.0 if mode == "scratch" else (
+                                 BACKBONE_LR_SCALE if backbone_lr_scale is None else backbone_lr_scale))
     torch.manual_seed(cfg.seed)  # the new head's (and a scratch backbone's) weights
     backbone = _backbone_for(cfg, checkpoint, mode, arch)
     source = source or voc_source(cfg, year)
-    train = load_voc_tensors(source, task, "train", recipe["img_size"], progress=progress)
-    val = load_voc_tensors(source, task, "val", recipe["img_size"], progress=progress)
+    train = load_voc_tensors(source, task_name, "train", recipe.img_size, progress=progress)
+    val = load_voc_tensors(source, task_name, "val", recipe.img_size, progress=progress)
     if len(train.images) == 0 or len(val.images) == 0:
         what = "train" if not len(train.images) else "evaluate"
         raise ValueError(f"{source.description}: no images to {what} on.")
-    net = build(backbone).to(cfg.device)
-    groups = finetune_param_groups(net, lr=recipe["lr"], backbone_lr_scale=recipe["backbone_lr_scale"],
-                                   weight_decay=recipe["weight_decay"], freeze_backbone=mode == "probe")
+    net = build(backbone)
     start = f"from {backbone.checkpoint.name}" if backbone.pretrained else "from random weights"
-    caption = (f"profile {cfg.profile.name}: {arch} {mode} ({start}) at {recipe['img_size']} px "
+    caption = (f"profile {cfg.profile.name}: {arch} {mode} ({start}) at {recipe.img_size} px "
                f"on the {source.description}")
-    trainable = sum(p.numel() for g in groups for p in g["params"])
-    say(f"finetune {task}/{mode}: {len(train.images)} train / {len(val.images)} val images at "
-        f"{recipe['img_size']} px, {recipe['epochs']} epochs at batch {recipe['batch_size']}, head lr "
-        f"{recipe['lr']:g}, backbone lr x{recipe['backbone_lr_scale'] if mode != 'probe' else 0:g}, "
-        f"{trainable:,} trainable parameters, {start}; device {cfg.device}")
-    device = torch.device(cfg.device)
-    history, final = _train(
-        net, groups, train, loss_fn,
-        lambda n: evaluate(n, val, batch_size=recipe["batch_size"], device=device),
-        epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-        warmup_fraction=recipe["warmup_fraction"], momentum=recipe["momentum"],
-        optimizer_name=recipe["optimizer"], device=device, freeze_backbone=mode == "probe",
-        seed=cfg.seed, progress=progress, max_steps=max_steps, primary=primary)
-    if final is None:  # no epoch ran (max_steps=0)
-        final = evaluate(net, val, batch_size=recipe["batch_size"], device=device)
-    budget = {"epochs": recipe["epochs"], "steps": history.epochs[-1]["step"] if history.epochs else 0,
-              "train_images": len(train.images), "val_images": len(val.images),
-              "img_size": recipe["img_size"], "batch_size": recipe["batch_size"]}
+    say(f"finetune {task_name}/{mode}: {len(train.images)} train / {len(val.images)} val images")
+    history, final = _train(cfg, f"finetune {task_name}", mode, net, backbone, recipe, task,
+                            voc_batches(train, recipe.batch_size, train=True, seed=cfg.seed),
+                            voc_batches(val, recipe.batch_size, train=False),
+                            max_steps=max_steps, progress=progress, checkpoint_dir=checkpoint_dir, say=say)
+    budget = _budget(recipe, history, len(train.images), len(val.images))
     seconds = time.perf_counter() - t0
-    say(f"finetune {task}/{mode}: {primary} {final[primary]:.4f} after {budget['steps']} steps "
-        f"({seconds:.0f} s)")
-    return FinetuneResult(task, mode, net, history, final, seconds, budget, recipe, source,
-                          backbone.checkpoint, arch, caption)
+    say(f"finetune {task_name}/{mode}: {task.primary} {final[task.primary]:.4f} after {budget['steps']} "
+        f"steps ({seconds:.0f} s)")
+    result = FinetuneResult(task_name, mode, net, history, final, seconds, budget, _recipe_record(recipe),
+                            source, backbone.checkpoint, arch, caption)
+    if out_dir is not None:
+        say(f"finetune {task_name}/{mode}: wrote {result.save(out_dir)}")
+    return result
+
+
+def _recipe_record(recipe: TrainConfig) -> dict[str, Any]:
+    return asdict(recipe)
 
 
 def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = None, *,
@@ -816,14 +580,16 @@ def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = No
                         backbone_lr_scale: float | None = None,
                         source: VOCSource | None = None, year: str = "2007",
                         arch: str = "resnet18", max_steps: int | None = None,
-                        progress: bool = True,
-                        log: Callable[[str], None] | None = print) -> FinetuneResult:
+                        progress: bool = True, log: Callable[[str], None] | None = print,
+                        out_dir: str | os.PathLike[str] | None = None,
+                        checkpoint_dir: str | os.PathLike[str] | None = None) -> FinetuneResult:
     """Fine-tune a backbone for VOC multi-label classification and measure its mAP.
 
     The network is :class:`BackboneClassifier` (the backbone + a new 20-way linear head),
-    trained with :func:`multilabel_loss` (sigmoid + binary cross-entropy, difficult-only
-    entries masked) by SGD with momentum (or AdamW), warmup and cosine decay, and evaluated with VOC's
-    classification mAP on the evaluation split.
+    trained by the book's one loop (:func:`imagenet_book.engine.fit`) with the
+    :class:`~imagenet_book.tasks.MultiLabel` task: :func:`multilabel_loss` (sigmoid + binary
+    cross-entropy, difficult-only entries masked), SGD with momentum (or AdamW), warmup and
+    cosine decay; evaluated with VOC's classification mAP on the evaluation split.
 
     Args:
         cfg: from ``imagenet_book.start()``; its profile gives every size (:func:`finetune_recipe`)
@@ -833,12 +599,15 @@ def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = No
         mode: ``"probe"`` (frozen backbone), ``"finetune"`` (everything, backbone at
             ``backbone_lr_scale`` x the head's rate) or ``"scratch"`` (random weights).
         epochs, img_size, batch_size, lr: override the recipe's values.
-        optimizer: ``"sgd"`` (default, :data:`OPTIMIZER`) or ``"adamw"``.
-        backbone_lr_scale: default :data:`BACKBONE_LR_SCALE` (``"scratch"`` always uses 1).
+        optimizer: ``"sgd"`` (default) or ``"adamw"``.
+        backbone_lr_scale: default :data:`~imagenet_book.recipe.BACKBONE_LR_SCALE` (``"scratch"``
+            always uses 1).
         source: use this VOC instead of asking the data rule; year: VOC year for the rule.
         arch: the backbone's architecture.
         max_steps: stop after this many steps (the schedule still spans ``epochs``).
-        progress: tqdm bars; log: where the two lines of report go (``None``: silent).
+        progress: tqdm bars; log: where the lines of report go (``None``: silent).
+        out_dir: if given, checked writable BEFORE training, and the result saved there.
+        checkpoint_dir: resumable step checkpoints (an interrupted run continues).
 
     Returns:
         A :class:`FinetuneResult`; ``metrics`` = ``{"loss", "mAP", "ap"}``.
@@ -847,36 +616,39 @@ def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = No
         PretrainedNotFoundError: no pretrained checkpoint (the message says how to make it).
         PretrainError: a checkpoint of another architecture, or a damaged one.
         DatasetNotFoundError: the data rule found no VOC (``full`` profile, downloads off).
+        FolderNotWritableError: ``out_dir`` cannot be written to.
 
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
     return _run(cfg, "classify", checkpoint, mode,
                 lambda backbone: BackboneClassifier(backbone, len(VOC_CLASSES)),
-                multilabel_loss, evaluate_classifier, "mAP", epochs=epochs, img_size=img_size,
-                batch_size=batch_size, lr=lr, optimizer=optimizer, backbone_lr_scale=backbone_lr_scale,
-                source=source,
-                year=year, arch=arch, max_steps=max_steps, progress=progress, log=log)
+                tasks.MultiLabel(mode=mode), epochs=epochs, img_size=img_size, batch_size=batch_size,
+                lr=lr, optimizer=optimizer, backbone_lr_scale=backbone_lr_scale, source=source,
+                year=year, arch=arch, max_steps=max_steps, progress=progress, log=log,
+                out_dir=out_dir, checkpoint_dir=checkpoint_dir)
 
 
 def finetune_segmenter(cfg: Any, checkpoint: str | os.PathLike[str] | None = None, *,
                        mode: str = "finetune", skips: bool = True, epochs: int | None = None,
                        img_size: int | None = None, batch_size: int | None = None,
                        lr: float | None = None, optimizer: str = OPTIMIZER,
-                        backbone_lr_scale: float | None = None,
+                       backbone_lr_scale: float | None = None,
                        source: VOCSource | None = None, year: str = "2012",
                        arch: str = "resnet18", max_steps: int | None = None,
-                       progress: bool = True,
-                       log: Callable[[str], None] | None = print) -> FinetuneResult:
+                       progress: bool = True, log: Callable[[str], None] | None = print,
+                       out_dir: str | os.PathLike[str] | None = None,
+                       checkpoint_dir: str | os.PathLike[str] | None = None) -> FinetuneResult:
     """Fine-tune a backbone for VOC semantic segmentation and measure pixel accuracy and mIoU.
 
     The network is an :class:`~imagenet_book.models.segmentation.FCN` (FCN-8s with
-    ``skips=True``, FCN-32s without) with 21 classes (background + 20), trained with
-    :func:`~imagenet_book.models.segmentation.segmentation_loss` (cross-entropy, void 255
+    ``skips=True``, FCN-32s without) with 21 classes (background + 20), trained by the book's
+    one loop with the :class:`~imagenet_book.tasks.Segmentation` task (cross-entropy, void 255
     ignored) and evaluated from a confusion matrix over every non-void pixel.
 
     ``cfg``, ``checkpoint``, ``mode``, ``epochs``, ``img_size``, ``batch_size``, ``lr``, ``optimizer``,
-    ``backbone_lr_scale``, ``source``, ``arch``, ``max_steps``, ``progress`` and ``log`` are as for
-    :func:`finetune_classifier` (the batch is the profile's divided by :data:`SEG_BATCH_DIVISOR`).
+    ``backbone_lr_scale``, ``source``, ``arch``, ``max_steps``, ``progress``, ``log``, ``out_dir``
+    and ``checkpoint_dir`` are as for :func:`finetune_classifier` (the batch is the profile's
+    divided by :data:`~imagenet_book.recipe.SEG_BATCH_DIVISOR`).
 
     Args:
         skips: FCN-8s (default) or FCN-32s.
@@ -891,12 +663,248 @@ def finetune_segmenter(cfg: Any, checkpoint: str | os.PathLike[str] | None = Non
 
     Taught in: chapters/09_segmentation_voc.ipynb
     """
-    def loss_fn(logits: Tensor, y: Tensor, _mask: Tensor | None) -> Tensor:
-        return segmentation_loss(logits, y.long())
-
     return _run(cfg, "segment", checkpoint, mode,
                 lambda backbone: FCN(backbone, len(VOC_CLASSES) + 1, skips=skips),
-                loss_fn, evaluate_segmenter, "mean_iou", epochs=epochs, img_size=img_size,
-                batch_size=batch_size, lr=lr, optimizer=optimizer, backbone_lr_scale=backbone_lr_scale,
-                source=source,
-                year=year, arch=arch, max_steps=max_steps, progress=progress, log=log)
+                tasks.Segmentation(mode=mode, num_classes=len(VOC_CLASSES) + 1), epochs=epochs,
+                img_size=img_size, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                backbone_lr_scale=backbone_lr_scale, source=source, year=year, arch=arch,
+                max_steps=max_steps, progress=progress, log=log, out_dir=out_dir,
+                checkpoint_dir=checkpoint_dir)
+
+
+# ------------------------------------------------------------------------------- detection
+
+
+def detection_transforms(img_size: int, train: bool = True) -> v2.Compose:
+    """The ``transforms.v2`` pipeline of :class:`~imagenet_book.data.voc.VOCDetection` for training.
+
+    Training: with probability :data:`DET_CROP_PROB` an SSD-style ``RandomIoUCrop`` (a random crop
+    that keeps some overlap with the objects), a horizontal flip with probability 1/2, a resize
+    to ``(img_size, img_size)``, then :func:`~imagenet_book.data.voc.sanitize_boxes` (boxes cut
+    away by the crop leave with their labels and difficult flags). ``train=False``: the resize
+    only. The boxes move with the image in every step.
+
+    Returns:
+        A joint transform ``(image uint8 (3, H, W), target) -> (uint8 (3, S, S), target)``.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    steps: list[Any] = []
+    if train:
+        steps += [v2.RandomApply([v2.RandomIoUCrop()], p=DET_CROP_PROB), v2.RandomHorizontalFlip(0.5)]
+    steps += [v2.Resize((img_size, img_size), antialias=True), sanitize_boxes()]
+    return v2.Compose(steps)
+
+
+@torch.no_grad()
+def predict_dataset(net: Detector, dataset: Any, batch_size: int = 16,
+                    progress: bool = False) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+    """Run :meth:`Detector.predict` over a detection dataset at its original image sizes.
+
+    Args:
+        net: a :class:`Detector`.
+        dataset: items ``(image uint8 (3, H, W), target dict)`` with ``"boxes"``, ``"labels"``,
+            ``"difficult"`` (a :class:`~imagenet_book.data.voc.VOCDetection` without transforms,
+            or a ``Subset`` of one).
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(predictions, targets)``: lists of dicts on the CPU, in dataset order, in original
+        pixels; the input format of :func:`imagenet_book.metrics.voc_detection_map`.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    preds, targets = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="predict", disable=not progress, leave=False):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        for out in net.predict([im for im, _ in items]):
+            preds.append({k: v.cpu() for k, v in out.items()})
+        for _, t in items:
+            targets.append({"boxes": torch.as_tensor(t["boxes"]).float().reshape(-1, 4),
+                            "labels": torch.as_tensor(t["labels"]),
+                            "difficult": torch.as_tensor(t["difficult"], dtype=torch.bool)})
+    return preds, targets
+
+
+@dataclass
+class DetectionResult(FinetuneResult):
+    """What :func:`finetune_detector` returns (a
+    :class:`imagenet_book.finetune.FinetuneResult` whose score is VOC mAP@0.5 and whose files
+    can rebuild the detector).
+
+    Attributes:
+        task: ``"detect"``; mode: ``"finetune"``, ``"probe"`` or ``"scratch"``.
+        net: the trained :class:`Detector` (eval mode, on ``cfg.device``).
+        history: :class:`~imagenet_book.engine.History`: per epoch ``epoch``, ``step``,
+            ``train_loss``, ``cls_loss``, ``reg_loss`` (means over the epoch's images), ``lr``,
+            ``img_per_s``, ``wall_s``; per step ``step``, ``epoch``, ``loss``, ``cls``, ``reg``, ``lr``.
+        metrics: :func:`evaluate_detector`'s: ``map`` (area), ``map_07`` (11-point),
+            ``per_class`` / ``per_class_07`` APs by class name, ``images``, ``detections``.
+        seconds: wall time of the whole call (data, training, evaluation).
+        budget: ``{"epochs", "steps", "train_images", "val_images", "img_size", "batch_size",
+            "train_seconds"}``.
+        recipe: the rates and losses used (:func:`detection_recipe`, plus ``cls_loss``, ``reg_loss``).
+        source: the :class:`~imagenet_book.data.voc.VOCSource` trained on.
+        checkpoint: the pretrained checkpoint the backbone came from (``None``: random weights).
+        arch: the backbone's architecture; caption: one line for figures.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+
+    net: Detector
+    FORMAT: ClassVar[str] = DETECTOR_FORMAT
+
+    @property
+    def score(self) -> float:
+        """The headline number: VOC mAP@0.5 (area)."""
+        return self.metrics["map"]
+
+    @property
+    def metric_name(self) -> str:
+        return "mAP@0.5"
+
+    def _side_scores(self) -> dict[str, Any]:
+        return {"map_07": self.metrics["map_07"]}
+
+    def _net_info(self) -> dict[str, Any]:  # noqa: D102
+        """The detector's config: what :func:`load_detector` rebuilds it from."""
+        return {"config": self.net.config()}
+
+
+def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Detector:
+    """Rebuild a detector saved by :meth:`DetectionResult.save` (``weights_only=True``).
+
+    Returns:
+        The :class:`Detector` with its weights, in eval mode, on ``device``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DetectorError: the file is damaged, is not a detector checkpoint (a pretrained backbone,
+            a fine-tuned classifier, ...), or its weights do not fit its recorded architecture.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    state = read_state(
+        path, "format", DETECTOR_FORMAT, what="the detector checkpoint",
+        redo="Train and save the detector again (DetectionResult.save(dir) writes one).",
+        error=DetectorError,
+        wrong="is not a detector checkpoint (DetectionResult.save writes those). A pretrained "
+              "backbone goes to finetune_detector(cfg, checkpoint=...).")
+    config = dict(state["config"])
+    arch, small_input = config.pop("arch"), config.pop("small_input")
+    backbone = ResNetBackbone(ARCHS[arch](small_input=small_input), arch=arch, small_input=small_input)
+    net = Detector(backbone, config.pop("num_classes"), **config)
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise DetectorError(f"{str(path)!r}: its weights do not fit the {arch} detector its config "
+                            f"describes ({first}). The file was edited or damaged.") from None
+    return net.eval().to(device)
+
+
+def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None, *, mode: str = "finetune",
+                      arch: str = "resnet18", epochs: int | None = None, img_size: int | None = None,
+                      lr: float | None = None, batch_size: int | None = None,
+                      backbone_lr_scale: float | None = None, cls_loss: str = "focal",
+                      reg_loss: str = "smooth_l1", source: Any = None,
+                      year: str = "2007", max_steps: int | None = None,
+                      out_dir: str | os.PathLike[str] | None = None,
+                      checkpoint_dir: str | os.PathLike[str] | None = None,
+                      progress: bool = True, log: Callable[[str], None] | None = print) -> DetectionResult:
+    """Train the detector on the profile's PASCAL VOC and measure its VOC mAP@0.5.
+
+    The same code at every scale: sizes and rates from :func:`detection_recipe` (``cfg.profile``)
+    unless overridden, trained by the book's one loop (:func:`imagenet_book.engine.fit` with a
+    :class:`imagenet_book.tasks.Detection` task); data from :func:`imagenet_book.data.voc.voc_source` (its training split,
+    ``train`` or ``trainval``, and its evaluation split, ``val`` or ``test``, with as many images
+    as the profile gives).
+
+    * ``mode="finetune"``: chapter 06's pretrained backbone (``checkpoint``; default
+      :func:`imagenet_book.finetune.resolve_checkpoint`), learning at ``backbone_lr_scale``
+      (a tenth) times the head's rate;
+    * ``mode="probe"``: the same backbone frozen (weights and BatchNorm statistics): only the
+      neck and the head learn;
+    * ``mode="scratch"``: the same architecture with random weights, one rate for everything.
+
+    Each step: a batch of :func:`detection_transforms` images, :func:`detection_loss`
+    (``cls_loss`` + ``reg_loss``), backward, gradient norm clipped at :data:`GRAD_CLIP`, an
+    SGD step (momentum 0.9; weight decay on weights only) and a per-step
+    learning rate (linear warmup, then cosine to 0); mixed precision on CUDA (the engine's rule),
+    float32 on the CPU. After the last epoch, VOC mAP@0.5 on the evaluation split
+    (:func:`evaluate_detector`'s numbers).
+
+    Args:
+        cfg: from ``imagenet_book.start()``.
+        checkpoint: a pretrained checkpoint (the ``.pt`` of :func:`imagenet_book.pretrain.pretrain`).
+        mode: see above. arch: the backbone's architecture (a checkpoint of another one is refused).
+        epochs, img_size, lr, batch_size, backbone_lr_scale: override the recipe.
+        cls_loss, reg_loss: see :func:`detection_loss`.
+        source: a :class:`~imagenet_book.data.voc.VOCSource` (default ``voc_source(cfg, year)``).
+        max_steps: stop after this many steps (the schedule still spans ``epochs``).
+        out_dir: if given, check it can be written BEFORE training, then save the result there
+            (:meth:`FinetuneResult.save`).
+        checkpoint_dir: resumable step checkpoints of the run (:func:`imagenet_book.engine.fit`):
+            an interrupted run continues when called again with the same folder.
+        progress: tqdm bars. log: where the report lines go (``None``: silent).
+
+    Returns:
+        A :class:`DetectionResult` (``.save(dir)`` writes it; ``.row()`` is a table row).
+
+    Raises:
+        DetectorError: an unknown mode or loss. PretrainedNotFoundError: no
+        checkpoint for ``finetune`` / ``probe``. PretrainError: a checkpoint of another
+        architecture, or not a pretraining checkpoint. DatasetNotFoundError: from the data rule.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    t0 = time.perf_counter()
+    say = log if log is not None else (lambda _msg: None)
+    if mode not in MODES:
+        raise DetectorError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)}.")
+    check_losses(cls_loss, reg_loss)
+    task = tasks.Detection(mode=mode, cls_loss=cls_loss, reg_loss=reg_loss, num_classes=len(VOC_CLASSES))
+    if out_dir is not None:
+        check_writable(out_dir)
+    recipe = detection_recipe(cfg, epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
+                              backbone_lr_scale=1.0 if mode == "scratch" else (
+                                  BACKBONE_LR_SCALE if backbone_lr_scale is None else backbone_lr_scale))
+    S, B = recipe.img_size, recipe.batch_size
+    torch.manual_seed(cfg.seed)  # the new layers' (and a scratch backbone's) initial weights
+    backbone = _backbone_for(cfg, checkpoint, mode, arch)
+    net = Detector(backbone, len(VOC_CLASSES), img_size=S)
+    source = source or voc_source(cfg, year)
+    train_split, eval_split = source.splits("Main")
+    train_full = VOCDetection(source.root, source.year, train_split, transforms=detection_transforms(S))
+    eval_full = VOCDetection(source.root, source.year, eval_split)
+    train_set = torch.utils.data.Subset(train_full, source.pick(len(train_full), "train"))
+    eval_set = torch.utils.data.Subset(eval_full, source.pick(len(eval_full), "val"))
+    train_loader = BatchLoader(train_set, B, seed=cfg.seed, drop_last=len(train_set) >= B,
+                               collate=_stack_detection)
+    val_loader = BatchLoader(eval_set, B, shuffle=False, collate=collate_detection)
+    start = f"from {backbone.checkpoint.name}" if backbone.pretrained else "from random weights"
+    caption = (f"profile {cfg.profile.name}: {arch} detector, {mode} ({start}) at {S} px on the "
+               f"{source.description}")
+    say(f"detector/{mode}: {len(train_set)} {train_split} / {len(eval_set)} {eval_split} images at {S} px, "
+        f"{len(net.anchors())} anchors")
+    history, final = _train(cfg, "detector", mode, net, backbone, recipe, task, train_loader, val_loader,
+                            max_steps=max_steps, progress=progress, checkpoint_dir=checkpoint_dir,
+                            say=say, evaluate_every=recipe.epochs)  # mAP once, after the last epoch
+    metrics = _named_per_class(final)
+    budget = {**_budget(recipe, history, len(train_set), len(eval_set)),
+              "train_seconds": round(history.epochs[-1]["wall_s"], 1) if history.epochs else 0.0}
+    seconds = time.perf_counter() - t0
+    say(f"detector/{mode}: VOC mAP@0.5 {metrics['map']:.4f} (area), {metrics['map_07']:.4f} (11-point) "
+        f"on {metrics['images']} {eval_split} images ({seconds:.0f} s)")
+    result = DetectionResult("detect", mode, net, history, metrics, seconds, budget, _recipe_record(recipe),
+                             source, backbone.checkpoint, arch, caption)
+    if out_dir is not None:
+        say(f"detector/{mode}: wrote {result.save(out_dir)}")
+    return result
+
+
+def _stack_detection(items: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Training batches of :func:`detection_transforms` images (all ``S x S``): stacked uint8
+    images and the list of targets."""
+    images, targets = collate_detection(items)
+    return torch.stack([torch.as_tensor(im) for im in images]), targets

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "softmax_cross_entropy_grad",
-           "BOX_LOSSES", "sigmoid_focal_loss", "smooth_l1_loss", "box_regression_loss"]
+           "BOX_LOSSES", "sigmoid_focal_loss", "smooth_l1_loss", "box_regression_loss", "multilabel_loss"]
 
 
 def log_softmax(z: Tensor, dim: int = -1) -> Tensor:
@@ -239,3 +239,27 @@ def box_regression_loss(input: Tensor, target: Tensor, kind: str = "smooth_l1", 
     if kind == "mse":
         return _reduce((input - target) ** 2, reduction)
     raise ValueError(f"Unknown box loss {kind!r}. Choose one of: {', '.join(BOX_LOSSES)}.")
+
+
+def multilabel_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy with logits, one independent yes/no question per class, averaged
+    over the entries that count (``mask == 1``).
+
+    Args:
+        logits: float ``(N, C)``.
+        targets: float ``(N, C)`` in {0, 1}.
+        mask: float ``(N, C)``: 0 leaves an entry out (VOC: classes present only as difficult
+            objects); ``None``: every entry counts.
+
+    Returns:
+        A float scalar: ``sum(mask * bce) / sum(mask)`` (0 when nothing counts).
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+    if logits.shape != targets.shape or (mask is not None and mask.shape != logits.shape):
+        raise ValueError(f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and mask "
+                         f"{None if mask is None else tuple(mask.shape)} must all be (N, C).")
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    if mask is None:
+        return bce.mean()
+    return (bce * mask).sum() / mask.sum().clamp(min=1)

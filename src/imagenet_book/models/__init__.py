@@ -4,8 +4,9 @@
   Taught in: chapters/03_vgg16.ipynb
 * :mod:`.resnet`: ``resnet18``, ``resnet34``, ``resnet50`` and ``ResNet`` with its
   ``BasicBlock`` / ``Bottleneck`` blocks. Taught in: chapters/04_resnet.ipynb
-* :mod:`.segmentation`: ``FCN`` (FCN-32s / FCN-8s head on a backbone), ``segmentation_loss``,
-  ``colorize_mask`` / ``overlay_mask``. Taught in: chapters/09_segmentation_voc.ipynb
+* :mod:`.segmentation`: ``FCN`` (FCN-32s / FCN-8s head on a backbone), ``segmentation_loss``
+  (masks are drawn by ``imagenet_book.viz.colorize_mask`` / ``overlay_mask``).
+  Taught in: chapters/09_segmentation_voc.ipynb
 * :mod:`.summary`: ``layer_table`` / ``format_table``, per-layer shapes, parameters and MACs.
   Taught in: chapters/03_vgg16.ipynb
 
@@ -14,13 +15,16 @@ names and shapes, so ``ours.load_state_dict(torchvision_model.state_dict(), stri
 and the outputs match.
 """
 
+from .backbone import BackboneClassifier, ResNetBackbone
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
-from .segmentation import FCN, FCNHead, colorize_mask, overlay_mask, segmentation_loss
+from .segmentation import FCN, FCNHead, segmentation_loss
 from .summary import LayerRow, LayerTable, format_table, layer_table
 from .vgg import VGG, VGG16_CFG, make_features, vgg16, vgg16_bn
 
 __all__ = [
     "VGG",
+    "BackboneClassifier",
+    "ResNetBackbone",
     "VGG16_CFG",
     "BasicBlock",
     "FCN",
@@ -29,11 +33,9 @@ __all__ = [
     "LayerRow",
     "LayerTable",
     "ResNet",
-    "colorize_mask",
     "format_table",
     "layer_table",
     "make_features",
-    "overlay_mask",
     "resnet18",
     "resnet34",
     "resnet50",

@@ -17,9 +17,10 @@ ratios at every cell of the feature map), :func:`encode_boxes` / :func:`decode_b
 (the network), :func:`detection_loss`
 (``L = L_cls + L_reg`` with :func:`imagenet_book.losses.sigmoid_focal_loss` and
 :func:`imagenet_book.losses.box_regression_loss`), :meth:`Detector.predict` (post-processing with
-``torchvision.ops.batched_nms``). :func:`finetune_detector` trains it on the profile's PASCAL VOC
-(:func:`imagenet_book.data.voc.voc_source`) and measures VOC mAP@0.5
-(:func:`imagenet_book.metrics.voc_detection_map`).
+``torchvision.ops.batched_nms``). This module holds the network and these pure functions only:
+:func:`imagenet_book.finetune.finetune_detector` trains it on the profile's PASCAL VOC with the
+book's one loop (:func:`imagenet_book.engine.fit` and :class:`imagenet_book.tasks.Detection`)
+and measures VOC mAP@0.5 (:func:`imagenet_book.metrics.voc_detection_map`).
 
 Coordinates. Boxes are XYXY in continuous pixel coordinates, as
 :class:`~imagenet_book.data.voc.VOCDetection` gives them. The network sees every image resized
@@ -35,12 +36,8 @@ Taught in: chapters/08_detection_voc.ipynb.
 from __future__ import annotations
 
 import math
-import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,15 +46,12 @@ from torchvision import ops
 from torchvision.transforms import v2
 
 from .. import losses
-from ..engine import read_state
-from ..finetune import FinetuneResult
-from ..data.fast import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import BookError
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["ANCHOR_SIZES", "ASPECT_RATIOS", "BOX_WEIGHTS", "DETECTOR_FORMAT", "MODES",
-           "DetectionHead", "DetectionResult", "Detector", "DetectorError", "FeatureMerge",
-           "decode_boxes", "detection_loss", "detection_recipe",
-           "detection_transforms", "encode_boxes", "evaluate_detector", "finetune_detector",
-           "load_detector", "make_anchors", "match_anchors", "predict_dataset"]
+__all__ = ["ANCHOR_SIZES", "ASPECT_RATIOS", "BOX_WEIGHTS", "DetectionHead", "Detector", "DetectorError",
+           "FeatureMerge", "check_losses", "decode_boxes", "detection_loss", "encode_boxes", "make_anchors",
+           "match_anchors"]
 
 # The detector's numbers. They live here and nowhere else (chapter 08 explains each one).
 ANCHOR_SIZES = (0.1, 0.2, 0.4, 0.8)  # sqrt(anchor area) as a fraction of img_size: one per octave
@@ -72,21 +66,9 @@ SCORE_THRESH, NMS_IOU = 0.05, 0.5    # post-processing
 TOPK_CANDIDATES, MAX_DETECTIONS = 1000, 100
 BBOX_CLIP = math.log(1000.0 / 16)    # largest dw, dh decoded (torchvision's bbox_xform_clip)
 
-# The training recipe and how it follows the profile (sizes only, the same code at every scale).
-SIZE_FACTOR = 2         # detection img_size = SIZE_FACTOR * cfg.profile.img_size (local 128, full 448)
-BATCH_DIVISOR = 4       # detection batch = cfg.profile.batch_size // BATCH_DIVISOR (local 16)
-EPOCH_FACTOR = 1        # detection epochs = EPOCH_FACTOR * cfg.profile.epochs (local 4)
-BASE_LR, BASE_BATCH = 0.01, 16  # SGD peak lr of the new layers for a batch of 16 (RetinaNet's), scaled
-                                # linearly with the batch size; momentum, weight decay, warmup and the
-                                # backbone's tenth of the lr: chapter 07's (finetune.finetune_recipe)
-GRAD_CLIP = 10.0        # max gradient norm: the first steps of a random head can be large
-CROP_PROB = 0.5         # probability of an SSD-style random IoU crop in training
-
-DETECTOR_FORMAT = "imagenet_book.detector"
-MODES = ("finetune", "probe", "scratch")
 
 
-class DetectorError(ValueError):
+class DetectorError(BookError, ValueError):
     """A detector request cannot be honoured: an unknown mode or loss, a checkpoint of another
     architecture, a file that is not a detector. The message says what to do.
 
@@ -454,7 +436,12 @@ class Detector(nn.Module):
 # ------------------------------------------------------------------------------- the loss
 
 
-def _check_losses(cls_loss: str, reg_loss: str) -> None:
+def check_losses(cls_loss: str, reg_loss: str) -> None:
+    """Raise :class:`DetectorError` unless ``cls_loss`` and ``reg_loss`` name losses
+    :func:`detection_loss` knows.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
     if cls_loss not in ("focal", "bce"):
         raise DetectorError(f"Unknown classification loss {cls_loss!r}. Choose 'focal' or 'bce'.")
     if reg_loss not in losses.BOX_LOSSES:
@@ -496,7 +483,7 @@ def detection_loss(cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targ
 
     Taught in: chapters/08_detection_voc.ipynb.
     """
-    _check_losses(cls_loss, reg_loss)
+    check_losses(cls_loss, reg_loss)
     anchors = anchors.to(box_deltas.device)
     cls_terms, reg_terms, num_pos = [], [], 0
     for logits, deltas, target in zip(cls_logits, box_deltas, targets):
@@ -520,357 +507,3 @@ def detection_loss(cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targ
     cls = torch.stack(cls_terms).sum() / norm
     reg = torch.stack(reg_terms).sum() / norm
     return {"loss": cls + reg, "cls": cls, "reg": reg, "num_pos": torch.tensor(num_pos)}
-
-
-# ------------------------------------------------------------------------------- data and training
-
-
-def detection_recipe(cfg: Any, *, epochs: int | None = None, img_size: int | None = None,
-                     batch_size: int | None = None, lr: float | None = None) -> dict[str, Any]:
-    """The sizes and rates of a detection run, derived from ``cfg.profile`` (sizes only):
-
-    * ``img_size = SIZE_FACTOR * img_size`` (smoke 64, local 128, full 448): a stride-16 map
-      needs more pixels than a classifier;
-    * ``batch_size = max(2, batch_size // BATCH_DIVISOR)`` (smoke 4, local 16, full 64);
-    * ``epochs = EPOCH_FACTOR * epochs`` (smoke 1, local 4, full 40) over the profile's images;
-    * ``lr``: the head's peak rate for SGD with momentum, ``BASE_LR * batch_size / BASE_BATCH``
-      (RetinaNet's 0.01 at batch 16, scaled linearly);
-    * the rest is chapter 07's recipe (:func:`imagenet_book.finetune.finetune_recipe`): momentum,
-      weight decay, warmup fraction, and the backbone at ``backbone_lr_scale`` (a tenth) of
-      ``lr`` when fine-tuning; plus the gradient-norm clip :data:`GRAD_CLIP`.
-
-    The number of images comes from :func:`imagenet_book.data.voc.voc_source`.
-
-    Returns:
-        ``{"epochs", "batch_size", "img_size", "lr", "backbone_lr_scale", "momentum",
-        "weight_decay", "warmup_fraction", "grad_clip"}``.
-
-    Taught in: chapters/08_detection_voc.ipynb.
-    """
-    from ..finetune import finetune_recipe
-
-    p = cfg.profile
-    batch_size = batch_size or max(2, p.batch_size // BATCH_DIVISOR)
-    base = finetune_recipe(cfg, "detect", epochs=epochs or EPOCH_FACTOR * p.epochs, batch_size=batch_size,
-                           img_size=img_size or SIZE_FACTOR * p.img_size,
-                           lr=lr if lr is not None else BASE_LR * batch_size / BASE_BATCH)
-    return {**base, "grad_clip": GRAD_CLIP}
-
-
-def detection_transforms(img_size: int, train: bool = True) -> v2.Compose:
-    """The ``transforms.v2`` pipeline of :class:`~imagenet_book.data.voc.VOCDetection` for training.
-
-    Training: with probability :data:`CROP_PROB` an SSD-style ``RandomIoUCrop`` (a random crop
-    that keeps some overlap with the objects), a horizontal flip with probability 1/2, a resize
-    to ``(img_size, img_size)``, then :func:`~imagenet_book.data.voc.sanitize_boxes` (boxes cut
-    away by the crop leave with their labels and difficult flags). ``train=False``: the resize
-    only. The boxes move with the image in every step.
-
-    Returns:
-        A joint transform ``(image uint8 (3, H, W), target) -> (uint8 (3, S, S), target)``.
-
-    Taught in: chapters/08_detection_voc.ipynb.
-    """
-    from ..data.voc import sanitize_boxes
-
-    steps: list[Any] = []
-    if train:
-        steps += [v2.RandomApply([v2.RandomIoUCrop()], p=CROP_PROB), v2.RandomHorizontalFlip(0.5)]
-    steps += [v2.Resize((img_size, img_size), antialias=True), sanitize_boxes()]
-    return v2.Compose(steps)
-
-
-@torch.no_grad()
-def predict_dataset(net: Detector, dataset: Any, batch_size: int = 16,
-                    progress: bool = False) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
-    """Run :meth:`Detector.predict` over a detection dataset at its original image sizes.
-
-    Args:
-        net: a :class:`Detector`.
-        dataset: items ``(image uint8 (3, H, W), target dict)`` with ``"boxes"``, ``"labels"``,
-            ``"difficult"`` (a :class:`~imagenet_book.data.voc.VOCDetection` without transforms,
-            or a ``Subset`` of one).
-        batch_size: images per forward pass.
-
-    Returns:
-        ``(predictions, targets)``: lists of dicts on the CPU, in dataset order, in original
-        pixels; the input format of :func:`imagenet_book.metrics.voc_detection_map`.
-
-    Taught in: chapters/08_detection_voc.ipynb.
-    """
-    from tqdm.auto import tqdm
-
-    preds, targets = [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="predict", disable=not progress, leave=False):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        for out in net.predict([im for im, _ in items]):
-            preds.append({k: v.cpu() for k, v in out.items()})
-        for _, t in items:
-            targets.append({"boxes": torch.as_tensor(t["boxes"]).float().reshape(-1, 4),
-                            "labels": torch.as_tensor(t["labels"]),
-                            "difficult": torch.as_tensor(t["difficult"], dtype=torch.bool)})
-    return preds, targets
-
-
-def evaluate_detector(net: Detector, dataset: Any, *, batch_size: int = 16, progress: bool = False,
-                      class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """VOC mAP@0.5 of ``net`` on ``dataset``: area (VOC2010+) and 11-point (VOC2007) versions.
-
-    Difficult objects are neither rewarded nor punished
-    (:func:`imagenet_book.metrics.voc_detection_map`).
-
-    Returns:
-        A dict with ``"map"`` and ``"map_07"`` (float), ``"per_class"`` and ``"per_class_07"``
-        (``{name: AP or None}``) and ``"images"`` and ``"detections"`` (int); the AP is ``None``
-        for a class without (non-difficult) objects in ``dataset`` (and ``map`` is ``nan`` if no
-        class has any).
-
-    Taught in: chapters/08_detection_voc.ipynb.
-    """
-    from ..data.voc import VOC_CLASSES
-    from ..metrics import voc_detection_map
-
-    names = list(class_names or VOC_CLASSES)
-    preds, targets = predict_dataset(net, dataset, batch_size, progress)
-    area = voc_detection_map(preds, targets, num_classes=net.num_classes)
-    eleven = voc_detection_map(preds, targets, num_classes=net.num_classes, use_07_metric=True)
-
-    def per_class(ap: Any) -> dict[str, float | None]:
-        return {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, ap.per_class)}
-
-    return {"map": float(area.map), "map_07": float(eleven.map), "per_class": per_class(area),
-            "per_class_07": per_class(eleven), "images": len(preds),
-            "detections": sum(len(p["scores"]) for p in preds)}
-
-
-@dataclass
-class DetectionResult(FinetuneResult):
-    """What :func:`finetune_detector` returns (a
-    :class:`imagenet_book.finetune.FinetuneResult` whose score is VOC mAP@0.5 and whose files
-    can rebuild the detector).
-
-    Attributes:
-        task: ``"detect"``; mode: ``"finetune"``, ``"probe"`` or ``"scratch"``.
-        net: the trained :class:`Detector` (eval mode, on ``cfg.device``).
-        history: :class:`~imagenet_book.engine.History`: per epoch ``epoch``, ``step``,
-            ``train_loss``, ``cls_loss``, ``reg_loss`` (means over the epoch's images), ``lr``,
-            ``img_per_s``, ``wall_s``; per step ``step``, ``epoch``, ``loss``, ``cls``, ``reg``, ``lr``.
-        metrics: :func:`evaluate_detector`'s: ``map`` (area), ``map_07`` (11-point),
-            ``per_class`` / ``per_class_07`` APs by class name, ``images``, ``detections``.
-        seconds: wall time of the whole call (data, training, evaluation).
-        budget: ``{"epochs", "steps", "train_images", "val_images", "img_size", "batch_size",
-            "train_seconds"}``.
-        recipe: the rates and losses used (:func:`detection_recipe`, plus ``cls_loss``, ``reg_loss``).
-        source: the :class:`~imagenet_book.data.voc.VOCSource` trained on.
-        checkpoint: the pretrained checkpoint the backbone came from (``None``: random weights).
-        arch: the backbone's architecture; caption: one line for figures.
-
-    Taught in: chapters/08_detection_voc.ipynb.
-    """
-
-    net: Detector
-    FORMAT: ClassVar[str] = DETECTOR_FORMAT
-
-    @property
-    def score(self) -> float:
-        """The headline number: VOC mAP@0.5 (area)."""
-        return self.metrics["map"]
-
-    @property
-    def metric_name(self) -> str:
-        return "mAP@0.5"
-
-    def _side_scores(self) -> dict[str, Any]:
-        return {"map_07": self.metrics["map_07"]}
-
-    def _net_info(self) -> dict[str, Any]:
-        """The detector's config: what :func:`load_detector` rebuilds it from."""
-        return {"config": self.net.config()}
-
-
-def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Detector:
-    """Rebuild a detector saved by :meth:`DetectionResult.save` (``weights_only=True``).
-
-    Returns:
-        The :class:`Detector` with its weights, in eval mode, on ``device``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        DetectorError: the file is damaged, is not a detector checkpoint (a pretrained backbone,
-            a fine-tuned classifier, ...), or its weights do not fit its recorded architecture.
-
-    Taught in: chapters/08_detection_voc.ipynb.
-    """
-    from ..finetune import ResNetBackbone
-    from ..pretrain import ARCHS
-
-    state = read_state(
-        path, "format", DETECTOR_FORMAT, what="the detector checkpoint",
-        redo="Train and save the detector again (DetectionResult.save(dir) writes one).",
-        error=DetectorError,
-        wrong="is not a detector checkpoint (DetectionResult.save writes those). A pretrained "
-              "backbone goes to finetune_detector(cfg, checkpoint=...).")
-    config = dict(state["config"])
-    arch, small_input = config.pop("arch"), config.pop("small_input")
-    backbone = ResNetBackbone(ARCHS[arch](small_input=small_input), arch=arch, small_input=small_input)
-    net = Detector(backbone, config.pop("num_classes"), **config)
-    try:
-        net.load_state_dict(state["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise DetectorError(f"{str(path)!r}: its weights do not fit the {arch} detector its config "
-                            f"describes ({first}). The file was edited or damaged.") from None
-    return net.eval().to(device)
-
-
-def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None, *, mode: str = "finetune",
-                      arch: str = "resnet18", epochs: int | None = None, img_size: int | None = None,
-                      lr: float | None = None, batch_size: int | None = None,
-                      backbone_lr_scale: float | None = None, cls_loss: str = "focal",
-                      reg_loss: str = "smooth_l1", source: Any = None,
-                      year: str = "2007", max_steps: int | None = None, num_workers: int | None = None,
-                      progress: bool = True, log: Callable[[str], None] | None = print) -> DetectionResult:
-    """Train the detector on the profile's PASCAL VOC and measure its VOC mAP@0.5.
-
-    The same code at every scale: sizes and rates from :func:`detection_recipe` (``cfg.profile``)
-    unless overridden; data from :func:`imagenet_book.data.voc.voc_source` (its training split,
-    ``train`` or ``trainval``, and its evaluation split, ``val`` or ``test``, with as many images
-    as the profile gives).
-
-    * ``mode="finetune"``: chapter 06's pretrained backbone (``checkpoint``; default
-      :func:`imagenet_book.finetune.resolve_checkpoint`), learning at ``backbone_lr_scale``
-      (a tenth) times the head's rate;
-    * ``mode="probe"``: the same backbone frozen (weights and BatchNorm statistics): only the
-      neck and the head learn;
-    * ``mode="scratch"``: the same architecture with random weights, one rate for everything.
-
-    Each step: a batch of :func:`detection_transforms` images, :func:`detection_loss`
-    (``cls_loss`` + ``reg_loss``), backward, gradient norm clipped at :data:`GRAD_CLIP`, an
-    SGD step (momentum 0.9; weight decay on weights only) and a per-step
-    learning rate (linear warmup, then cosine to 0); mixed precision on CUDA (the engine's rule),
-    float32 on the CPU. After the last epoch,
-    :func:`evaluate_detector` on the evaluation split.
-
-    Args:
-        cfg: from ``imagenet_book.start()``.
-        checkpoint: a pretrained checkpoint (the ``.pt`` of :func:`imagenet_book.pretrain.pretrain`).
-        mode: see above. arch: the backbone's architecture (a checkpoint of another one is refused).
-        epochs, img_size, lr, batch_size, backbone_lr_scale: override the recipe.
-        cls_loss, reg_loss: see :func:`detection_loss`.
-        source: a :class:`~imagenet_book.data.voc.VOCSource` (default ``voc_source(cfg, year)``).
-        max_steps: stop after this many steps (the schedule still spans ``epochs``).
-        num_workers: DataLoader processes; default 0 on a CPU device, up to 8 otherwise.
-        progress: tqdm bars. log: where the report lines go (``None``: silent).
-
-    Returns:
-        A :class:`DetectionResult` (``.save(dir)`` writes it; ``.row()`` is a table row).
-
-    Raises:
-        DetectorError: an unknown mode or loss. PretrainedNotFoundError: no
-        checkpoint for ``finetune`` / ``probe``. PretrainError: a checkpoint of another
-        architecture, or not a pretraining checkpoint. DatasetNotFoundError: from the data rule.
-
-    Taught in: chapters/08_detection_voc.ipynb.
-    """
-    from tqdm.auto import tqdm
-
-    from .. import engine
-    from ..data.voc import VOC_CLASSES, VOCDetection, collate_detection, voc_source
-    from ..finetune import _amp, backbone_from_checkpoint, finetune_param_groups, resolve_checkpoint
-
-    t0 = time.perf_counter()
-    say = log if log is not None else (lambda _msg: None)
-    if mode not in MODES:
-        raise DetectorError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)}.")
-    _check_losses(cls_loss, reg_loss)
-    recipe = detection_recipe(cfg, epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr)
-    if backbone_lr_scale is not None:
-        recipe["backbone_lr_scale"] = backbone_lr_scale
-    if mode == "scratch":
-        recipe["backbone_lr_scale"] = 1.0  # nothing to preserve: one rate for the whole network
-    recipe.update(cls_loss=cls_loss, reg_loss=reg_loss)
-    S, B, E = recipe["img_size"], recipe["batch_size"], recipe["epochs"]
-    device = torch.device(cfg.device)
-    if num_workers is None:
-        num_workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-
-    torch.manual_seed(cfg.seed)  # the new layers' (and a scratch backbone's) initial weights
-    if mode == "scratch":
-        backbone = backbone_from_checkpoint(checkpoint, arch, pretrained=False)
-    else:
-        backbone = backbone_from_checkpoint(resolve_checkpoint(cfg, checkpoint, arch), arch)
-    net = Detector(backbone, len(VOC_CLASSES), img_size=S).to(device)
-    source = source or voc_source(cfg, year)
-    train_split, eval_split = source.splits("Main")
-    train_full = VOCDetection(source.root, source.year, train_split, transforms=detection_transforms(S))
-    eval_full = VOCDetection(source.root, source.year, eval_split)
-    train_set = torch.utils.data.Subset(train_full, source.pick(len(train_full), "train"))
-    eval_set = torch.utils.data.Subset(eval_full, source.pick(len(eval_full), "val"))
-
-    groups = finetune_param_groups(net, lr=recipe["lr"], backbone_lr_scale=recipe["backbone_lr_scale"],
-                                   weight_decay=recipe["weight_decay"], freeze_backbone=mode == "probe")
-    opt = torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"])
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=B, shuffle=True, drop_last=len(train_set) >= B, collate_fn=collate_detection,
-        num_workers=num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-    total = E * len(loader)
-    warmup = max(1, round(recipe["warmup_fraction"] * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: engine.lr_factor(s, total, warmup, "cosine"))
-    anchors = net.anchors((S, S), device)
-    autocast, amp_dtype = _amp(device)  # the engine's rule: bf16 / fp16 on CUDA, fp32 on the CPU
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start = f"from {backbone.checkpoint.name}" if backbone.pretrained else "from random weights"
-    caption = (f"profile {cfg.profile.name}: {arch} detector, {mode} ({start}) at {S} px on the "
-               f"{source.description}")
-    say(f"detector/{mode}: {len(train_set)} {train_split} / {len(eval_set)} {eval_split} images at {S} px, "
-        f"{E} epochs x {len(loader)} steps at batch {B}, SGD head lr {recipe['lr']:g}, "
-        f"backbone lr x{recipe['backbone_lr_scale'] if mode != 'probe' else 0:g}, {len(anchors)} anchors, "
-        f"{start}; device {device}")
-
-    history, step, t_train = engine.History(), 0, time.perf_counter()
-    for epoch in range(E):
-        if max_steps is not None and step >= max_steps:
-            break
-        net.train()
-        if mode == "probe":
-            net.backbone.eval()  # frozen: BatchNorm keeps its pretrained statistics
-        sums, seen, t_epoch = {"loss": 0.0, "cls": 0.0, "reg": 0.0}, 0, time.perf_counter()
-        for images, targets in tqdm(loader, desc=f"epoch {epoch + 1}/{E}", disable=not progress, leave=False):
-            with autocast:
-                cls_logits, box_deltas = net(net.normalize(torch.stack(images)))
-            out = detection_loss(cls_logits.float(), box_deltas.float(), anchors, targets, cls_loss=cls_loss,
-                                 reg_loss=reg_loss, box_weights=net.box_weights)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(out["loss"]).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(net.parameters(), recipe["grad_clip"])
-            lr_now = opt.param_groups[-1]["lr"]  # the head's: the last group
-            scaler.step(opt)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            values = {k: out[k].item() for k in ("loss", "cls", "reg")}
-            for k in sums:
-                sums[k] += values[k] * len(images)
-            seen += len(images)
-            history.steps.append({"step": step, "epoch": round(step / len(loader), 4), **values, "lr": lr_now})
-            if max_steps is not None and step >= max_steps:
-                break
-        seconds = time.perf_counter() - t_epoch
-        mean = {k: v / max(1, seen) for k, v in sums.items()}
-        history.epochs.append({"epoch": epoch + 1, "step": step, "train_loss": mean["loss"],
-                               "cls_loss": mean["cls"], "reg_loss": mean["reg"], "lr": lr_now,
-                               "img_per_s": seen / seconds, "wall_s": time.perf_counter() - t_train})
-        say(f"detector/{mode}: epoch {epoch + 1}/{E}: L_cls {mean['cls']:.4f}, L_reg {mean['reg']:.4f} "
-            f"({seen / seconds:.1f} images/s)")
-    train_seconds = time.perf_counter() - t_train
-    net.eval()
-    metrics = evaluate_detector(net, eval_set, batch_size=B, progress=progress)
-    budget = {"epochs": len(history.epochs), "steps": step, "train_images": len(train_set),
-              "val_images": len(eval_set), "img_size": S, "batch_size": B,
-              "train_seconds": round(train_seconds, 1)}
-    seconds = time.perf_counter() - t0
-    say(f"detector/{mode}: VOC mAP@0.5 {metrics['map']:.4f} (area), {metrics['map_07']:.4f} (11-point) "
-        f"on {metrics['images']} {eval_split} images ({seconds:.0f} s)")
-    return DetectionResult("detect", mode, net, history, metrics, seconds, budget, recipe, source,
-                           backbone.checkpoint, arch, caption)

@@ -1,0 +1,297 @@
+"""Training recipes: the one recipe type, the one optimizer and schedule builder, and the numbers
+of the fine-tuning and detection recipes.
+
+Every run of the book, whatever its task, is described by a :class:`TrainConfig` and trained by
+:func:`imagenet_book.engine.fit`, which builds its optimizer with :func:`make_optimizer` over the
+task's parameter groups and its learning-rate schedule with :func:`make_scheduler`:
+
+* :func:`param_groups`: weights of convolutions and linear layers decay, biases and norm weights
+  do not;
+* :func:`finetune_param_groups`: the same, split into a pretrained ``backbone`` (at
+  ``backbone_lr_scale`` times the rate, or frozen for a linear probe) and the new layers;
+* :func:`lr_factor`: linear warmup, then half a cosine (or a straight line) down to 0.
+
+The recipes' numbers live in this module's constants (pretraining's in
+:mod:`imagenet_book.pretrain`), each explained in the chapter that uses it:
+:func:`finetune_recipe` (chapter 07) and :func:`detection_recipe` (chapter 08) derive a whole
+recipe from the profile (sizes only: the same code at every scale).
+
+Taught in: chapters/06_pretraining.ipynb (the schedule, the no-decay rule),
+chapters/07_finetune_voc_classification.ipynb (discriminative rates, the fine-tuning recipe).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ADAMW_LR", "BACKBONE_LR_SCALE", "TrainConfig", "detection_recipe", "finetune_param_groups",
+           "finetune_recipe", "lr_factor", "make_optimizer", "make_scheduler", "param_groups"]
+
+# The fine-tuning recipe (chapter 07 explains each number).
+OPTIMIZER = "sgd"        # "sgd" (with momentum) or "adamw"
+BASE_LR = 0.1            # head's peak lr for a batch of BASE_BATCH, scaled linearly (as pretraining)
+BASE_BATCH = 256
+ADAMW_LR = 1e-3          # head's peak lr with AdamW (not scaled with the batch)
+BACKBONE_LR_SCALE = 0.1  # the backbone learns at a tenth of the head's rate ("discriminative rates")
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4      # on conv/linear weights only (param_groups)
+WARMUP_FRACTION = 0.1    # linear warmup over the first 10% of the steps, then cosine to 0
+EPOCHS_PER_PROFILE_EPOCH = 1  # fine-tuning epochs = this * cfg.profile.epochs (smoke 1, local 4, full 40)
+SEG_BATCH_DIVISOR = 4    # segmentation batch = cfg.profile.batch_size // this (bigger outputs)
+
+# The detection recipe (chapter 08): how it follows the profile, and its own rates.
+DET_SIZE_FACTOR = 2      # detection img_size = this * cfg.profile.img_size (local 128, full 448)
+DET_BATCH_DIVISOR = 4    # detection batch = cfg.profile.batch_size // this (local 16)
+DET_EPOCH_FACTOR = 1     # detection epochs = this * cfg.profile.epochs (local 4)
+DET_BASE_LR, DET_BASE_BATCH = 0.01, 16  # SGD peak lr of the new layers for a batch of 16
+                                        # (RetinaNet's), scaled linearly with the batch size
+DET_GRAD_CLIP = 10.0     # max gradient norm: the first steps of a random head can be large
+DET_CROP_PROB = 0.5      # probability of an SSD-style random IoU crop in training
+
+TASKS = ("classify", "segment", "detect")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The numbers of a training recipe (defaults: torchvision's ResNet recipe, cosine schedule).
+
+    Attributes:
+        epochs: passes over the training set.
+        optimizer: ``"sgd"`` (with momentum) or ``"adamw"``.
+        lr: peak learning rate, reached after warmup, for the global batch (the new layers'
+            rate when a backbone learns at ``backbone_lr_scale`` times it).
+        weight_decay: L2 penalty on weights; biases and norm-layer weights get none.
+        momentum: SGD momentum (AdamW: beta1).
+        warmup_epochs: linear warmup from 0, in epochs (fractions allowed).
+        warmup_steps: the same in optimizer steps; overrides ``warmup_epochs`` when given.
+        warmup_fraction: the same as a fraction of all the run's steps (at least one step);
+            overrides ``warmup_epochs`` when given (``warmup_steps`` wins over both).
+        schedule: after warmup, ``"cosine"`` (half cosine to 0) or ``"onecycle"`` (straight
+            line to 0: with warmup, the triangular one-cycle policy).
+        label_smoothing: ``eps`` of the classification loss (target ``(1 - eps) * onehot + eps / C``).
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+            ``0.999``), evaluated each epoch beside the weights; ``None``: no EMA.
+        grad_clip: clip the gradients' global norm to this before each step; ``None``: no clip.
+        backbone_lr_scale: a network's ``backbone`` learns at this times ``lr`` (fine-tuning's
+            discriminative rates; 1.0: one rate for all).
+        batch_size, img_size: the sizes the run uses (recorded with the recipe; the loaders,
+            not the engine, apply them). ``None``: not stated.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    warmup_steps: int | None = None
+    warmup_fraction: float | None = None
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None
+    grad_clip: float | None = None
+    backbone_lr_scale: float = 1.0
+    batch_size: int | None = None
+    img_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "onecycle"):
+            raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
+        for key in ("epochs", "batch_size", "img_size"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be an int >= 1, got {value!r}.")
+
+
+# ------------------------------------------------------------------------------- parameter groups
+
+
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: weights of convolutions and linear layers (``ndim >= 2``) decay;
+    biases and normalisation weights (``ndim <= 1``) do not: a BatchNorm scale or a bias that
+    shrinks towards 0 is not a simpler function, the decay only fights the layer.
+
+    Returns:
+        ``[{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}]``
+        (trainable parameters only).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def finetune_param_groups(net: nn.Module, *, lr: float, backbone_lr_scale: float = BACKBONE_LR_SCALE,
+                          weight_decay: float = WEIGHT_DECAY,
+                          freeze_backbone: bool = False) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with discriminative learning rates.
+
+    ``net.backbone`` learns at ``lr * backbone_lr_scale``, every other parameter (the head) at
+    ``lr``; within each, conv/linear weights decay and biases and norm weights do not (the
+    rule of :func:`param_groups`). ``freeze_backbone=True`` (the linear probe) sets
+    ``requires_grad=False`` on the backbone and leaves it out; ``False`` sets it back to
+    ``True``. Empty groups are left out. A scheduler scales each group's ``lr`` by the same
+    factor, so the ratio holds for the whole run.
+
+    Args:
+        net: a module with a ``backbone`` attribute.
+        lr: the head's learning rate.
+        backbone_lr_scale: the backbone's rate relative to ``lr`` (1.0: one rate for all).
+        weight_decay: on weights with ``ndim >= 2``.
+        freeze_backbone: the linear probe.
+
+    Returns:
+        ``[{"params", "lr", "weight_decay", "name"}, ...]`` with names ``"backbone"``,
+        ``"backbone (no decay)"``, ``"head"``, ``"head (no decay)"``: pass to any
+        ``torch.optim`` optimizer.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+    backbone = getattr(net, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise ValueError(f"{type(net).__name__} has no .backbone module: finetune_param_groups needs "
+                         "to know which parameters are pretrained.")
+    backbone.requires_grad_(not freeze_backbone)
+    in_backbone = {id(p) for p in backbone.parameters()}
+    head = nn.ParameterList([p for p in net.parameters() if id(p) not in in_backbone])
+    parts = [("head", head, lr)]
+    if not freeze_backbone:
+        parts.insert(0, ("backbone", backbone, lr * backbone_lr_scale))
+    groups = []
+    for name, module, part_lr in parts:
+        decay, no_decay = param_groups(module, weight_decay)
+        for group, suffix in ((decay, ""), (no_decay, " (no decay)")):
+            if group["params"]:
+                groups.append({**group, "lr": part_lr, "name": name + suffix})
+    return groups
+
+
+def make_optimizer(net: nn.Module | list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW at ``cfg.lr``, over :func:`param_groups` of ``net`` or over the
+    given parameter groups (a group's own ``"lr"`` wins over ``cfg.lr``).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    groups = param_groups(net, cfg.weight_decay) if isinstance(net, nn.Module) else net
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+# ------------------------------------------------------------------------------- the schedule
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based).
+
+    Linear warmup ``(step + 1) / warmup_steps``, then from 1 down to 0 at ``total_steps``: half a
+    cosine (``"cosine"``) or a straight line (``"onecycle"``).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The number of warmup steps of ``cfg`` for a run of ``cfg.epochs * steps_per_epoch`` steps.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    if cfg.warmup_fraction is not None:
+        return max(1, round(cfg.warmup_fraction * cfg.epochs * steps_per_epoch))
+    return round(cfg.warmup_epochs * steps_per_epoch)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR`` following :func:`lr_factor` over ``cfg.epochs * steps_per_epoch``
+    steps, with :func:`warmup_steps` of warmup.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    total, warmup = cfg.epochs * steps_per_epoch, warmup_steps(cfg, steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg.schedule))
+
+
+# ------------------------------------------------------------------------------- the recipes
+
+
+def finetune_recipe(cfg: Any, task: str = "classify", *, epochs: int | None = None,
+                    batch_size: int | None = None, img_size: int | None = None,
+                    lr: float | None = None, optimizer: str = OPTIMIZER,
+                    backbone_lr_scale: float = BACKBONE_LR_SCALE) -> TrainConfig:
+    """The sizes and rates of a fine-tuning run, derived from ``cfg.profile``.
+
+    * ``epochs``: :data:`EPOCHS_PER_PROFILE_EPOCH` x ``cfg.profile.epochs``;
+    * ``batch_size``: the profile's, divided by :data:`SEG_BATCH_DIVISOR` for segmentation
+      (its outputs are images too);
+    * ``img_size``: the profile's;
+    * ``optimizer``: :data:`OPTIMIZER` (SGD with momentum) or ``"adamw"``;
+    * ``lr``: the head's peak rate; for SGD ``BASE_LR * batch_size / BASE_BATCH`` (the linear
+      scaling rule of pretraining), for AdamW :data:`ADAMW_LR`; the backbone learns at
+      ``lr * backbone_lr_scale`` (:data:`BACKBONE_LR_SCALE`) when fine-tuning;
+    * warmup over the first :data:`WARMUP_FRACTION` of the steps, then cosine to 0.
+
+    Returns:
+        A :class:`TrainConfig` (``batch_size`` and ``img_size`` set).
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
+    p = cfg.profile
+    divisor = SEG_BATCH_DIVISOR if task == "segment" else 1
+    batch_size = batch_size or max(2, p.batch_size // divisor)
+    if lr is None:
+        lr = BASE_LR * batch_size / BASE_BATCH if optimizer == "sgd" else ADAMW_LR
+    return TrainConfig(epochs=epochs or EPOCHS_PER_PROFILE_EPOCH * p.epochs, optimizer=optimizer, lr=lr,
+                       weight_decay=WEIGHT_DECAY, momentum=MOMENTUM, warmup_fraction=WARMUP_FRACTION,
+                       schedule="cosine", backbone_lr_scale=backbone_lr_scale, batch_size=batch_size,
+                       img_size=img_size or p.img_size)
+
+
+def detection_recipe(cfg: Any, *, epochs: int | None = None, img_size: int | None = None,
+                     batch_size: int | None = None, lr: float | None = None,
+                     backbone_lr_scale: float = BACKBONE_LR_SCALE) -> TrainConfig:
+    """The sizes and rates of a detection run, derived from ``cfg.profile`` (sizes only):
+
+    * ``img_size = DET_SIZE_FACTOR * img_size`` (smoke 64, local 128, full 448): a stride-16
+      map needs more pixels than a classifier;
+    * ``batch_size = max(2, batch_size // DET_BATCH_DIVISOR)`` (smoke 4, local 16, full 64);
+    * ``epochs = DET_EPOCH_FACTOR * epochs`` (smoke 1, local 4, full 40) over the profile's images;
+    * ``lr``: the head's peak rate for SGD with momentum, ``DET_BASE_LR * batch_size /
+      DET_BASE_BATCH`` (RetinaNet's 0.01 at batch 16, scaled linearly);
+    * the rest is chapter 07's recipe (:func:`finetune_recipe`): momentum, weight decay, warmup
+      fraction, and the backbone at ``backbone_lr_scale`` (a tenth) of ``lr`` when fine-tuning;
+      plus the gradient-norm clip :data:`DET_GRAD_CLIP`.
+
+    Returns:
+        A :class:`TrainConfig`.
+
+    Taught in: chapters/08_detection_voc.ipynb.
+    """
+    p = cfg.profile
+    batch_size = batch_size or max(2, p.batch_size // DET_BATCH_DIVISOR)
+    base = finetune_recipe(cfg, "detect", epochs=epochs or DET_EPOCH_FACTOR * p.epochs,
+                           batch_size=batch_size, img_size=img_size or DET_SIZE_FACTOR * p.img_size,
+                           lr=lr if lr is not None else DET_BASE_LR * batch_size / DET_BASE_BATCH,
+                           backbone_lr_scale=backbone_lr_scale)
+    return replace(base, grad_clip=DET_GRAD_CLIP)
