@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from imagenet_book import augment
 from imagenet_book.data.fast import IMAGENET_MEAN, IMAGENET_STD
-from imagenet_book.data.standin import voc_palette
+from imagenet_book.data.voc import voc_palette
 
 
 def _image(h: int = 40, w: int = 56, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,8 +14,7 @@ import imagenet_book as ib
 from imagenet_book.data.fast import IMAGENET_MEAN, IMAGENET_STD
 from imagenet_book.finetune import (VOCTensors, backbone_from_checkpoint, evaluate_segmenter,
                                     finetune_segmenter, load_finetuned)
-from imagenet_book.models.segmentation import (FCN, bilinear_upsample_weight, colorize_mask,
-                                               overlay_mask, segmentation_loss)
+from imagenet_book.models.segmentation import FCN, bilinear_upsample_weight, segmentation_loss
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +121,6 @@ def test_transposed_convolution_with_bilinear_weights_upsamples_bilinearly():
         assert learned.shape == reference.shape
         inner = (slice(None), slice(None), slice(factor, -factor), slice(factor, -factor))
         assert torch.allclose(learned[inner], reference[inner], atol=1e-5)  # equal away from borders
-
-
-def test_masks_are_drawn_in_voc_colours_over_the_image():
-    mask = torch.zeros(4, 5, dtype=torch.long)
-    mask[1, 1], mask[2, 2] = 1, 255
-    colours = colorize_mask(mask)
-    assert colours.shape == (4, 5, 3) and colours.dtype == np.uint8
-    assert colours[1, 1].tolist() == [128, 0, 0] and colours[2, 2].tolist() == [224, 224, 192]
-    image = torch.full((3, 4, 5), 100, dtype=torch.uint8)
-    shown = overlay_mask(image, mask, alpha=0.5)
-    assert shown.shape == (4, 5, 3) and shown[0, 0].tolist() == [100, 100, 100]  # background kept
-    assert shown[1, 1].tolist() == [114, 50, 50]
-    with pytest.raises(ValueError, match="differ in size"):
-        overlay_mask(image, torch.zeros(3, 3, dtype=torch.long))
 
 
 def test_finetune_segmenter_runs_on_the_profile_s_voc(tmp_path):

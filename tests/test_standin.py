@@ -23,8 +23,8 @@ from imagenet_book.data.standin import (
     StandinError,
     make_imagenet_standin,
     make_voc_standin,
-    voc_palette,
 )
+from imagenet_book.data.voc import voc_palette
 
 SMOKE = dict(train_per_class=8, val_per_class=4, img_size=32)
 

@@ -10,7 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from imagenet_book.viz import image_grid
+import torch
+
+from imagenet_book.viz import colorize_mask, image_grid, overlay_mask
 
 
 @pytest.mark.parametrize("lines", [1, 2, 3])
@@ -55,3 +57,18 @@ def test_figure_explorer_redraws_when_a_control_changes():
     assert calls[-1] == (4.0, "a") and bytes(image.value) != first
     text.value = "b"
     assert calls[-1] == (4.0, "b")
+
+
+def test_masks_are_drawn_in_voc_colours_over_the_image():
+    mask = torch.zeros(4, 5, dtype=torch.long)
+    mask[1, 1], mask[2, 2] = 1, 255
+    colours = colorize_mask(mask)
+    assert colours.shape == (4, 5, 3) and colours.dtype == np.uint8
+    assert colours[1, 1].tolist() == [128, 0, 0] and colours[2, 2].tolist() == [224, 224, 192]
+    image = torch.full((3, 4, 5), 100, dtype=torch.uint8)
+    shown = overlay_mask(image, mask, alpha=0.5)
+    assert shown.shape == (4, 5, 3) and shown[0, 0].tolist() == [100, 100, 100]  # background kept
+    assert shown[1, 1].tolist() == [114, 50, 50]
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay_mask(image, torch.zeros(3, 3, dtype=torch.long))
+    assert np.array_equal(overlay_mask(image.permute(1, 2, 0).numpy(), mask.numpy(), alpha=0.5), shown)

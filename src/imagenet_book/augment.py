@@ -28,8 +28,7 @@ from torchvision.transforms import v2
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from .data.fast import IMAGENET_MEAN, IMAGENET_STD
-from .data.standin import voc_palette
-from .data.voc import VOC_CLASSES
+from .data.voc import VOC_CLASSES, voc_palette
 
 __all__ = ["POLICIES", "denormalize", "draw_target", "eval_transform", "mix_transform",
            "train_transform"]

@@ -1,6 +1,8 @@
-"""Figures: image grids, and widget explorers that redraw a figure.
+"""Figures: image grids, segmentation masks in VOC's colours, and widget explorers that redraw a
+figure.
 
-Taught in: chapters/01_imagenet.ipynb, chapters/02_cross_entropy.ipynb.
+Taught in: chapters/01_imagenet.ipynb, chapters/02_cross_entropy.ipynb,
+chapters/09_segmentation_voc.ipynb.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-__all__ = ["figure_explorer", "image_grid"]
+from .data.voc_classes import voc_palette
+
+__all__ = ["colorize_mask", "figure_explorer", "image_grid", "overlay_mask"]
 
 
 def _as_array(image) -> np.ndarray:
@@ -65,6 +69,57 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, *, ncols: 
     if caption:
         fig.supxlabel(caption, fontsize=9)  # below the grid; constrained layout makes room for it
     return fig
+
+
+def _numpy(values) -> np.ndarray:
+    """A torch tensor (on any device) or array-like -> NumPy array."""
+    return np.asarray(values.cpu() if hasattr(values, "cpu") else values)
+
+
+def colorize_mask(mask) -> np.ndarray:
+    """A label mask in VOC's colours.
+
+    Args:
+        mask: int ``(H, W)`` tensor or array: 0 background, ``k + 1`` for ``VOC_CLASSES[k]``,
+            255 void.
+
+    Returns:
+        uint8 ``(H, W, 3)``: VOC's palette (background black, void cream).
+
+    Taught in: chapters/09_segmentation_voc.ipynb
+    """
+    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    values = _numpy(mask).astype(np.int64)
+    if values.ndim != 2 or values.min(initial=0) < 0 or values.max(initial=0) > 255:
+        raise ValueError(f"mask must be (H, W) with values 0..255, got shape {values.shape}")
+    return palette[values]
+
+
+def overlay_mask(image, mask, alpha: float = 0.55) -> np.ndarray:
+    """Draw a mask over an image: ``(1 - alpha) * image + alpha * colour`` where the mask is not
+    background (0); background pixels keep the image.
+
+    Args:
+        image: uint8 ``(3, H, W)`` tensor or ``(H, W, 3)`` array.
+        mask: int ``(H, W)`` (see :func:`colorize_mask`).
+        alpha: opacity of the colours.
+
+    Returns:
+        uint8 ``(H, W, 3)``, ready for ``plt.imshow`` or :func:`image_grid`.
+
+    Taught in: chapters/09_segmentation_voc.ipynb
+    """
+    pixels = _numpy(image)
+    if pixels.ndim == 3 and pixels.shape[0] == 3 and pixels.shape[-1] != 3:
+        pixels = pixels.transpose(1, 2, 0)
+    colours = colorize_mask(mask)
+    if pixels.shape[:2] != colours.shape[:2]:
+        raise ValueError(f"image {pixels.shape[:2]} and mask {colours.shape[:2]} differ in size")
+    blend = (1 - alpha) * pixels.astype(np.float32) + alpha * colours.astype(np.float32)
+    shown = _numpy(mask) != 0
+    out = pixels.astype(np.float32).copy()
+    out[shown] = blend[shown]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def figure_explorer(draw: Callable[..., plt.Figure], **controls):

@@ -62,6 +62,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import BookError
+from .imagenet import classification_source, load_classification
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CacheBuildError", "FastLoader", "HostBatch",
            "ImageCache", "center_crop_boxes", "decode_cache", "fast_loader", "image_side",
@@ -476,8 +477,6 @@ def fast_loader(cfg: Any, split: str = "train", *, source: Any = None, per_class
 
     Taught in: chapters/06_pretraining.ipynb.
     """
-    from .imagenet import classification_source, load_classification
-
     source = source or classification_source(cfg)
     dataset = load_classification(source, split, per_class=per_class)
     img_size = img_size or cfg.profile.img_size

@@ -69,7 +69,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import BookError
-from .voc import VOC_CLASSES
+from .voc_classes import VOC_CLASSES, voc_palette
 
 __all__ = [
     "MANIFEST_NAME",
@@ -78,7 +78,6 @@ __all__ = [
     "StandinError",
     "make_imagenet_standin",
     "make_voc_standin",
-    "voc_palette",
 ]
 
 #: Bump when the drawing code changes what is written: cached trees then regenerate.
@@ -565,29 +564,6 @@ _GLYPHS: dict[str, tuple[float, list[_Part]]] = {
     ]),
 }
 assert tuple(_GLYPHS) == VOC_CLASSES
-
-
-def voc_palette() -> list[int]:
-    """PASCAL VOC's 256-colour palette as a flat ``[r0, g0, b0, r1, ...]`` list (768 ints).
-
-    Index 0 (background) is black, 1 (aeroplane) is (128, 0, 0), ..., 255 ("void") is
-    (224, 224, 192): the bit-interleaving colour map of the VOC development kit. Use it with
-    ``PIL.Image.putpalette`` to show masks as VOC does.
-
-    Taught in: chapters/01_imagenet.ipynb, chapters/06_pretraining.ipynb; used by the
-    segmentation chapter.
-    """
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def _glyph_mask_and_colour(

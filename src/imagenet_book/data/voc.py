@@ -48,19 +48,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..errors import BookError
+from . import standin
 from .download import DatasetNotFoundError, fetch_dataset
+from .voc_classes import VOC_CLASSES, voc_palette
 
 __all__ = ["VOC_CLASSES", "VOC_YEARS", "DatasetNotFoundError", "VOCFormatError", "VOCSource",
            "find_voc", "parse_voc_xml", "VOCMultiLabel", "VOCDetection", "VOCSegmentation",
-           "collate_detection", "sanitize_boxes", "voc_source"]
+           "collate_detection", "sanitize_boxes", "voc_palette", "voc_source"]
 
-#: The 20 VOC classes in the standard order: label ``k`` is ``VOC_CLASSES[k]`` (segmentation
-#: masks use ``k + 1``, with 0 = background and 255 = void).
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)
 VOC_YEARS: tuple[str, ...] = ("2007", "2012")
 _CLASS_INDEX = {name: k for k, name in enumerate(VOC_CLASSES)}
 _FETCH_NAMES = {"2007": ("voc2007-trainval", "voc2007-test"), "2012": ("voc2012-trainval",)}
@@ -495,8 +490,6 @@ def _voc_sizes(cfg: Any) -> tuple[int | None, int | None]:
 
 
 def _voc_standin(cfg: Any, year: str) -> VOCSource:
-    from . import standin  # standin imports this module: import it when needed
-
     p = cfg.profile
     train_n, val_n = _voc_sizes(cfg)
     if train_n is None or val_n is None:

@@ -18,23 +18,19 @@ The backbone is anything with the small interface of
 :class:`imagenet_book.finetune.ResNetBackbone`: ``features(x) -> {"layer2": ..., "layer3": ...,
 "layer4": ...}`` and ``channels`` (channels of each of those maps).
 
-Also here: the loss (cross-entropy that ignores VOC's void label 255) and helpers that colour
-masks with VOC's palette and draw them over images.
+Also here: the loss (cross-entropy that ignores VOC's void label 255). Masks are drawn in VOC's
+colours by :func:`imagenet_book.viz.colorize_mask` and :func:`imagenet_book.viz.overlay_mask`.
 
 Taught in: chapters/09_segmentation_voc.ipynb
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FCN", "FCNHead", "VOID_LABEL", "bilinear_upsample_weight", "colorize_mask",
-           "overlay_mask", "segmentation_loss"]
+__all__ = ["FCN", "FCNHead", "VOID_LABEL", "bilinear_upsample_weight", "segmentation_loss"]
 
 #: VOC's "void" label: object borders and unlabelled pixels, ignored by the loss and the metrics.
 VOID_LABEL = 255
@@ -148,51 +144,3 @@ def bilinear_upsample_weight(channels: int, factor: int) -> Tensor:
     centre = factor - 0.5  # the kernel's centre, between pixels for an even size
     tent = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
     return (tent[:, None] * tent[None, :]).expand(channels, 1, size, size).clone()
-
-
-def colorize_mask(mask: Any) -> np.ndarray:
-    """A label mask in VOC's colours.
-
-    Args:
-        mask: int ``(H, W)`` tensor or array: 0 background, ``k + 1`` for ``VOC_CLASSES[k]``,
-            255 void.
-
-    Returns:
-        uint8 ``(H, W, 3)``: VOC's palette (background black, void cream).
-
-    Taught in: chapters/09_segmentation_voc.ipynb
-    """
-    from ..data.standin import voc_palette
-
-    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    values = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask).astype(np.int64)
-    if values.ndim != 2 or values.min(initial=0) < 0 or values.max(initial=0) > 255:
-        raise ValueError(f"mask must be (H, W) with values 0..255, got shape {values.shape}")
-    return palette[values]
-
-
-def overlay_mask(image: Any, mask: Any, alpha: float = 0.55) -> np.ndarray:
-    """Draw a mask over an image: ``(1 - alpha) * image + alpha * colour`` where the mask is not
-    background (0); background pixels keep the image.
-
-    Args:
-        image: uint8 ``(3, H, W)`` tensor or ``(H, W, 3)`` array.
-        mask: int ``(H, W)`` (see :func:`colorize_mask`).
-        alpha: opacity of the colours.
-
-    Returns:
-        uint8 ``(H, W, 3)``, ready for ``plt.imshow`` or :func:`imagenet_book.viz.image_grid`.
-
-    Taught in: chapters/09_segmentation_voc.ipynb
-    """
-    pixels = np.asarray(image.cpu() if isinstance(image, Tensor) else image)
-    if pixels.ndim == 3 and pixels.shape[0] == 3 and pixels.shape[-1] != 3:
-        pixels = pixels.transpose(1, 2, 0)
-    colours = colorize_mask(mask)
-    if pixels.shape[:2] != colours.shape[:2]:
-        raise ValueError(f"image {pixels.shape[:2]} and mask {colours.shape[:2]} differ in size")
-    blend = (1 - alpha) * pixels.astype(np.float32) + alpha * colours.astype(np.float32)
-    shown = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask) != 0
-    out = pixels.astype(np.float32).copy()
-    out[shown] = blend[shown]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
