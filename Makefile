@@ -1,7 +1,9 @@
 # The ImageNet course book. Every target does its own set-up: it creates .venv when missing and
 # reinstalls only when pyproject.toml or the lock file changed.
 #
-#   make test        unit tests + every notebook under nbval (smoke profile)
+#   make test        the browser, the linter, then unit tests + every notebook under nbval (smoke)
+#   make browser     find, else install, the headless Chromium the website test needs (tools/browser.py)
+#   make lint        ruff check src tests tools labs bench
 #   make book        the website, every notebook executed (local profile) -> _build/html
 #   make lab         JupyterLab on the chapters
 #   make bench       the benchmarks (printed ratios, not tests)
@@ -22,7 +24,7 @@ export PYTHONHASHSEED := 0
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made one run 10x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: test book lab bench gpu-check outputs lock clean venv assignments colab-links
+.PHONY: test browser lint book lab bench gpu-check outputs lock clean venv assignments colab-links
 
 venv: $(STAMP)
 
@@ -33,9 +35,18 @@ $(STAMP): pyproject.toml $(LOCK)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: $(STAMP)
+# The website test (tests/test_website.py) reads the built book in headless Chromium: `browser`
+# finds one or installs one (Playwright's download, else apt-get/dnf as root), or stops here with
+# one message saying what to install. IMAGENET_BOOK_SKIP_BROWSER=1 skips it and those checks.
+test: browser lint
 	IMAGENET_BOOK_PROFILE=smoke $(BIN)/python -m pytest tests $(NOTEBOOKS) \
 		--nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider
+
+browser: $(STAMP)
+	@$(BIN)/python tools/browser.py >/dev/null
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests tools labs bench
 
 book: $(STAMP)
 	IMAGENET_BOOK_PROFILE=$${IMAGENET_BOOK_PROFILE:-local} $(BIN)/jupyter-book build . -W --keep-going

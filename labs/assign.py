@@ -72,7 +72,8 @@ def init_cell(notebook_name: str) -> str:
     """Otter's init cell for the student and autograder copies (placed after the setup cell)."""
     return (
         '# Otter-grader: grader.check("q1") runs the public tests of question q1 (files in tests/)\n'
-        f'if "google.colab" in sys.modules:  # Colab: install the grader (after `!unzip -o {Path(notebook_name).stem}-student.zip`)\n'
+        'if "google.colab" in sys.modules:  # Colab: install the grader '
+        f'(after `!unzip -o {Path(notebook_name).stem}-student.zip`)\n'
         "    %pip install -q otter-grader\n"
         "import otter\n"
         f'grader = otter.Notebook(None if "google.colab" in sys.modules else "{notebook_name}")'

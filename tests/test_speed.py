@@ -59,7 +59,8 @@ def test_speed_settings_add_one_switch_each_to_the_fast_pipeline():
         assert len(changed(settings[1], s)) == 1
     every = speed.speed_settings(16, "cpu", combined=True)[-1]
     assert every.name == "fast + all of them"
-    assert (every.loader, every.channels_last, every.amp, every.batch_size, every.compile) == ("fast", True, "bf16", 32, True)
+    assert (every.loader, every.channels_last, every.amp, every.batch_size, every.compile) == \
+        ("fast", True, "bf16", 32, True)
     with pytest.raises(ValueError, match="loader"):
         SpeedSetting("x", loader="magic")
 
