@@ -15,11 +15,20 @@ What a reader relies on, and what is checked here:
 A full-page screenshot of every page is kept in ``_build/screenshots/`` (printed at the end of
 the run).
 
-The build takes a few minutes (it executes every chapter under the smoke profile, into
-``_build/website-test/``). ``IMAGENET_BOOK_SITE=_build/html`` checks an existing build instead,
-for example the one ``make book`` made. The browser is ``/usr/bin/chromium`` (or
-``IMAGENET_BOOK_CHROMIUM``); without it these tests FAIL and say how to install it, unless
-``IMAGENET_BOOK_SKIP_BROWSER=1`` explicitly opts out.
+Each notebook is executed once per ``make test``: nbval runs it (every cell, smoke profile) and
+tests/conftest.py records what it produced; these tests run after every notebook and build the
+book, into ``_build/website-test/``, from a staging copy holding those executed notebooks, with
+execution off. A notebook nbval did not run completely in this session (``pytest
+tests/test_website.py`` alone, or a partial run such as ``pytest tests/test_website.py
+chapters/02_cross_entropy.ipynb --nbval-lax``) is executed by the build instead, under the smoke
+profile, so the whole book is always built and checked. ``IMAGENET_BOOK_SITE=_build/html`` checks
+an existing build instead, for example the one ``make book`` made.
+
+The browser is the one tools/browser.py finds (``IMAGENET_BOOK_CHROMIUM``, a Chromium or Chrome on
+PATH, or Playwright's own); ``make test`` runs that script first, which installs one when it can.
+Without one, ``test_a_browser_is_available`` FAILS once, saying what to install, and the tests
+that need the browser or the build are skipped; ``IMAGENET_BOOK_SKIP_BROWSER=1`` opts out of them
+explicitly.
 """
 
 from __future__ import annotations
@@ -45,14 +54,18 @@ import nbformat
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent))
+from scripts import load_script  # noqa: E402
+
+browser_tool = load_script("tools/browser.py", "imagenet_book_browser_tool")
+
 # Building the site executes every notebook: allow it more than the suite's default per-test limit.
 pytestmark = pytest.mark.timeout(3600)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build" / "website-test"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = browser_tool.FLAGS  # Playwright adds --user-data-dir (a throw-away profile)
 SMOKE_CELL_TIMEOUT = 600  # seconds per cell when the test builds the site (smoke profile)
 CDN_HOSTS = ("cdn.jsdelivr.net", "cdnjs.cloudflare.com", "unpkg.com", "ajax.googleapis.com")
 # sphinx-thebe (part of Jupyter Book) writes thebe's URL into every page, and declares it twice
@@ -65,8 +78,8 @@ ERROR_TEXT = ("Traceback (most recent call last)", "Error displaying widget", "E
               "Could not render content")
 # Markup that should have been rendered (a directive or role shown as text means a parser
 # mismatch, for example autodoc output read as Markdown).
-RAW_MARKUP = re.compile(r"^\.\. [a-z:]+::|:(func|class|mod|meth|data|exc|attr|doc|ref|cite|numref):`|\{cite[a-z:]*\}`|```\{",
-                        re.M)
+RAW_MARKUP = re.compile(r"^\.\. [a-z:]+::|:(func|class|mod|meth|data|exc|attr|doc|ref|cite|numref):`"
+                        r"|\{cite[a-z:]*\}`|```\{", re.M)
 # Explorers must not route figures through an Output widget (widgets.interact, interactive,
 # interactive_output and Output all do).
 OUTPUT_WIDGET = re.compile(r"\b(interact|interactive|interactive_output|interact_manual)\s*\(|\bOutput\s*\(")
@@ -147,50 +160,105 @@ def test_site_assets_are_vendored_with_their_licences():
 # --- the built site -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def _find_chromium() -> tuple[str | None, str]:
+    """(the browser tools/browser.py finds, or None; the message saying what to install)."""
+    notes: list[str] = []
+    path = browser_tool.find(notes)
+    return path, browser_tool.missing_message(notes)
+
+
 def _chromium() -> str:
-    """The Chromium to drive, or a failure that says how to get one."""
-    if os.environ.get("IMAGENET_BOOK_SKIP_BROWSER") == "1":
-        pytest.skip("IMAGENET_BOOK_SKIP_BROWSER=1: the browser checks of the website are switched off")
-    candidates = [os.environ.get("IMAGENET_BOOK_CHROMIUM"), "/usr/bin/chromium",
-                  shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")]
-    for path in candidates:
-        if path and Path(path).is_file():
-            return path
-    pytest.fail("Chromium is needed to check the website and was not found (looked for "
-                "IMAGENET_BOOK_CHROMIUM, /usr/bin/chromium and chromium, chromium-browser, "
-                "google-chrome on PATH). Install it: `sudo apt-get install -y chromium` (Debian/"
-                "Ubuntu; .ci/run does this), or point IMAGENET_BOOK_CHROMIUM at a Chromium/Chrome "
-                "binary. To skip the browser checks on purpose, set IMAGENET_BOOK_SKIP_BROWSER=1.")
+    """The Chromium to drive. Without one, skip: test_a_browser_is_available fails, once."""
+    if os.environ.get(browser_tool.ENV_SKIP) == "1":
+        pytest.skip(f"{browser_tool.ENV_SKIP}=1: the browser checks of the website are switched off")
+    path, _ = _find_chromium()
+    if path is None:
+        pytest.skip("no headless Chromium: see test_a_browser_is_available")
+    return path
 
 
-@pytest.fixture(scope="module")
-def site() -> Path:
-    """The built website's html folder: built now (smoke profile), or IMAGENET_BOOK_SITE."""
-    _chromium()  # fail (or skip) before spending minutes on the build
-    given = os.environ.get("IMAGENET_BOOK_SITE")
-    if given:
-        html = Path(given).resolve()
-        assert (html / "index.html").is_file(), f"IMAGENET_BOOK_SITE={given} has no index.html"
-        return html
-    shutil.rmtree(BUILD, ignore_errors=True)
-    BUILD.mkdir(parents=True)
+def test_a_browser_is_available():
+    """The one failure when there is no browser (the tests that need it are skipped)."""
+    if os.environ.get(browser_tool.ENV_SKIP) == "1":
+        pytest.skip(f"{browser_tool.ENV_SKIP}=1: the browser checks of the website are switched off")
+    path, message = _find_chromium()
+    if path is None:
+        pytest.fail(message, pytrace=False)
+
+
+def _stage(stage: Path, executed: dict[str, nbformat.NotebookNode]) -> dict:
+    """A copy of the book's sources in ``stage``, the executed notebooks in place of the committed
+    ones; returns the configuration to build it with (not yet written)."""
+    shutil.copy2(ROOT / "_toc.yml", stage / "_toc.yml")
+    ignore = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", ".pytest_cache")
+    for folder in ("book", "chapters", "labs"):
+        shutil.copytree(ROOT / folder, stage / folder, ignore=ignore)
+    for relpath, nb in executed.items():
+        nbformat.write(nb, stage / relpath)
     # The book's own configuration, with a per-cell limit fit for the smoke profile (every cell
     # takes seconds): a stalled cell fails the build in minutes, not after _config.yml's hour.
     config = _config()
     config["execute"]["timeout"] = SMOKE_CELL_TIMEOUT
-    (BUILD / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    notebooks = {p.relative_to(ROOT).as_posix() for p in _notebooks()}
+    if notebooks <= set(executed):
+        config["execute"]["execute_notebooks"] = "off"  # every one executed already, by nbval
+    else:  # execute the others only
+        config["execute"]["exclude_patterns"] = sorted(executed)
+    return config
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def website_build(executed_notebooks) -> tuple[Path | None, str]:
+    """Build the website now (smoke profile) from the notebooks nbval executed in this session,
+    executing the others; or take IMAGENET_BOOK_SITE. Returns (its html folder, "") or (None,
+    why it failed): test_the_website_builds reports a failure, once; the other tests skip."""
+    _chromium()  # skip before spending minutes on the build
+    given = os.environ.get("IMAGENET_BOOK_SITE")
+    if given:
+        html = Path(given).resolve()
+        if not (html / "index.html").is_file():
+            return None, f"IMAGENET_BOOK_SITE={given} has no index.html"
+        return html, ""
+    shutil.rmtree(BUILD, ignore_errors=True)
+    stage = BUILD / "source"
+    stage.mkdir(parents=True)
+    config = _stage(stage, executed_notebooks)
+    (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    executing = len(_notebooks()) - len(executed_notebooks)
     env = dict(os.environ, IMAGENET_BOOK_PROFILE="smoke")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jupyter_book), "build", str(ROOT), "--config", str(BUILD / "_config.yml"), "-W",
-               "--keep-going", "--all", "--path-output", str(BUILD)]
+    command = [str(jupyter_book), "build", str(stage), "-W", "--keep-going", "--all",
+               "--path-output", str(BUILD)]
     started = time.monotonic()
-    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3000)
-    log = result.stdout + result.stderr
+    result = subprocess.run(command, env=env, cwd=stage, capture_output=True, text=True, timeout=3000)
+    log = ANSI.sub("", result.stdout + result.stderr)
     (BUILD / "build.log").write_text(log)
-    assert result.returncode == 0, (f"`{' '.join(command)}` failed (exit {result.returncode}); "
-                                    f"full log in {BUILD / 'build.log'}:\n{log[-6000:]}")
-    print(f"\nwebsite built (smoke profile) in {time.monotonic() - started:.0f} s: {BUILD / '_build/html'}")
-    return BUILD / "_build" / "html"
+    if result.returncode != 0:
+        return None, (f"`{' '.join(command)}` failed (exit {result.returncode}); full log in "
+                      f"{BUILD / 'build.log'}:\n{log[-6000:]}")
+    print(f"\nwebsite built in {time.monotonic() - started:.0f} s from {len(executed_notebooks)} notebooks "
+          f"executed by nbval, executing {executing} (smoke profile): {BUILD / '_build/html'}")
+    return BUILD / "_build" / "html", ""
+
+
+def test_the_website_builds(website_build):
+    """The one failure when the build fails (the tests of the built site are skipped)."""
+    html, why = website_build
+    if html is None:
+        pytest.fail(why, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def site(website_build) -> Path:
+    """The built website's html folder."""
+    html, _ = website_build
+    if html is None:
+        pytest.skip("the website did not build: see test_the_website_builds")
+    return html
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
