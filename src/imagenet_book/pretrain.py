@@ -21,25 +21,50 @@ What :func:`pretrain` does, in order:
 5. **files**: the weights and what made them, and the History as JSON and CSV.
 
 Files, in ``out_dir`` (default ``cfg.cache_root / "checkpoints"``), named by
-:func:`checkpoint_stem` (``f"{arch}-{data}-{profile}"``, e.g. ``resnet18-imagenette-local``; with
-``-standin`` appended when the profile fell back to the stand-in)::
+:func:`checkpoint_stem`::
 
     <stem>.pt      weights + metadata (arch, classes, image size, data, metrics, History):
                    what the fine-tuning chapters load with load_pretrained()
     <stem>.json    the History, epochs and steps (History.from_json reads it)
     <stem>.csv     the History, one row per epoch (History.from_csv reads it)
     <stem>.run/    the engine's step-*.pt checkpoints while a run is in progress
+    <stem>.lock    while a process runs it: its pid, host and start time
 
-A second call with the same settings finds ``<stem>.pt`` and loads it instead of training again
-(``restart=True`` trains anew); a call with other settings trains and replaces it.
+**Names.** The profile's default run is ``f"{arch}-{data}-{profile}"`` (e.g.
+``resnet18-imagenette-local``, with ``-standin`` appended when the profile fell back to the
+stand-in): the file :func:`default_checkpoint` names and the fine-tuning chapters load. A run
+with other sizes than the profile's (``epochs``, ``img_size``, ``batch_size``, ``lr``,
+``max_steps``) appends a short hash of them (``resnet18-imagenette-local-3f9a0c1e``), so it never
+takes the default run's name.
+
+**A finished or unfinished run is never replaced or deleted without being asked.**
+
+* A second call with the same settings finds ``<stem>.pt`` and loads it instead of training
+  again; ``restart=True`` (``--restart``) trains anew and replaces it when done.
+* A finished ``<stem>.pt`` with other settings under the same name (another seed, or a package
+  update that changed the recipe) is refused with a message that says how to keep both
+  (``out_dir`` / ``--out``) or to replace it (``restart=True`` / ``--restart``); so is a file
+  there that cannot be read as a pretrained checkpoint.
+* An unfinished run (``<stem>.run/``) with the same settings continues where it stopped; one with
+  other settings is refused, naming the folder: resume it with its own settings, train elsewhere
+  (``--out``), or discard it (``--restart``).
+* ``<stem>.lock`` (:func:`imagenet_book.files.hold_lock`) keeps a second process from running
+  the same name at the same time: it is refused, naming the process; a lock left by a killed
+  process is recognised and taken over.
+* The output folder is checked to be writable before the data is prepared and training starts;
+  every file is written atomically (:func:`imagenet_book.files.save_atomically`).
 
 Taught in: chapters/06_pretraining.ipynb.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
 import os
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -53,13 +78,15 @@ from torch import Tensor, nn
 from . import engine
 from .data.fast import IMAGENET_MEAN, IMAGENET_STD, FastLoader, fast_loader
 from .data.imagenet import DataSource, classification_source
-from .engine import History, TrainConfig, read_state
+from .engine import History, TrainConfig
+from .errors import BookError
+from .files import check_writable, hold_lock, read_state, save_atomically
 from .models import resnet18, resnet34, resnet50
 
 __all__ = ["ARCHS", "DATASETS", "PretrainError", "PretrainResult", "PretrainedCheckpoint",
            "PretrainedNotFoundError", "build_model", "checkpoint_stem", "default_checkpoint",
-           "evaluate_checkpoint", "load_pretrained", "make_loaders", "predict", "pretrain",
-           "pretrain_recipe", "read_pretrained", "uses_real_data"]
+           "evaluate_checkpoint", "how_to_make", "load_pretrained", "make_loaders", "predict",
+           "pretrain", "pretrain_recipe", "read_pretrained", "uses_real_data"]
 
 #: Architectures :func:`pretrain` builds, by name (the functions of :mod:`imagenet_book.models`).
 ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet34": resnet34,
@@ -83,15 +110,16 @@ RECIPE_VERSION = 1       # bump when the code changes what a run with the same s
 CHECKPOINT_FORMAT = "imagenet_book.pretrained"
 
 
-class PretrainError(ValueError):
+class PretrainError(BookError, ValueError):
     """A pretraining request cannot be honoured: unknown arch/dataset, a checkpoint made for
-    another network or other classes. The message says what to do.
+    another network or other classes, a run that would replace another. The message says what
+    to do.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
 
 
-class PretrainedNotFoundError(FileNotFoundError):
+class PretrainedNotFoundError(BookError, FileNotFoundError):
     """No pretrained checkpoint where one was expected. The message names the path and the fix.
 
     Taught in: chapters/06_pretraining.ipynb.
@@ -127,29 +155,60 @@ def uses_real_data(cfg: Any, data: str = "imagenette") -> bool:
     return find_imagenette(cfg.data_root, data) is not None or cfg.profile.allow_download
 
 
+def _sizes(cfg: Any, epochs: int | None, img_size: int | None, batch_size: int | None,
+           lr: float | None, max_steps: int | None) -> dict[str, Any]:
+    """The sizes that differ from the profile's default run (``{}`` for the default run)."""
+    p = cfg.profile
+    batch = batch_size or p.batch_size
+    wanted = {"epochs": epochs or p.epochs, "img_size": img_size or p.img_size,
+              "batch_size": batch, "max_steps": max_steps}
+    default = {"epochs": p.epochs, "img_size": p.img_size, "batch_size": p.batch_size,
+               "max_steps": None}
+    sizes = {k: v for k, v in wanted.items() if v != default[k]}
+    if lr is not None and not math.isclose(lr, BASE_LR * batch / BASE_BATCH, rel_tol=1e-9):
+        sizes["lr"] = float(lr)  # the linear scaling rule's lr is not an override
+    return sizes
+
+
 def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", *,
-                    small_input: bool = False, real: bool | None = None) -> str:
-    """The file-name stem of a pretraining run: ``"{arch}[-small_input]-{data}-{profile}[-standin]"``.
+                    small_input: bool = False, real: bool | None = None,
+                    epochs: int | None = None, img_size: int | None = None,
+                    batch_size: int | None = None, lr: float | None = None,
+                    max_steps: int | None = None) -> str:
+    """The file-name stem of a pretraining run:
+    ``"{arch}[-small_input]-{data}-{profile}[-standin][-{hash}]"``.
 
     Examples: ``resnet18-imagenette-local`` (real Imagenette), ``resnet18-imagenette-local-standin``
     (the stand-in the local profile falls back to without the data), ``resnet18-standin-smoke``.
     The profile and the kind of data are part of the name, so neither the ``smoke`` runs of the
     test suite nor a run without the data ever replace a backbone pretrained on real images.
 
+    Sizes left at ``None`` (or equal to the profile's) give the profile's default run, the name
+    :func:`default_checkpoint` gives. Other sizes append the first 8 hex digits of the SHA-1 of
+    those sizes (``resnet18-imagenette-local-3f9a0c1e``): runs with other sizes never share a
+    name with the default run, nor with each other. The seed is not part of the name:
+    :func:`pretrain` refuses to replace a finished run with another seed (or recipe version).
+
     Args:
         real: whether the run uses real images; ``None``: :func:`uses_real_data`.
+        epochs, img_size, batch_size, lr, max_steps: as given to :func:`pretrain`.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
     _check_names(arch, data)
     real = uses_real_data(cfg, data) if real is None else real
     suffix = "-standin" if not real and data != "standin" else ""
+    sizes = _sizes(cfg, epochs, img_size, batch_size, lr, max_steps)
+    if sizes:
+        digest = hashlib.sha1(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:8]
+        suffix += f"-{digest}"
     return f"{_model_id(arch, small_input)}-{data}-{cfg.profile.name}{suffix}"
 
 
 def default_checkpoint(cfg: Any, arch: str = "resnet18", data: str = "imagenette", *,
                        small_input: bool = False) -> Path:
-    """Where :func:`pretrain` saves, and :func:`load_pretrained` looks for, the pretrained weights:
+    """Where :func:`pretrain` saves the profile's default run (the profile's sizes), and
+    :func:`load_pretrained` looks for the pretrained weights:
     ``cfg.cache_root / "checkpoints" / f"{stem}.pt"`` (stem: :func:`checkpoint_stem`; it depends
     on whether this profile finds the real data).
 
@@ -205,24 +264,34 @@ def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) ->
         warmup_epochs=min(WARMUP_EPOCHS, WARMUP_FRACTION * epochs), label_smoothing=LABEL_SMOOTHING)
 
 
-def _world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) of this process; (0, 1, 0) outside torchrun."""
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
-
-
-def _barrier() -> None:
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.barrier()
-
-
 def _loader_device(cfg: Any) -> torch.device:
     """``cfg.device``; under torchrun on CUDA, this process's GPU."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", _world()[2])
+        device = torch.device("cuda", engine.world().local_rank)
     return device
+
+
+def _on_rank0(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 only; every rank gets its result, or raises its error (a user error as
+    itself, anything else as a RuntimeError naming it), so no rank waits for one that failed."""
+    world = engine.world()
+    if world.size == 1:
+        return fn()
+    box: list[Any] = [None, None]
+    if world.rank == 0:
+        try:
+            box[0] = fn()
+        except Exception as err:
+            box[1] = err if isinstance(err, BookError) else RuntimeError(
+                f"rank 0 failed: {type(err).__name__}: {err}")
+            box[0] = None
+            tdist.broadcast_object_list(box, src=0)
+            raise
+    tdist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
 
 
 def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = None,
@@ -257,18 +326,18 @@ def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = N
         raise PretrainError(f"Unknown dataset {data!r}. Choose one of: {', '.join(DATASETS)}.")
     img_size = img_size or cfg.profile.img_size
     batch_size = batch_size or cfg.profile.batch_size
-    rank, size, _ = _world()
+    world = engine.world()
     device = _loader_device(cfg)
     result = None
-    for turn in ((0, 1) if size > 1 else (rank,)):  # rank 0 builds stand-in and caches first
-        if turn == rank:
+    for turn in ((0, 1) if world.size > 1 else (world.rank,)):  # rank 0 builds stand-in and caches first
+        if turn == world.rank:
             source = source or classification_source(cfg, data)
             kw = dict(source=source, img_size=img_size, batch_size=batch_size, device=device,
-                      progress=progress and rank == 0)
+                      progress=progress and world.rank == 0)
             result = (source, fast_loader(cfg, "train", scale=CROP_SCALE, **kw),
                       fast_loader(cfg, "val", **kw))
-        if size > 1 and turn == 0:
-            _barrier()
+        if world.size > 1 and turn == 0:
+            tdist.barrier()
     assert result is not None
     return result
 
@@ -340,18 +409,82 @@ class PretrainedCheckpoint:
     state_dict: dict[str, Tensor]
 
     def build(self) -> nn.Module:
-        """The network with these weights (eval mode, on the CPU)."""
+        """The network with these weights (eval mode, on the CPU).
+
+        Raises:
+            PretrainError: the weights do not fit the recorded architecture (checked already by
+                :func:`read_pretrained`, so only for a hand-made instance).
+        """
         net = build_model(self.arch, self.num_classes, small_input=self.small_input)
-        net.load_state_dict(self.state_dict)
+        try:
+            net.load_state_dict(self.state_dict)
+        except RuntimeError as err:
+            raise PretrainError(_misfit(self.path, _model_id(self.arch, self.small_input),
+                                        self.num_classes, _first_problem(str(err)))) from None
         return net.eval()
 
 
-def _how_to_make(cfg_profile: str, arch: str, data: str, small_input: bool, out: Path | None) -> str:
-    flags = f"--data {data} --arch {arch}{' --small-input' if small_input else ''} --profile {cfg_profile}"
+def _first_problem(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+
+
+def _misfit(path: Path, model_id: str, num_classes: int, problem: str) -> str:
+    return (f"{str(path)!r} says it holds a {model_id} with {num_classes} classes, but its "
+            f"weights do not fit one ({problem}). The file is damaged or was edited: delete it "
+            "and pretrain again (chapters/06_pretraining.ipynb or python -m imagenet_book pretrain).")
+
+
+def _check_weights(path: Path, arch: str, small_input: bool, num_classes: int,
+                   state_dict: Any) -> None:
+    """Raise PretrainError unless ``state_dict`` has exactly the keys and shapes of the network
+    the file says it holds (built on the meta device: no memory, no time)."""
+    model_id = _model_id(arch, small_input)
+    if arch not in ARCHS:
+        raise PretrainError(f"{str(path)!r} says it holds a {arch!r}, which is none of "
+                            f"{', '.join(ARCHS)}: the file is damaged or was edited, or was "
+                            "written by another version of the package. Pretrain again.")
+    if not isinstance(state_dict, dict):
+        raise PretrainError(_misfit(path, model_id, num_classes, "it has no weights dictionary"))
+    with torch.device("meta"):
+        wanted = build_model(arch, num_classes, small_input=small_input).state_dict()
+    missing = [k for k in wanted if k not in state_dict]
+    extra = [k for k in state_dict if k not in wanted]
+    shapes = [f"{k} is {tuple(state_dict[k].shape)}, a {model_id} has {tuple(v.shape)}"
+              for k, v in wanted.items() if k in state_dict
+              and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)]
+    problems = ([f"{len(missing)} tensors missing, e.g. {missing[0]}"] if missing else []) + \
+               ([f"{len(extra)} unexpected tensors, e.g. {extra[0]}"] if extra else []) + shapes[:1]
+    if problems:
+        raise PretrainError(_misfit(path, model_id, num_classes, "; ".join(problems)))
+
+
+def how_to_make(cfg: Any, arch: str = "resnet18", data: str = "imagenette",
+                small_input: bool = False, out: str | os.PathLike[str] | None = None) -> str:
+    """The sentence that tells how to make the pretrained checkpoint :func:`default_checkpoint`
+    ``(cfg, arch, data)`` names (or the default run's file in ``out``): chapter 06, or the exact
+    ``python -m imagenet_book pretrain ...`` command that writes that very file.
+
+    Args:
+        cfg: from ``imagenet_book.start()``: the command then names its profile and its cache
+            root (and its data root, where the data rule looks there), so that it writes where
+            the caller looks even when those came from flags or variables the shell lacks. Just a
+            profile name also works (older callers): the command then names the profile only.
+        arch, data, small_input: the run. out: the folder, when not the default one.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    profile = cfg if isinstance(cfg, str) else cfg.profile.name
+    flags = ["--data", data, "--arch", arch, *(["--small-input"] if small_input else []),
+             "--profile", profile]
+    if not isinstance(cfg, str):
+        flags += ["--cache-root", str(cfg.cache_root)]
+        if profile != "smoke" and data != "standin":  # the data rule looks for the real data there
+            flags += ["--data-root", str(cfg.data_root)]
     if out is not None:
-        flags += f" --out {out}"
-    return (f"Make it by running chapters/06_pretraining.ipynb under the {cfg_profile!r} profile, "
-            f"or from a terminal: python -m imagenet_book pretrain {flags}")
+        flags += ["--out", str(out)]
+    return (f"Make it by running chapters/06_pretraining.ipynb under the {profile!r} profile, "
+            f"or from a terminal: python -m imagenet_book pretrain {shlex.join(flags)}")
 
 
 def read_pretrained(path: str | os.PathLike[str]) -> PretrainedCheckpoint:
@@ -362,8 +495,9 @@ def read_pretrained(path: str | os.PathLike[str]) -> PretrainedCheckpoint:
 
     Raises:
         PretrainedNotFoundError: no such file.
-        PretrainError: the file is damaged, or is not a :func:`pretrain` checkpoint (e.g. one of
-            the engine's ``step-*.pt`` files).
+        PretrainError: the file is damaged, refused for safety (its pickle would run code), is
+            not a :func:`pretrain` checkpoint (e.g. one of the engine's ``step-*.pt`` files), or
+            its weights do not fit the architecture it names.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -374,15 +508,23 @@ def read_pretrained(path: str | os.PathLike[str]) -> PretrainedCheckpoint:
         wrong="is not a pretrained checkpoint written by imagenet_book.pretrain (the engine's "
               "step-*.pt files of a run in progress are not: use the <stem>.pt file the run writes "
               "when it finishes).")
-    meta = state["pretrain"]
-    return PretrainedCheckpoint(
-        path=path, arch=meta["arch"], small_input=meta["small_input"],
-        num_classes=state["num_classes"], img_size=meta["img_size"], mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]), data=meta["data"], source=meta["source"], is_real=meta["is_real"],
-        description=meta["description"], wnids=tuple(meta["wnids"]),
-        class_names=tuple(meta["class_names"]), profile=meta["profile"],
-        settings=json.loads(meta["settings"]), metrics=dict(meta["metrics"]),
-        history=History.from_dict(state["history"]), state_dict=state["model"])
+    try:
+        meta = state["pretrain"]
+        ckpt = PretrainedCheckpoint(
+            path=path, arch=meta["arch"], small_input=bool(meta["small_input"]),
+            num_classes=int(state["num_classes"]), img_size=meta["img_size"],
+            mean=tuple(meta["mean"]), std=tuple(meta["std"]), data=meta["data"],
+            source=meta["source"], is_real=meta["is_real"], description=meta["description"],
+            wnids=tuple(meta["wnids"]), class_names=tuple(meta["class_names"]),
+            profile=meta["profile"], settings=json.loads(meta["settings"]),
+            metrics=dict(meta["metrics"]), history=History.from_dict(state["history"]),
+            state_dict=state["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise PretrainError(f"{str(path)!r} is a pretrained checkpoint with missing or damaged "
+                            f"metadata ({type(err).__name__}: {err}): it was edited or written by "
+                            "another version of the package. Delete it and pretrain again.") from None
+    _check_weights(path, ckpt.arch, ckpt.small_input, ckpt.num_classes, ckpt.state_dict)
+    return ckpt
 
 
 def load_pretrained(cfg: Any, arch: str = "resnet18", data: str = "imagenette", *,
@@ -402,7 +544,8 @@ def load_pretrained(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
     Raises:
         PretrainedNotFoundError: no checkpoint there; the message names the path and the command
             (or the chapter) that makes it.
-        PretrainError: the file is not a pretrained checkpoint, or holds another architecture.
+        PretrainError: the file is not a pretrained checkpoint, holds another architecture, or
+            its weights do not fit the architecture it names.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -416,7 +559,7 @@ def load_pretrained(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
                    "uses the built-in stand-in; point IMAGENET_BOOK_DATA at the data to use it.)")
         raise PretrainedNotFoundError(
             f"No pretrained {_model_id(arch, small_input)} for {data!r} at {str(file)!r}. "
-            + _how_to_make(cfg.profile.name, arch, data, small_input, out) + "." + why)
+            + how_to_make(cfg, arch, data, small_input, out) + "." + why)
     ckpt = read_pretrained(file)
     if (ckpt.arch, ckpt.small_input) != (arch, small_input):
         raise PretrainError(
@@ -479,13 +622,18 @@ def _same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def _save_atomically(obj: Any, path: Path, write: Callable[[Any, Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _differences(old: dict[str, Any], new: dict[str, Any], most: int = 4) -> str:
+    """``"seed 0 (here 1), recipe.epochs 6 (here 1)"``: what differs between two settings."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    diff = [f"{k} {a.get(k, '(none)')} (here {b.get(k, '(none)')})" for k in sorted({*a, *b})
+            if json.dumps(a.get(k)) != json.dumps(b.get(k))]
+    return ", ".join(diff[:most]) + (f" and {len(diff) - most} more" if len(diff) > most else "")
 
 
 def _export(path: Path, net: nn.Module, history: History, metrics: dict[str, float],
@@ -505,12 +653,92 @@ def _export(path: Path, net: nn.Module, history: History, metrics: dict[str, flo
                      "class_names": list(source.class_names), "profile": settings["profile"],
                      "settings": json.dumps(settings, sort_keys=True), "metrics": metrics},
     }
-    _save_atomically(state, path, lambda s, p: torch.save(s, p))
+    save_atomically(state, path, lambda s, p: torch.save(s, p))
 
 
 def _caption(cfg: Any, source: DataSource, arch: str, small_input: bool, img_size: int) -> str:
     stem = " (small-input stem)" if small_input else ""
     return f"profile {cfg.profile.name}: {arch}{stem} at {img_size} px on the {source.description}"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The files of one run, by name."""
+
+    folder: Path
+    stem: str
+
+    def file(self, ext: str) -> Path:
+        return self.folder / f"{self.stem}{ext}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.file(".run")
+
+    def leftovers(self) -> list[Path]:
+        """Temporary files of killed writers (``save_atomically``'s ``.<name>.tmp-<pid>-*``);
+        only called under the run's lock, so no live process is writing them."""
+        found = [p for ext in (".pt", ".json", ".csv")
+                 for p in self.folder.glob(f".{self.stem}{ext}.tmp-*")]
+        return found + (list(self.run_dir.glob(".*.tmp-*")) if self.run_dir.is_dir() else [])
+
+
+def _finished(run: _Run, settings: dict[str, Any], restart: bool) -> PretrainedCheckpoint | None:
+    """The finished run to reuse (same settings), None to train; refuses to replace another."""
+    path = run.file(".pt")
+    if not path.is_file():
+        return None
+    keep_both = (f"To keep both, give this run another folder (--out DIR, or out_dir=...); to "
+                 f"replace {path.name}, pass --restart (restart=True).")
+    try:
+        found = read_pretrained(path)
+    except PretrainError as err:
+        if restart:
+            return None
+        raise PretrainError(f"{str(path)!r} is in the way of this run and is not a usable "
+                            f"pretrained checkpoint ({err}) Pretraining would replace it. "
+                            + keep_both) from None
+    if _same_settings(found.settings, settings):
+        return None if restart else found
+    if restart:
+        return None
+    raise PretrainError(
+        f"{str(path)!r} holds a finished run with other settings: "
+        f"{_differences(found.settings, settings)}. Pretraining would replace it (and its .json "
+        f"and .csv); it may be the checkpoint the fine-tuning chapters load. " + keep_both)
+
+
+def _prepare_run_dir(run: _Run, settings: dict[str, Any], restart: bool,
+                     say: Callable[[str], None]) -> None:
+    """Keep an unfinished run with the same settings; refuse to discard one with others."""
+    run_dir, settings_file = run.run_dir, run.run_dir / "settings.json"
+    if run_dir.is_dir():
+        try:
+            old = json.loads(settings_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        steps = sorted(run_dir.glob("step-*.pt"))
+        if restart:
+            say(f"pretrain: discarding the unfinished run in {run_dir} (restart)")
+            shutil.rmtree(run_dir)
+        elif old is not None and _same_settings(old, settings):
+            if steps:
+                say(f"pretrain: continuing the unfinished run in {run_dir} ({steps[-1].name})")
+            return
+        elif old is None and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # an empty folder: nothing to lose
+        else:
+            what = (f"its settings differ: {_differences(old, settings)}" if old is not None else
+                    f"it has no readable {settings_file.name}, so its settings are unknown")
+            raise PretrainError(
+                f"An unfinished run is in {str(run_dir)!r} ({len(steps)} step checkpoint"
+                f"{'s' if len(steps) != 1 else ''}), and {what}. This run would discard it. "
+                f"Resume it by running with its own settings (they are in {settings_file.name}), "
+                "keep it and train elsewhere (--out DIR, or out_dir=...), or discard it with "
+                "--restart (restart=True).")
+    run_dir.mkdir(parents=True)
+    save_atomically(json.dumps(settings, sort_keys=True, indent=1), settings_file,
+                    lambda t, p: p.write_text(t, encoding="utf-8"))
 
 
 def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
@@ -525,6 +753,12 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
     unless overridden here. Under ``torchrun --nproc_per_node=N`` the same call trains with DDP
     (``batch_size`` stays the global batch); only rank 0 writes files and prints.
 
+    The files are named by :func:`checkpoint_stem`: the profile's sizes write the default run
+    (:func:`default_checkpoint`), other sizes a name of their own. Nothing is replaced or deleted
+    without ``restart=True`` (see the module's docstring): a finished run with other settings
+    under the same name, or an unfinished one, is refused with a message that says what to do,
+    and so is a second process running the same name.
+
     Args:
         cfg: from ``imagenet_book.start()``.
         data: ``"imagenette"`` (default), ``"imagewoof"`` or ``"standin"``; which images the
@@ -534,8 +768,8 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
         lr: peak learning rate; default: the linear scaling rule (:func:`pretrain_recipe`).
         small_input: the CIFAR stem (see :func:`build_model`).
         out_dir: folder of the files (default ``cfg.cache_root / "checkpoints"``).
-        restart: train from scratch even if a finished run (or an interrupted one) with the same
-            settings is there.
+        restart: train from scratch even if a finished run (or an interrupted one) is there
+            under this name, whatever its settings; it is replaced when this run finishes.
         checkpoint_every: also save a resumable checkpoint every this many steps (default: at
             the end of each epoch only).
         max_steps: stop after this many optimizer steps (the schedule still spans ``epochs``).
@@ -547,7 +781,10 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
 
     Raises:
         DatasetNotFoundError, DatasetLayoutError: from the data rule.
-        PretrainError: an unknown ``arch`` or ``data``.
+        PretrainError: an unknown ``arch`` or ``data``; a finished or unfinished run with other
+            settings under this name (without ``restart``).
+        FolderNotWritableError: ``out_dir`` cannot be written to (checked before training).
+        FileLockedError: another live process runs this name in this folder.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -565,19 +802,24 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
 
 def _pretrain(cfg, data, arch, img_size, epochs, batch_size, lr, small_input, out_dir, restart,
               checkpoint_every, max_steps, progress, log, t0) -> PretrainResult:
-    rank, world_size, _ = _world()
-    say = log if (log is not None and rank == 0) else (lambda _msg: None)
+    world = engine.world()
+    say = log if (log is not None and world.rank == 0) else (lambda _msg: None)
+    stem_sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
+                      max_steps=max_steps)
     img_size = img_size or cfg.profile.img_size
     batch_size = batch_size or cfg.profile.batch_size
     epochs = epochs or cfg.profile.epochs
     recipe = pretrain_recipe(epochs, batch_size, lr=lr)
+    folder = Path(out_dir) if out_dir is not None else Path(cfg.cache_root) / "checkpoints"
+    # Before the data is prepared and hours are spent training: can the results be saved?
+    _on_rank0(lambda: check_writable(folder, fix="Choose another folder with --out DIR "
+                                                 "(out_dir=...), or make this one writable."))
     source, train, val = make_loaders(cfg, data, img_size=img_size, batch_size=batch_size,
                                       progress=progress)
     settings = _settings(cfg, arch, small_input, data, source, img_size, batch_size, recipe, max_steps)
-    folder = Path(out_dir) if out_dir is not None else Path(cfg.cache_root) / "checkpoints"
-    stem = checkpoint_stem(cfg, arch, data, small_input=small_input, real=source.is_real)
-    ckpt_path, json_path, csv_path = (folder / f"{stem}{ext}" for ext in (".pt", ".json", ".csv"))
-    run_dir = folder / f"{stem}.run"
+    run = _Run(folder, checkpoint_stem(cfg, arch, data, small_input=small_input,
+                                       real=source.is_real, **stem_sizes))
+    ckpt_path, json_path, csv_path = (run.file(ext) for ext in (".pt", ".json", ".csv"))
     caption = _caption(cfg, source, arch, small_input, img_size)
     model_id = _model_id(arch, small_input)
 
@@ -586,57 +828,59 @@ def _pretrain(cfg, data, arch, img_size, epochs, batch_size, lr, small_input, ou
         return PretrainResult(net, history, metrics, source, train, val, ckpt_path, json_path,
                               csv_path, settings, trained, time.perf_counter() - t0, caption)
 
-    # A finished run with the same settings: load it.
+    def reuse(found: PretrainedCheckpoint) -> PretrainResult:
+        say(f"pretrain: found a finished run with the same settings: {ckpt_path} "
+            "(loading it; restart=True / --restart trains again)")
+        return result(found.build().to(cfg.device), found.history, found.metrics, False)
+
+    # A finished run with the same settings: load it (no lock needed to read a finished file).
     if not restart and ckpt_path.is_file():
-        try:
+        with contextlib.suppress(PretrainError):
             found = read_pretrained(ckpt_path)
-        except PretrainError:
-            found = None  # damaged or foreign: train again and replace it
-        if found is not None and _same_settings(found.settings, settings):
-            say(f"pretrain: found a finished run with the same settings: {ckpt_path} "
-                "(loading it; restart=True / --restart trains again)")
-            return result(found.build().to(cfg.device), found.history, found.metrics, False)
+            if _same_settings(found.settings, settings):
+                return reuse(found)
 
-    # Train (continuing an interrupted run with the same settings, if any).
-    if rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        settings_file = run_dir / "settings.json"
-        stale = run_dir.is_dir() and (restart or not settings_file.is_file() or not _same_settings(
-            json.loads(settings_file.read_text(encoding="utf-8")), settings))
-        if stale:
-            say(f"pretrain: discarding the unfinished run in {run_dir} (other settings, or restart)")
-            shutil.rmtree(run_dir)
-        if not run_dir.is_dir():
-            run_dir.mkdir(parents=True)
-            settings_file.write_text(json.dumps(settings, sort_keys=True, indent=1), encoding="utf-8")
-        elif any(run_dir.glob("step-*.pt")):
-            say(f"pretrain: continuing the unfinished run in {run_dir}")
-    _barrier()
+    with contextlib.ExitStack() as held:
+        def claim() -> bool:
+            """Rank 0, under the lock: True to reuse a run finished meanwhile, else ready to train."""
+            held.enter_context(hold_lock(run.file(".lock"), what=f"the pretraining run {run.stem!r}",
+                                         on_stale=lambda m: say(f"pretrain: {m}")))
+            if _finished(run, settings, restart) is not None:
+                return True
+            for leftover in run.leftovers():
+                leftover.unlink(missing_ok=True)
+            _prepare_run_dir(run, settings, restart, say)
+            return False
 
-    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-    net = build_model(arch, source.num_classes, small_input=small_input,
-                      zero_init_residual=ZERO_INIT_RESIDUAL)
-    n_params = sum(p.numel() for p in net.parameters())
-    say(f"pretrain: {caption}")
-    say(f"pretrain: {len(train.cache)} train / {len(val.cache)} val images, {source.num_classes} "
-        f"classes; {model_id}, {n_params:,} parameters; epochs {recipe.epochs} x {len(train)} "
-        f"steps at batch {batch_size} ({world_size} process{'es' if world_size > 1 else ''}), "
-        f"peak lr {recipe.lr:g}; device {cfg.device}")
-    history = engine.fit(net, train, val, recipe, device=_loader_device(cfg), checkpoint_dir=run_dir,
-                         checkpoint_every=checkpoint_every, resume="auto", progress=progress,
-                         max_steps=max_steps, arch=model_id)
-    last = history.epochs[-1]
-    metrics = {"loss": last["val_loss"], "top1": last["val_top1"], "top5": last["val_top5"]}
-    if rank == 0:
-        _export(ckpt_path, net, history, metrics, settings, source, data, arch, small_input,
-                img_size, model_id)
-        _save_atomically(history, json_path, lambda h, p: h.to_json(p))
-        _save_atomically(history, csv_path, lambda h, p: h.to_csv(p))
-        shutil.rmtree(run_dir, ignore_errors=True)  # finished: the step checkpoints are redundant
-        say(f"pretrain: val top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
-            f"{last['epoch']} ({last['wall_s']:.0f} s of training)")
-        say(f"pretrain: wrote {ckpt_path}, {json_path.name}, {csv_path.name}")
-    _barrier()
+        if _on_rank0(claim):
+            return reuse(read_pretrained(ckpt_path))
+
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+        net = build_model(arch, source.num_classes, small_input=small_input,
+                          zero_init_residual=ZERO_INIT_RESIDUAL)
+        n_params = sum(p.numel() for p in net.parameters())
+        say(f"pretrain: {caption}")
+        say(f"pretrain: {len(train.cache)} train / {len(val.cache)} val images, {source.num_classes} "
+            f"classes; {model_id}, {n_params:,} parameters; epochs {recipe.epochs} x {len(train)} "
+            f"steps at batch {batch_size} ({world.size} process{'es' if world.size > 1 else ''}), "
+            f"peak lr {recipe.lr:g}; device {cfg.device}; files {run.folder / run.stem}.*")
+        history = engine.fit(net, train, val, recipe, device=_loader_device(cfg),
+                             checkpoint_dir=run.run_dir, checkpoint_every=checkpoint_every,
+                             resume="auto", progress=progress, max_steps=max_steps, arch=model_id)
+        last = history.epochs[-1]
+        metrics = {"loss": last["val_loss"], "top1": last["val_top1"], "top5": last["val_top5"]}
+
+        def export() -> None:
+            _export(ckpt_path, net, history, metrics, settings, source, data, arch, small_input,
+                    img_size, model_id)
+            save_atomically(history, json_path, lambda h, p: h.to_json(p))
+            save_atomically(history, csv_path, lambda h, p: h.to_csv(p))
+            shutil.rmtree(run.run_dir, ignore_errors=True)  # finished: the step files are redundant
+
+        _on_rank0(export)
+    say(f"pretrain: val top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
+        f"{last['epoch']} ({last['wall_s']:.0f} s of training)")
+    say(f"pretrain: wrote {ckpt_path}, {json_path.name}, {csv_path.name}")
     return result(net, history, metrics, True)
 
 
@@ -677,8 +921,8 @@ def evaluate_checkpoint(cfg: Any, path: str | os.PathLike[str] | None = None, *,
         if not file.is_file():
             raise PretrainedNotFoundError(
                 f"No pretrained checkpoint at {str(file)!r}. "
-                + _how_to_make(cfg.profile.name, arch or "resnet18", data or "imagenette",
-                               bool(small_input), None) + "; or pass the file with --checkpoint.")
+                + how_to_make(cfg, arch or "resnet18", data or "imagenette", bool(small_input))
+                + "; or pass the file with --checkpoint.")
     else:
         file = Path(path)
     ckpt = read_pretrained(file)
