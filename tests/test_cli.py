@@ -9,6 +9,7 @@ message and exit with status 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -217,6 +218,75 @@ def test_unknown_profile_from_the_environment_is_exit_2(tmp_path, capsys, monkey
     assert "Unknown profile 'huge'" in capsys.readouterr().err
 
 
+def test_the_user_errors_share_one_base_class():
+    """The CLI catches BookError: every user-facing error must derive from it (and keep its
+    built-in class, so existing ``except ValueError`` code still works)."""
+    from imagenet_book.data.standin import StandinError
+    from imagenet_book.engine import CheckpointError
+    from imagenet_book.errors import BookError
+    from imagenet_book.files import FileLockedError, FolderNotWritableError
+
+    for cls, builtin in ((PretrainError, ValueError), (PretrainedNotFoundError, FileNotFoundError),
+                         (CheckpointError, RuntimeError), (StandinError, RuntimeError),
+                         (FolderNotWritableError, PermissionError), (FileLockedError, RuntimeError)):
+        assert issubclass(cls, BookError) and issubclass(cls, builtin), cls
+
+
+def _standin_in_the_way(run, cache, tmp_path, stack):
+    """A file where the smoke stand-in's folder goes: StandinError, which the CLI's old list of
+    user errors missed (it printed a traceback)."""
+    (name,) = [p.name for p in (cache / "standins").iterdir() if p.is_dir()]
+    (tmp_path / "standins").mkdir()
+    (tmp_path / "standins" / name).write_text("not a folder")
+    return ["prepare", "--data", "standin", "--cache-root", str(tmp_path)], "is a file, not a folder"
+
+
+def _out_not_writable(run, cache, tmp_path, stack):
+    (tmp_path / "a-file").write_text("")
+    return (["pretrain", "--data", "standin", "--out", str(tmp_path / "a-file" / "runs"),
+             "--cache-root", str(cache)], "Cannot write to the folder")
+
+
+def _missing_checkpoint(run, cache, tmp_path, stack):
+    return (["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--cache-root", str(cache)],
+            "does not exist")
+
+
+def _wrong_arch(run, cache, tmp_path, stack):
+    return (["evaluate", "--checkpoint", str(run[0] / f"{STEM}.pt"), "--arch", "resnet34",
+             "--cache-root", str(cache)], "holds a resnet18")
+
+
+def _not_a_checkpoint(run, cache, tmp_path, stack):
+    return (["finetune", "--task", "classify", "--from", str(run[0] / f"{STEM}.json"),
+             "--cache-root", str(cache)], "truncated or corrupt")
+
+
+def _locked(run, cache, tmp_path, stack):
+    """A live process (this one) holds the run's lock."""
+    from imagenet_book.files import hold_lock
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    stack.enter_context(hold_lock(out / f"{STEM}.lock", what="a test"))
+    return (["pretrain", "--data", "standin", "--out", str(out), "--cache-root", str(cache)],
+            f"process {os.getpid()}")
+
+
+@pytest.mark.parametrize("case", [_standin_in_the_way, _out_not_writable, _missing_checkpoint,
+                                  _wrong_arch, _not_a_checkpoint, _locked])
+def test_every_user_error_is_one_line_and_exit_2(case, run, cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(runtime.ENV_PROFILE, "smoke")
+    monkeypatch.setenv(runtime.ENV_DEVICE, "cpu")
+    with contextlib.ExitStack() as stack:
+        argv, words = case(run, cache, tmp_path, stack)
+        code = cli.main([*argv, "--no-progress"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"python -m imagenet_book {argv[0]}: error: ") and words in lines[0]
+
+
 def test_interrupt_says_how_to_continue(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
@@ -276,12 +346,22 @@ def test_pretrain_under_torchrun(cache, tmp_path):
     assert done.stdout.count("pretrain: val top-1") == 1  # only rank 0 reports
     assert done.stdout.count("imagenet_book: profile=") == 1
     assert "2 processes" in done.stdout
-    history = History.from_json(out / f"{STEM}.json")
+    ckpt = Path(next(line for line in done.stdout.splitlines()
+                     if line.startswith("checkpoint: ")).split(": ", 1)[1])
+    assert ckpt.parent == out and ckpt.name.startswith(f"{STEM}-")  # --max-steps: a name of its own
+    history = History.from_json(ckpt.with_suffix(".json"))
     assert history.steps[-1]["step"] == 2
-    assert read_pretrained(out / f"{STEM}.pt").settings["max_steps"] == 2
+    assert read_pretrained(ckpt).settings["max_steps"] == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(ckpt.with_suffix(e).name
+                                                           for e in (".pt", ".json", ".csv"))
 
 
 # ---------------------------------------------------------------------------------- finetune
+
+
+def _saved(stdout: str) -> Path:
+    """The file the finetune command reports on its ``saved:`` line."""
+    return Path(next(line for line in stdout.splitlines() if line.startswith("saved: ")).split(": ", 1)[1])
 
 
 def test_finetune_help_explains_tasks_modes_and_files(capsys):
@@ -290,7 +370,7 @@ def test_finetune_help_explains_tasks_modes_and_files(capsys):
     text = capsys.readouterr().out
     for word in ("--task {classify,detect,segment}", "--from CHECKPOINT|scratch",
                  "--mode {probe,finetune}", "a tenth of the head's learning rate",
-                 "TASK-MODE-ARCH-PROFILE.json", "--img-size", "--epochs", "--out"):
+                 "TASK-MODE-ARCH-PROFILE-from-SOURCE-HASH.json", "--img-size", "--epochs", "--out"):
         assert word in text, word
 
 
@@ -303,10 +383,12 @@ def test_finetune_classify_from_a_checkpoint_writes_weights_and_metrics(run, cac
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["task"] == "classify" and summary["mode"] == "probe" and 0 <= summary["mAP"] <= 1
-    info = json.loads((dest / "classify-probe-resnet18-smoke.json").read_text())
+    saved = _saved(done.stdout)
+    assert saved.parent == dest and saved.name.startswith(f"classify-probe-resnet18-smoke-from-{STEM}-")
+    info = json.loads(saved.with_suffix(".json").read_text())
     assert info["checkpoint"] == str(out / f"{STEM}.pt") and info["budget"]["epochs"] == 1
     assert info["budget"]["img_size"] == runtime.PROFILES["smoke"].img_size
-    state = torch.load(dest / "classify-probe-resnet18-smoke.pt", weights_only=True)
+    state = torch.load(saved, weights_only=True)
     assert state["metrics"]["mAP"] == pytest.approx(summary["mAP"])
 
 
@@ -319,7 +401,9 @@ def test_finetune_segment_from_scratch_in_process(tmp_path, capsys, monkeypatch)
     assert code == 0, captured.err
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["mode"] == "scratch" and 0 <= summary["mean_iou"] <= 1
-    assert (tmp_path / "finetune" / "segment-scratch-resnet18-smoke.pt").is_file()
+    saved = _saved(captured.out)
+    assert saved.parent == tmp_path / "finetune" and saved.is_file()
+    assert saved.name.startswith("segment-scratch-resnet18-smoke-")
 
 
 def test_finetune_without_a_pretrained_checkpoint_is_exit_2_and_names_the_fix(tmp_path, capsys,
@@ -340,26 +424,21 @@ def test_finetune_from_a_foreign_file_is_exit_2(run, cache, capsys, monkeypatch)
 
 
 def test_finetune_detect_with_a_missing_checkpoint_is_exit_2(tmp_path, capsys, monkeypatch):
-    """The detect branch calls the detection module's finetune_detector with the same options."""
+    """The detect branch calls finetune_detector with the same options."""
     monkeypatch.setenv(runtime.ENV_PROFILE, "smoke")
     missing = tmp_path / "missing.pt"
     assert cli.main(["finetune", "--task", "detect", "--from", str(missing),
                      "--cache-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    try:
-        from imagenet_book.models.detection import finetune_detector  # noqa: F401
-    except ImportError:
-        assert "detection is not available" in err
-    else:
-        assert str(missing) in err and "Traceback" not in err
+    assert str(missing) in err and "Traceback" not in err
 
 
 def test_finetune_detect_runs_the_detector_of_chapter_08(cache, tmp_path):
-    """The detect branch is the detection module's finetune_detector, with the same flags."""
-    pytest.importorskip("imagenet_book.models.detection")
+    """The detect branch is chapter 08's finetune_detector, with the same flags."""
     done = _run("finetune", "--task", "detect", "--from", "scratch", "--epochs", "1",
                 "--out", str(tmp_path), "--no-progress", cache=cache)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["task"] == "detect" and summary["mode"] == "scratch" and 0 <= summary["map"] <= 1
-    assert (tmp_path / "detect-scratch-resnet18-smoke.pt").is_file()
+    saved = _saved(done.stdout)
+    assert saved.parent == tmp_path and saved.is_file() and saved.name.startswith("detect-scratch-resnet18-smoke-")

@@ -4,7 +4,9 @@ Runs outside notebooks call the very functions the chapters call (:mod:`imagenet
 :mod:`imagenet_book.finetune`, :mod:`imagenet_book.models.detection`),
 with the same profiles: ``--profile`` (or ``IMAGENET_BOOK_PROFILE``) sets the sizes, and flags
 override single sizes. Errors a user can fix (a missing dataset, a missing or wrong checkpoint,
-an unknown profile) print one message and exit with status 2, without a traceback.
+an unknown profile, a run that would replace another: every
+:class:`~imagenet_book.errors.BookError`) print one message and exit with status 2, without a
+traceback.
 
 Taught in: chapters/06_pretraining.ipynb (``finetune``: chapters/07_finetune_voc_classification.ipynb).
 """
@@ -17,6 +19,8 @@ import os
 import sys
 import time
 from typing import Sequence
+
+from .errors import BookError
 
 __all__ = ["main", "build_parser"]
 
@@ -59,8 +63,13 @@ appended when the profile fell back to the built-in stand-in):
   ARCH-DATA-PROFILE.json   the training history (epochs and steps)
   ARCH-DATA-PROFILE.csv    the training history, one row per epoch
   ARCH-DATA-PROFILE.run/   resumable checkpoints while the run is in progress
+  ARCH-DATA-PROFILE.lock   while a process runs it (a second one is refused)
+Other sizes than the profile's (--epochs, --img-size, --batch-size, --lr, --max-steps) add a
+short hash of them to the name (ARCH-DATA-PROFILE-1a2b3c4d), so they never replace the default run.
 Run the same command again to continue an interrupted run, or to reuse a finished one with the
-same settings (--restart trains from scratch).
+same settings. A finished or unfinished run with other settings under the same name (another
+--seed, another version of the recipe) is never replaced: the command refuses and says how to
+keep both (--out DIR) or to replace it (--restart, which also trains from scratch).
 
 examples:
   {PROG} pretrain                                             # profile defaults
@@ -92,10 +101,13 @@ modes:
   finetune   train everything, the backbone at a tenth of the head's learning rate
   (--from scratch: random weights, everything at the head's rate)
 
-files (in --out, default <cache root>/finetune):
-  TASK-MODE-ARCH-PROFILE.pt    the trained network (imagenet_book.finetune.load_finetuned
-                               reads classify/segment files)
-  TASK-MODE-ARCH-PROFILE.json  metrics, budget (epochs, images, image size), recipe, history
+files (in --out, default <cache root>/finetune; checked writable before training; SOURCE: the
+pretraining checkpoint's name or 'scratch', HASH: of the checkpoint, recipe and data):
+  TASK-MODE-ARCH-PROFILE-from-SOURCE-HASH.pt    the trained network
+                               (imagenet_book.finetune.load_finetuned reads classify/segment files)
+  TASK-MODE-ARCH-PROFILE-from-SOURCE-HASH.json  metrics, budget (epochs, images, image size),
+                               recipe, history
+The command prints the file it saved on its 'saved:' line.
 
 examples:
   {PROG} finetune --task classify --mode probe
@@ -155,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=DATASETS, default="imagenette", help="dataset (default: imagenette)")
     p.add_argument("--arch", choices=list(ARCHS), default="resnet18", help="network (default: resnet18)")
     p.add_argument("--small-input", action="store_true",
-                   help="CIFAR stem (3x3 conv, stride 1, no max-pool) for 32-64 px images: 4x the resolution in each direction after the stem, about 15x the compute")
+                   help="CIFAR stem (3x3 conv, stride 1, no max-pool) for 32-64 px images: 4x the "
+                        "resolution in each direction after the stem, about 15x the compute")
     p.add_argument("--img-size", type=_positive, metavar="PX", help="image side (default: the profile's)")
     p.add_argument("--epochs", type=_positive, help="passes over the data (default: the profile's)")
     p.add_argument("--batch-size", type=_positive, metavar="B",
@@ -163,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 * B / 256)")
     p.add_argument("--out", metavar="DIR", help="folder for the files (default: <cache root>/checkpoints)")
     p.add_argument("--restart", action="store_true",
-                   help="train from scratch, ignoring a finished or interrupted run with the same settings")
+                   help="train from scratch, replacing (when done) a finished run of this name and "
+                        "discarding an interrupted one, whatever their settings")
     p.add_argument("--checkpoint-every", type=_positive, metavar="STEPS",
                    help="also save a resumable checkpoint every STEPS steps (default: every epoch)")
     p.add_argument("--max-steps", type=_positive, metavar="STEPS",
@@ -278,6 +292,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _finetune(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from . import finetune as ft
+
     cfg = _setup(args)
     scratch = args.start is not None and args.start.lower() == "scratch"
     mode = "scratch" if scratch else args.mode
@@ -285,47 +301,16 @@ def _finetune(args: argparse.Namespace) -> None:
     year = args.year or ("2012" if args.task == "segment" else "2007")
     out = Path(args.out) if args.out else Path(cfg.cache_root) / "finetune"
     sizes = dict(epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size, lr=args.lr)
-    if args.task == "detect":
-        try:
-            from .models.detection import finetune_detector
-        except ImportError as err:
-            raise NotImplementedError(f"detection is not available in this version of the package "
-                                      f"({err}).") from None
-        result = finetune_detector(cfg, checkpoint=checkpoint, mode=mode, year=year, arch=args.arch,
-                                   progress=not args.no_progress,
-                                   **{k: v for k, v in sizes.items() if v is not None})
-    else:
-        from . import finetune as ft
-
-        run = ft.finetune_classifier if args.task == "classify" else ft.finetune_segmenter
-        result = run(cfg, checkpoint, mode=mode, year=year, arch=args.arch,
-                     progress=not args.no_progress, **sizes)
-    saved = result.save(out)
+    run = {"classify": ft.finetune_classifier, "segment": ft.finetune_segmenter,
+           "detect": ft.finetune_detector}[args.task]
+    # out_dir: the fine-tuning checks the folder can be written BEFORE training, and saves there.
+    result = run(cfg, checkpoint, mode=mode, year=year, arch=args.arch, out_dir=out,
+                 progress=not args.no_progress, **sizes)
+    saved = out / f"{result.stem}.pt"
     shown = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     print(f"{args.task} / {mode}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     print(f"saved: {saved}")
     print(json.dumps({"task": args.task, "mode": mode, **shown}))
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message tells the user what to fix: no traceback for these."""
-    from .data.download import ChecksumError, DatasetNotFoundError, DownloadError, UnsafeArchiveError
-    from .data.fast import CacheBuildError
-    from .data.imagenet import DatasetLayoutError
-    from .engine import CheckpointError
-    from .pretrain import PretrainedNotFoundError, PretrainError
-    from .runtime import SetupError
-
-    from .data.voc import VOCFormatError
-
-    errors = (DatasetNotFoundError, DatasetLayoutError, DownloadError, ChecksumError,
-              UnsafeArchiveError, CacheBuildError, CheckpointError, PretrainError,
-              PretrainedNotFoundError, SetupError, VOCFormatError, NotImplementedError)
-    try:  # the detector's own errors (wrong checkpoint, bad sizes), when the module is there
-        from .models.detection import DetectorError
-    except ImportError:
-        return errors
-    return (*errors, DetectorError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "finetune": _finetune}[args.command]
     try:
         command(args)
-    except _user_errors() as err:
+    except BookError as err:  # every error whose message tells the user what to fix
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
