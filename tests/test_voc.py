@@ -6,7 +6,9 @@ Real files on disk only: the built-in stand-in (``make_voc_standin``) and tiny h
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +376,47 @@ def test_real_voc_if_present():
         seg = VOCSegmentation(data, year, "val")
         _, mask = seg[0]
         assert set(mask.unique().tolist()) <= set(range(21)) | {255}
+
+
+# ------------------------------------------------------------------ boxes outside the image
+
+
+def test_boxes_outside_the_image_are_clipped_or_dropped_alike_for_training_and_evaluation(tmp_path):
+    """A VOC box reaching past the image's <size> is clipped to the image, one left with nothing
+    inside is dropped (with its label), the same for every reader, with ONE warning per dataset
+    naming the first file. (Before: training's SanitizeBoundingBoxes dropped such boxes silently
+    while evaluation kept them as ground truth no detection can match.)"""
+    root = standin.make_voc_standin(tmp_path / "voc", num_train=4, num_val=2, img_size=64)
+    voc_dir = root / "VOCdevkit" / "VOC2007"
+    first = (voc_dir / "ImageSets" / "Main" / "train.txt").read_text().split()[0]
+    xml_path = voc_dir / "Annotations" / f"{first}.xml"
+    text = xml_path.read_text()
+    width = int(re.search(r"<width>(\d+)</width>", text).group(1))
+    present = set(re.findall(r"<name>(\w+)</name>", text))
+    absent = next(c for c in VOC_CLASSES if c not in present)
+    text = re.sub(r"<xmax>\d+</xmax>", f"<xmax>{width + 25}</xmax>", text, count=1)  # reaches past
+    outside = (f"<object><name>{absent}</name><difficult>0</difficult><bndbox><xmin>{width + 5}</xmin>"
+               f"<ymin>2</ymin><xmax>{width + 15}</xmax><ymax>9</ymax></bndbox></object>")
+    end = text.rindex("</annotation>")  # the root's end tag (<source> has an <annotation> too)
+    xml_path.write_text(text[:end] + outside + text[end:])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = VOCDetection(root, "2007", "train")
+        training = VOCDetection(root, "2007", "train", transforms=sanitize_boxes())
+        items = [plain[i] for i in range(len(plain))] + [plain[0], training[0]]
+        labels = VOCMultiLabel(root, "2007", "train").labels
+    messages = [str(w.message) for w in caught if "outside" in str(w.message)]
+    assert len(messages) == 3, messages  # once per dataset, not once per item
+    assert all(str(xml_path) in m and "1 clipped" in m and "1 dropped" in m for m in messages), messages
+
+    _, target = plain[0]
+    boxes = target["boxes"].as_subclass(torch.Tensor)
+    assert float(boxes[:, 2].max()) == width and float(boxes.min()) >= 0  # clipped to the image
+    assert VOC_CLASSES.index(absent) not in target["labels"].tolist()  # dropped with its label
+    assert len(target["labels"]) == len(target["difficult"]) == len(boxes) == text.count("<object>")
+    _, trained_on = training[0]
+    torch.testing.assert_close(trained_on["boxes"].as_subclass(torch.Tensor), boxes)  # same as evaluated
+    assert torch.equal(trained_on["labels"], target["labels"])
+    assert labels[0, VOC_CLASSES.index(absent)] == -1  # the dropped box does not make the class present
+    assert len(items) == len(plain) + 2

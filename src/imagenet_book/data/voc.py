@@ -18,6 +18,12 @@ is ``(0, 0, W, H)``, and a horizontal flip ``x -> W - x`` is exact. Labels are 0
 ``wrap_dataset_for_transforms_v2(VOCDetection)`` keeps the raw 1-based box numbers and uses labels
 1..20, with 0 for background, the convention of its detection models.)
 
+Boxes outside the image. A few annotations give boxes that reach past the image's ``<size>`` (or
+lie wholly outside it). :func:`parse_voc_xml` clips every box to the image and drops a box left
+with no area, with its label and difficult flag, so training (whose ``SanitizeBoundingBoxes``
+would drop such boxes) and evaluation (which would keep them as ground truth no detection can
+match, lowering mAP) see the same objects. Each dataset warns once, naming the first such file.
+
 XML safety. VOC annotations never contain a DTD, so a file with ``<!DOCTYPE`` or ``<!ENTITY`` is
 refused before parsing (what defusedxml would do). The standard library's ElementTree does not
 fetch external entities anyway; refusing DTDs also rules out entity-expansion bombs.
@@ -34,6 +40,7 @@ chapters/09_segmentation_voc.ipynb.
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,7 +156,9 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         A dict with ``"boxes"`` (float32 ``(N, 4)``, XYXY, 0-based pixel coordinates
         ``(xmin-1, ymin-1, xmax, ymax)``), ``"labels"`` (int64 ``(N,)`` in 0..19, indices into
         ``VOC_CLASSES``) and ``"difficult"`` (bool ``(N,)``); ``N`` may be 0. A missing
-        ``<difficult>`` counts as 0.
+        ``<difficult>`` counts as 0. Boxes are clipped to the image's ``<size>`` (``[0, W] x
+        [0, H]``), and a box left with no area is dropped with its label and flag:
+        ``"clipped"`` and ``"dropped"`` (ints) say how many (see the module docstring).
 
     Raises:
         VOCFormatError: the file is not well-formed XML, has a DTD, lacks a box coordinate, has an
@@ -168,6 +177,8 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise VOCFormatError(f"{str(path)!r} is not well-formed XML ({err}). The file is damaged: "
                              "replace it with the one from the original archive.") from None
     boxes, labels, difficult = [], [], []
+    size = [root.findtext(f"size/{tag}") for tag in ("width", "height")]
+    width, height = (int(float(v)) if v and v.strip() else 0 for v in size)
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in _CLASS_INDEX:
@@ -187,9 +198,17 @@ def parse_voc_xml(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         boxes.append([x0 - 1, y0 - 1, x1, y1])
         labels.append(_CLASS_INDEX[name])
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "difficult": torch.tensor(difficult, dtype=torch.bool)}
+    raw = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    clipped, keep = raw, torch.ones(len(raw), dtype=torch.bool)
+    if width > 0 and height > 0:  # no <size> (not VOC's own files): nothing to clip against
+        clipped = torch.stack([raw[:, 0].clamp(0, width), raw[:, 1].clamp(0, height),
+                               raw[:, 2].clamp(0, width), raw[:, 3].clamp(0, height)], 1)
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = (clipped != raw).any(1)
+    return {"boxes": clipped[keep],
+            "labels": torch.tensor(labels, dtype=torch.int64)[keep],
+            "difficult": torch.tensor(difficult, dtype=torch.bool)[keep],
+            "clipped": int((changed & keep).sum()), "dropped": int((~keep).sum())}
 
 
 def _load_image(path: Path) -> tv_tensors.Image:
@@ -221,6 +240,21 @@ class _VOCBase(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def _read_annotations(self) -> list[dict[str, Any]]:
+        """Every annotation of the split (:func:`parse_voc_xml`), with one warning for the whole
+        split when boxes had to be clipped to their image or dropped."""
+        annotations = [parse_voc_xml(self.target_path(i)) for i in range(len(self.ids))]
+        touched = [i for i, a in enumerate(annotations) if a["clipped"] or a["dropped"]]
+        if touched:
+            clipped = sum(annotations[i]["clipped"] for i in touched)
+            dropped = sum(annotations[i]["dropped"] for i in touched)
+            warnings.warn(
+                f"VOC {self.year} {self.split}: {len(touched)} annotation file(s) have boxes outside "
+                f"their image's <size>, first {str(self.target_path(touched[0]))!r}: {clipped} clipped "
+                f"to the image, {dropped} dropped (no area left inside it), with their labels. "
+                "Training and evaluation both use the clipped boxes.", stacklevel=3)
+        return annotations
+
     def image_path(self, index: int) -> Path:
         """The JPEG of item ``index``."""
         return self.voc_dir / "JPEGImages" / f"{self.ids[index]}.jpg"
@@ -249,7 +283,8 @@ class VOCMultiLabel(_VOCBase):
 
     ``labels`` holds the whole split in VOC's own convention, int8 ``(N, 20)`` with 1 present,
     -1 absent, 0 difficult-only (the same numbers as ``ImageSets/Main/<class>_<split>.txt``). All
-    annotations are read once, at construction (a few seconds for the 11,540 of VOC 2012 trainval).
+    annotations are read once, at construction (a few seconds for the 11,540 of VOC 2012 trainval);
+    a box wholly outside its image does not count (see :func:`parse_voc_xml`).
 
     Args:
         root: the data root (holds ``VOCdevkit/``). year: ``"2007"`` or ``"2012"``.
@@ -265,8 +300,7 @@ class VOCMultiLabel(_VOCBase):
         super().__init__(root, year, split)
         self.transform, self.return_mask = transform, return_mask
         self.labels = torch.full((len(self.ids), len(VOC_CLASSES)), -1, dtype=torch.int8)
-        for i in range(len(self.ids)):
-            ann = parse_voc_xml(self.target_path(i))
+        for i, ann in enumerate(self._read_annotations()):
             self.labels[i, ann["labels"][ann["difficult"]]] = 0  # difficult-only, unless ...
             self.labels[i, ann["labels"][~ann["difficult"]]] = 1  # ... a normal instance exists
 
@@ -295,6 +329,10 @@ class VOCDetection(_VOCBase):
     pipeline with :func:`sanitize_boxes` (it drops boxes that left the image, with their labels
     and difficult flags). Batch with ``DataLoader(..., collate_fn=collate_detection)``.
 
+    All annotations are read once, at construction (``annotations``: one :func:`parse_voc_xml`
+    dict per item): boxes reaching past the image are clipped to it and boxes wholly outside
+    dropped, for training and evaluation alike, with one warning for the dataset.
+
     Args:
         root: the data root (holds ``VOCdevkit/``). year: ``"2007"`` or ``"2012"``.
         split: a list in ``ImageSets/Main`` (``"train"``, ``"val"``, ``"trainval"``, ``"test"``).
@@ -309,9 +347,10 @@ class VOCDetection(_VOCBase):
                  transforms: Callable | None = None, *, keep_difficult: bool = True) -> None:
         super().__init__(root, year, split)
         self.transforms, self.keep_difficult = transforms, keep_difficult
+        self.annotations = self._read_annotations()
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        ann = parse_voc_xml(self.target_path(index))
+        ann = self.annotations[index]
         image = _load_image(self.image_path(index))
         keep = slice(None) if self.keep_difficult else ~ann["difficult"]
         target = {
