@@ -12,18 +12,14 @@ book's training loop (:func:`imagenet_book.engine.fit`).
 * :func:`split_per_class`: disjoint, class-balanced index sets (train / validation / test);
 * :class:`FeatureViews`: a dataset that gives one random view of each image per epoch;
 * :func:`make_head`: ``Dropout -> Linear`` or a small MLP with dropout;
-* :func:`fit_early_stopping`: :func:`~imagenet_book.engine.fit` one epoch at a time (through
-  its exact resume), keeping the best epoch's weights and stopping after ``patience`` epochs
-  without improvement.
+* :func:`fit_early_stopping`: :func:`~imagenet_book.engine.fit` with an early-stopping callback,
+  keeping the best epoch's weights and stopping after ``patience`` epochs without improvement.
 
 Taught in: chapters/10_practice.ipynb.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -31,7 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EarlyStopping", "FeatureViews", "extract_features", "fit_early_stopping",
+from . import engine
+from .pretrain import predict
+
+__all__ = ["EarlyStoppingResult", "FeatureViews", "extract_features", "fit_early_stopping",
            "make_head", "split_per_class", "train_val_gap"]
 
 
@@ -62,8 +61,6 @@ def extract_features(net: nn.Module, loader: Any, *, views: int = 1,
 
     Taught in: chapters/10_practice.ipynb.
     """
-    from .pretrain import predict
-
     if not hasattr(net, "fc"):
         raise AttributeError(f"extract_features needs a network with an `fc` layer (a ResNet); "
                              f"got a {type(net).__name__}.")
@@ -190,7 +187,7 @@ def train_val_gap(history: Any, epoch: int | None = None) -> dict[str, float]:
 
 
 @dataclass
-class EarlyStopping:
+class EarlyStoppingResult:
     """What :func:`fit_early_stopping` returns.
 
     Attributes:
@@ -212,57 +209,37 @@ class EarlyStopping:
 
 def fit_early_stopping(net: nn.Module, train_loader: Any, val_loader: Iterable, config: Any, *,
                        patience: int = 3, metric: str = "val_loss", min_delta: float = 0.0,
-                       **fit_kwargs: Any) -> EarlyStopping:
-    """Train with :func:`~imagenet_book.engine.fit`; stop after ``patience`` epochs without a
-    better ``metric``; leave ``net`` with the weights of its best epoch.
+                       **fit_kwargs: Any) -> EarlyStoppingResult:
+    """Train with :func:`~imagenet_book.engine.fit` and an
+    :class:`~imagenet_book.engine.EarlyStopping` callback: stop after ``patience`` epochs without
+    a better ``metric``; leave ``net`` with the weights of its best epoch.
 
-    It runs ``fit`` one epoch at a time (``max_steps`` = the end of the next epoch) and resumes
-    each call from the checkpoint the previous one wrote, in a temporary folder: the epochs that
-    run are exactly those of an uninterrupted ``fit`` with the same ``config`` (same learning-rate
-    schedule over ``config.epochs``, same batches), only cut short.
+    The epochs that run are exactly those of an uninterrupted ``fit`` with the same ``config``
+    (same learning-rate schedule over ``config.epochs``, same batches), only cut short.
 
     Args:
         net: the network (trained in place).
         train_loader, val_loader: as for ``fit`` (a validation loader is required).
-        config: the :class:`~imagenet_book.engine.TrainConfig` (its ``epochs`` is the most).
+        config: the :class:`~imagenet_book.recipe.TrainConfig` (its ``epochs`` is the most).
         patience: epochs without improvement before stopping.
         metric: ``"val_loss"`` (lower is better) or ``"val_top1"`` (higher is better).
         min_delta: an improvement must beat the best by more than this.
-        fit_kwargs: passed on to ``fit`` (``device``, ``amp``, ``progress``, ...).
+        fit_kwargs: passed on to ``fit`` (``device``, ``amp``, ``progress``, ``checkpoint_dir``,
+            ...; not ``max_steps`` or ``callbacks``).
 
     Returns:
-        An :class:`EarlyStopping`.
+        An :class:`EarlyStoppingResult`.
 
     Taught in: chapters/10_practice.ipynb.
     """
-    from .engine import fit
-
     if metric not in ("val_loss", "val_top1"):
         raise ValueError(f"metric must be 'val_loss' or 'val_top1', got {metric!r}.")
-    if patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}.")
     if val_loader is None:
         raise ValueError("Early stopping needs a validation loader.")
-    for key in ("checkpoint_dir", "resume", "max_steps"):
+    for key in ("max_steps", "callbacks"):
         if key in fit_kwargs:
             raise TypeError(f"fit_early_stopping sets {key} itself.")
-    sign = 1.0 if metric == "val_top1" else -1.0
-    steps_per_epoch = len(train_loader)
-    best_score, best_epoch, best_state, waited = -math.inf, 0, None, 0
-    history = None
-    with tempfile.TemporaryDirectory(prefix="early-stopping-") as folder:
-        for epoch in range(1, config.epochs + 1):
-            history = fit(net, train_loader, val_loader, config, checkpoint_dir=folder,
-                          resume="auto", max_steps=epoch * steps_per_epoch, **fit_kwargs)
-            score = sign * history.epochs[-1][metric]
-            if score > best_score + min_delta:
-                best_score, best_epoch, waited = score, epoch, 0
-                best_state = copy.deepcopy(net.state_dict())
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
-    net.load_state_dict(best_state)
-    best = {k: v for k, v in history.epochs[best_epoch - 1].items() if k.startswith("val_")}
+    stop = engine.EarlyStopping(metric, "max" if metric == "val_top1" else "min", patience, min_delta)
+    history = engine.fit(net, train_loader, val_loader, config, callbacks=[stop], **fit_kwargs)
     stopped = history.epochs[-1]["epoch"]
-    return EarlyStopping(history, best_epoch, stopped, best, stopped < config.epochs)
+    return EarlyStoppingResult(history, stop.best_epoch, stopped, stop.best, stopped < config.epochs)

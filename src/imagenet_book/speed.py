@@ -41,6 +41,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from . import augment, engine, pretrain
+from .data.fast import fast_loader
+from .data.imagenet import classification_source, load_classification
+
 __all__ = ["Latency", "SpeedRow", "SpeedSetting", "SpeedTable", "compare_latency", "compile_support",
            "device_name", "format_speed", "latency", "num_threads", "speed_settings", "sync",
            "training_speed"]
@@ -442,10 +446,6 @@ def training_speed(cfg: Any, *, arch: str = "resnet18", img_size: int | None = N
 
 def _training_speed(cfg, arch, img_size, batch_size, steps, warmup_steps, repeats, settings, source,
                     workers, progress) -> SpeedTable:
-    from . import augment, engine, pretrain
-    from .data.fast import fast_loader
-    from .data.imagenet import classification_source, load_classification
-
     if steps < 1 or repeats < 1 or warmup_steps < 0:
         raise ValueError(f"training_speed() needs steps >= 1, repeats >= 1, warmup_steps >= 0; got "
                          f"steps={steps}, repeats={repeats}, warmup_steps={warmup_steps}.")

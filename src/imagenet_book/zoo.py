@@ -30,6 +30,7 @@ import torchvision
 from torch import nn
 
 from .models.summary import layer_table
+from .pretrain import read_pretrained
 from .speed import compare_latency, latency
 
 __all__ = ["ZooEntry", "as_rows", "checkpoint_entry", "count_macs", "family_of", "measure_latency",
@@ -194,8 +195,6 @@ def checkpoint_entry(path: str | os.PathLike[str], *, device: str | torch.device
 
     Taught in: chapters/10_practice.ipynb.
     """
-    from .pretrain import read_pretrained
-
     ckpt = read_pretrained(path)
     net = ckpt.build().to(device)
     size = ckpt.img_size
