@@ -29,10 +29,13 @@ from tqdm.auto import tqdm
 
 from ..errors import BookError
 
-__all__ = ["DATASETS", "DatasetSource", "DownloadError", "ChecksumError", "UnsafeArchiveError",
+__all__ = ["DATASETS", "DATA_ROOT_SETTINGS", "DatasetSource", "DownloadError", "ChecksumError", "UnsafeArchiveError",
            "DatasetNotFoundError", "download", "extract", "fetch_dataset"]
 
 _MiB = 1 << 20
+#: How a user sets the data root, for messages: wherever it came from, each of these replaces it.
+DATA_ROOT_SETTINGS = ("the data root (env IMAGENET_BOOK_DATA, ib.start(data_root=...), or the "
+                      "command line's --data-root)")
 #: Seconds to wait for a host to accept the connection. A host that does not is not tried again:
 #: the next URL (mirror) is.
 CONNECT_TIMEOUT = 10.0
@@ -492,7 +495,7 @@ def fetch_dataset(name: str, data_root: str | os.PathLike, *, allow_download: bo
             f"{'' if marker == folder else f' (with {marker})'}. Downloads are off "
             f"(allow_download=False, as in the smoke and local profiles). To fix it, do one of:\n"
             f"  * download {source.urls[0]} ({_describe_check(source)}) and extract it into {root};\n"
-            f"  * set IMAGENET_BOOK_DATA to a folder that already holds {source.folder}/;\n"
+            f"  * set {DATA_ROOT_SETTINGS} to a folder that already holds {source.folder}/;\n"
             f"  * use the full profile (IMAGENET_BOOK_PROFILE=full, or ib.start(profile=\"full\")), "
             f"which downloads it.")
     archive = download(source.urls, root / source.filename, md5=source.md5, sha256=source.sha256,

@@ -40,7 +40,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import BookError
 from . import standin
-from .download import DatasetNotFoundError, fetch_dataset
+from .download import DATA_ROOT_SETTINGS, DatasetNotFoundError, fetch_dataset
 
 __all__ = [
     "IMAGENETTE_CLASSES",
@@ -392,7 +392,7 @@ def _missing_message(data_root: Path, variant: str) -> str:
         f"No {_VARIANT_TITLE[variant]} under the data root {str(data_root)!r} (looked for "
         f"{', '.join(n + '/' for n in names)}). Fix: download one of the {variant}2 archives from "
         f"{_DOWNLOAD_HINT} and extract it into that folder (so that {data_root / names[-1] / 'train'} "
-        "exists), or point IMAGENET_BOOK_DATA at a folder that holds it, or use the local/smoke "
+        f"exists), or set {DATA_ROOT_SETTINGS} to a folder that holds it, or use the local/smoke "
         "profile, which fall back to the built-in stand-in."
     )
 
@@ -752,7 +752,7 @@ def classification_source(cfg: Any, dataset: str = "imagenette") -> DataSource:
         raise DatasetNotFoundError(_missing_message(data_root, dataset))
     source = _standin_source(cfg, dataset)
     print(f"imagenet_book: no {_VARIANT_TITLE[dataset]} under {data_root}; using the "
-          f"{source.description}. Point IMAGENET_BOOK_DATA at a copy to use the real data.")
+          f"{source.description}. Set {DATA_ROOT_SETTINGS} to a copy's folder to use the real data.")
     return source
 
 

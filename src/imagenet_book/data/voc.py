@@ -56,7 +56,7 @@ from torchvision.transforms import v2
 
 from ..errors import BookError
 from . import standin
-from .download import DatasetNotFoundError, fetch_dataset
+from .download import DATA_ROOT_SETTINGS, DatasetNotFoundError, fetch_dataset
 from .voc_classes import VOC_CLASSES, voc_palette
 
 __all__ = ["VOC_CLASSES", "VOC_YEARS", "DatasetNotFoundError", "VOCFormatError", "VOCSource",
@@ -113,7 +113,7 @@ def find_voc(data_root: str | os.PathLike[str], year: str | int = "2007") -> Pat
         f"{str(folder)!r}.{hint} To fix it, do one of:\n"
         f"  * download it: run with the full profile (IMAGENET_BOOK_PROFILE=full), or call "
         f"imagenet_book.data.download.{fetch};\n"
-        f"  * point IMAGENET_BOOK_DATA at a folder that already holds VOCdevkit/VOC{year}/;\n"
+        f"  * set {DATA_ROOT_SETTINGS} to a folder that already holds VOCdevkit/VOC{year}/;\n"
         f"  * for a quick test, write a stand-in: imagenet_book.data.standin.make_voc_standin(root).")
 
 
@@ -603,7 +603,7 @@ def voc_source(cfg: Any, year: str | int = "2007") -> VOCSource:
     if (str(data_root), year, source.description) not in _ANNOUNCED:  # say it once per process
         _ANNOUNCED.add((str(data_root), year, source.description))
         print(f"imagenet_book: no PASCAL VOC {year} under {data_root}; using the {source.description}. "
-              "Point IMAGENET_BOOK_DATA at a folder holding VOCdevkit/ to use the real data.")
+              f"Set {DATA_ROOT_SETTINGS} to a folder holding VOCdevkit/ to use the real data.")
     return source
 
 
