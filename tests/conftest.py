@@ -144,3 +144,75 @@ def executed_notebooks(request) -> dict[str, nbformat.NotebookNode]:
     return {path.relative_to(ROOT).as_posix(): record.executed()
             for path, record in sorted(_executed(request.config).items())
             if record.complete and path.is_relative_to(ROOT)}
+
+
+# --- session fixtures: built once, shared read-only ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg(tmp_path_factory):
+    """``ib.start("smoke")`` with a cache root and an (empty) data root of its own, for the whole
+    session, on the default device (CUDA under ``make gpu-check``). What the package generates
+    there (the stand-ins, decoded caches, checkpoints) is generated once for every test that uses
+    it. A test that needs the CPU takes ``dataclasses.replace(smoke_cfg, device=torch.device("cpu"))``;
+    one that needs an empty cache, ``dataclasses.replace(smoke_cfg, cache_root=tmp_path)``."""
+    import imagenet_book as ib
+    from imagenet_book import runtime
+
+    cache, data = tmp_path_factory.mktemp("smoke-cache"), tmp_path_factory.mktemp("smoke-data")
+    with pytest.MonkeyPatch.context() as mp:  # start() reads the roots from the environment
+        mp.setenv(runtime.ENV_CACHE, str(cache))
+        mp.setenv(runtime.ENV_DATA, str(data))
+        mp.delenv(runtime.ENV_DEVICE, raising=False)
+        mp.delenv(runtime.ENV_DRIVE, raising=False)
+        return ib.start("smoke", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def imagenet_standin(smoke_cfg):
+    """The smoke profile's ImageNet stand-in (10 classes, the profile's sizes), built once in
+    ``smoke_cfg``'s cache: a :class:`~imagenet_book.data.imagenet.DataSource`."""
+    from imagenet_book.data.imagenet import classification_source
+
+    return classification_source(smoke_cfg, "standin")
+
+
+@pytest.fixture(scope="session")
+def voc_standin(tmp_path_factory) -> Path:
+    """A VOC 2007 stand-in tree (8 train, 4 val scenes of 96 px, seed 0), built once: the folder
+    torchvision's ``root`` takes (``VOCdevkit/VOC2007/`` inside)."""
+    from imagenet_book.data.standin import make_voc_standin
+
+    return make_voc_standin(tmp_path_factory.mktemp("voc-standin") / "voc", num_train=8, num_val=4,
+                            img_size=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pretrained(smoke_cfg, tmp_path_factory):
+    """``pretrained(arch)``: a real one-step pretraining run of ``arch`` on the smoke stand-in
+    (``imagenet_book.pretrain.pretrain``, files and all), made once per architecture for the
+    session. Returns its :class:`~imagenet_book.pretrain.PretrainResult`; leave its ``net`` as it is
+    (copy it to train it further)."""
+    import imagenet_book as ib
+
+    out = tmp_path_factory.mktemp("pretrained")
+    runs = {}
+
+    def run(arch: str = "resnet18"):
+        if arch not in runs:
+            runs[arch] = ib.pretrain.pretrain(smoke_cfg, "standin", arch, epochs=1, max_steps=1, out_dir=out,
+                                              progress=False, log=None)
+        return runs[arch]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def smoke_checkpoint(smoke_cfg) -> Path:
+    """Chapter 06's checkpoint under the smoke profile: a real two-step run of ResNet-18 on the
+    ``imagenette`` stand-in, saved where ``finetune.resolve_checkpoint(smoke_cfg)`` (chapters
+    07-09) looks for it."""
+    import imagenet_book as ib
+
+    return ib.pretrain.pretrain(smoke_cfg, "imagenette", "resnet18", max_steps=2, progress=False,
+                                log=None).checkpoint

@@ -366,11 +366,9 @@ def test_voc2007_levels_are_the_devkits_arange():
     assert voc_ap(rec, prec, use_07_metric=True) == devkit_voc_ap(rec, prec, True) == pytest.approx(3 / 11)
 
 
-def test_detection_accepts_what_the_voc_dataset_gives(tmp_path):
-    from imagenet_book.data import standin
+def test_detection_accepts_what_the_voc_dataset_gives(voc_standin):
     from imagenet_book.data.voc import VOCDetection
-    root = standin.make_voc_standin(tmp_path / "voc", num_train=6, num_val=3, img_size=64)
-    ds = VOCDetection(root, "2007", "trainval")
+    ds = VOCDetection(voc_standin, "2007", "trainval")
     targets = [ds[i][1] for i in range(len(ds))]
     assert isinstance(targets[0]["boxes"], tv_tensors.BoundingBoxes)
     predictions = [{"boxes": t["boxes"], "scores": torch.linspace(1, 0.5, len(t["labels"])), "labels": t["labels"]}
@@ -511,11 +509,9 @@ def test_segmentation_meter_accumulates_batches_and_takes_logits():
     assert s["pixel_accuracy"] == 1.0 and s["mean_iou"] == 1.0 and s["mean_accuracy"] == 1.0
 
 
-def test_segmentation_on_voc_standin_masks(tmp_path):
-    from imagenet_book.data import standin
+def test_segmentation_on_voc_standin_masks(voc_standin):
     from imagenet_book.data.voc import VOCSegmentation
-    root = standin.make_voc_standin(tmp_path / "voc", num_train=4, num_val=2, img_size=48)
-    ds = VOCSegmentation(root, "2007", "val")
+    ds = VOCSegmentation(voc_standin, "2007", "val")
     meter = SegmentationMeter(21)
     for _, mask in (ds[i] for i in range(len(ds))):
         mask = mask.as_subclass(torch.Tensor).long()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import imagenet_book as ib
-from imagenet_book import runtime, speed
+from imagenet_book import speed
 from imagenet_book.speed import SpeedSetting
 
 
@@ -73,15 +73,6 @@ def test_compile_support_explains_a_missing_compiler(monkeypatch):
     monkeypatch.setenv("PATH", "")
     ok, why = speed.compile_support("cpu")
     assert not ok and "g++" in why
-
-
-@pytest.fixture(scope="module")
-def smoke_cfg(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(runtime.ENV_CACHE, str(cache))
-        mp.delenv(runtime.ENV_DATA, raising=False)
-        yield ib.start("smoke", quiet=True)
 
 
 def test_training_speed_times_each_setting_against_the_baseline(smoke_cfg, monkeypatch):

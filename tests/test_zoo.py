@@ -9,8 +9,7 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-import imagenet_book as ib
-from imagenet_book import runtime, zoo
+from imagenet_book import zoo
 from imagenet_book.models import resnet18, resnet50
 
 
@@ -77,14 +76,8 @@ def test_measure_latency_fills_in_a_time_without_touching_the_input():
     assert all(e.latency_ms is None for e in entries)
 
 
-def test_checkpoint_entry_describes_the_book_s_own_model(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setenv(runtime.ENV_CACHE, str(cache))
-    monkeypatch.delenv(runtime.ENV_DATA, raising=False)
-    cfg = ib.start("smoke", quiet=True)
-    result = ib.pretrain.pretrain(cfg, "standin", "resnet18", epochs=1, max_steps=1,
-                                  out_dir=tmp_path / "out", progress=False, log=None)
+def test_checkpoint_entry_describes_the_book_s_own_model(smoke_cfg, pretrained):
+    cfg, result = smoke_cfg, pretrained("resnet18")
     entry = zoo.checkpoint_entry(result.checkpoint, repeats=2, warmup=0)
     assert entry.name == "resnet18" and entry.family == "resnet"
     assert entry.img_size == cfg.profile.img_size
