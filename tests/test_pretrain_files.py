@@ -210,6 +210,28 @@ def test_two_processes_never_share_a_run_and_an_unfinished_run_is_kept(cache, tm
     assert not run_dir.exists() and not _leftovers(out)
 
 
+@pytest.mark.parametrize("content", [
+    json.dumps({"pid": 1, "host": "a-colab-vm-that-disconnected", "started": None, "since": "then"}),
+    ""])  # an owner that died between creating the lock and writing it
+def test_a_lock_that_cannot_be_checked_is_respected_until_it_goes_stale(tmp_path, content):
+    """A lock of another machine (a run folder on Google Drive) or an unreadable one: its pid
+    says nothing here, so it holds until its owner has stopped touching it for a while."""
+    from imagenet_book import files
+
+    lock = tmp_path / "run.lock"
+    lock.write_text(content)
+    with pytest.raises(files.FileLockedError) as err:
+        with files.hold_lock(lock, what="the run"):
+            pass
+    assert str(lock) in str(err.value) and lock.read_text() == content
+    old = time.time() - max(files.LOCK_STALE_S, files.UNREADABLE_LOCK_AGE_S) - 60
+    os.utime(lock, (old, old))
+    taken: list[str] = []
+    with files.hold_lock(lock, what="the run", on_stale=taken.append):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert len(taken) == 1 and str(lock) in taken[0] and not lock.exists()
+
+
 # ------------------------------------------------------------- 3. the output folder, checked first
 
 

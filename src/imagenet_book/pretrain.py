@@ -730,6 +730,9 @@ def _prepare_run_dir(run: _Run, settings: dict[str, Any], restart: bool,
         else:
             what = (f"its settings differ: {_differences(old, settings)}" if old is not None else
                     f"it has no readable {settings_file.name}, so its settings are unknown")
+            if old is not None and old.get("recipe_version") != settings["recipe_version"]:
+                what += (" (another version of the package started it: that version, with the "
+                         "same settings, can resume it)")
             raise PretrainError(
                 f"An unfinished run is in {str(run_dir)!r} ({len(steps)} step checkpoint"
                 f"{'s' if len(steps) != 1 else ''}), and {what}. This run would discard it. "
