@@ -442,3 +442,18 @@ def test_finetune_detect_runs_the_detector_of_chapter_08(cache, tmp_path):
     assert summary["task"] == "detect" and summary["mode"] == "scratch" and 0 <= summary["map"] <= 1
     saved = _saved(done.stdout)
     assert saved.parent == tmp_path and saved.is_file() and saved.name.startswith("detect-scratch-resnet18-smoke-")
+
+
+def test_roots_given_on_the_command_line_are_reported_as_options(tmp_path, capsys, monkeypatch):
+    """The setup line says --data-root / --cache-root came from the command line (it used to say
+    "env IMAGENET_BOOK_DATA": the CLI set the environment variable itself), and the caller's
+    environment is left alone."""
+    monkeypatch.delenv("IMAGENET_BOOK_DATA", raising=False)
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    cache.mkdir()
+    assert cli.main(["evaluate", "--profile", "smoke", "--data-root", str(data),
+                     "--cache-root", str(cache)]) == 2  # no checkpoint there: one clear message
+    out = capsys.readouterr().out
+    assert "option --data-root" in out and "option --cache-root" in out, out
+    assert "env IMAGENET_BOOK_DATA" not in out and "IMAGENET_BOOK_DATA" not in os.environ

@@ -226,22 +226,9 @@ def _setup(args: argparse.Namespace):
     """``ib.start()`` with the flags; quiet on every process but rank 0 under torchrun."""
     from . import runtime
 
-    # start() reads the roots from the environment; set them only for this call, so that a
-    # main() called in-process (tests, notebooks) leaves the caller's environment as it was.
-    saved = {var: os.environ.get(var) for var in (runtime.ENV_DATA, runtime.ENV_CACHE)}
-    try:
-        if args.data_root:
-            os.environ[runtime.ENV_DATA] = args.data_root
-        if args.cache_root:
-            os.environ[runtime.ENV_CACHE] = args.cache_root
-        quiet = int(os.environ.get("RANK", "0")) != 0
-        return runtime.start(args.profile, seed=args.seed, quiet=quiet)
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    return runtime.start(args.profile, seed=args.seed, quiet=quiet, data_root=args.data_root,
+                         cache_root=args.cache_root, origin="command line")
 
 
 def _prepare(args: argparse.Namespace) -> None:

@@ -975,7 +975,7 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
                                            channels_last=channels_last)
                         record.update({prefix + k: v for k, v in metrics.items() if _scalar(v)})
                         if prefix == "val_":
-                            history.final = plain_values(metrics)
+                            history.final = _lists(metrics)
             record.update(lr=history.steps[-1]["lr"] if history.steps else None,
                           img_per_s=seen_all / train_s, wall_s=elapsed + time.perf_counter() - t_start)
             history.epochs.append(record)
@@ -994,6 +994,17 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
         for cb in callbacks:
             cb.on_fit_end(net)
         return history
+
+
+def _lists(value: Any) -> Any:
+    """Tensors and tuples -> lists, recursively (values ``torch.load(weights_only=True)`` reads)."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, Tensor):
+        return value.tolist()
+    return value
 
 
 def plain_values(value: Any) -> Any:
