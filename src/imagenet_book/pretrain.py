@@ -78,7 +78,8 @@ from torch import Tensor, nn
 from . import engine
 from .data.fast import IMAGENET_MEAN, IMAGENET_STD, FastLoader, fast_loader
 from .data.imagenet import DataSource, classification_source
-from .engine import History, TrainConfig
+from .engine import History
+from .recipe import BASE_BATCH, BASE_LR, CROP_SCALE, ZERO_INIT_RESIDUAL, pretrain_recipe
 from .errors import BookError
 from .files import check_writable, hold_lock, read_state, save_atomically
 from .models import resnet18, resnet34, resnet50
@@ -94,17 +95,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet34": 
 #: Datasets the data rule knows (``classification_source``): real when present, else stand-in.
 DATASETS = ("imagenette", "imagewoof", "standin")
 
-# The recipe. Its numbers live here and nowhere else (chapter 06 explains each one).
-BASE_LR = 0.1            # peak learning rate for a batch of BASE_BATCH (Goyal et al., 2017) ...
-BASE_BATCH = 256         # ... scaled linearly: lr = BASE_LR * batch_size / BASE_BATCH
-MOMENTUM = 0.9
-WEIGHT_DECAY = 5e-5      # on conv/linear weights only (engine.param_groups)
-LABEL_SMOOTHING = 0.1
-WARMUP_EPOCHS = 2.0      # linear warmup, at most this long ...
-WARMUP_FRACTION = 0.25   # ... and at most this fraction of the run
-CROP_SCALE = (0.35, 1.0)  # area fraction of the random-resized crops: milder than torchvision's
-                          # (0.08, 1), made for 90+ epochs; as in fast.ai's Imagenette baselines
-ZERO_INIT_RESIDUAL = False  # start each residual block as the identity (Goyal et al., 2017)
+# The recipe's numbers live in imagenet_book.recipe with every other recipe's (chapter 06 explains them).
 RECIPE_VERSION = 1       # bump when the code changes what a run with the same settings computes
 
 CHECKPOINT_FORMAT = "imagenet_book.pretrained"
@@ -236,32 +227,6 @@ def build_model(arch: str = "resnet18", num_classes: int = 10, *, small_input: b
         raise PretrainError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
     return ARCHS[arch](num_classes=num_classes, small_input=small_input,
                        zero_init_residual=zero_init_residual)
-
-
-def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) -> TrainConfig:
-    """The pretraining recipe for ``epochs`` passes at a global batch of ``batch_size``.
-
-    * SGD with momentum :data:`MOMENTUM`;
-    * peak learning rate ``lr``, default ``BASE_LR * batch_size / BASE_BATCH`` (the linear
-      scaling rule: a batch twice as large averages the gradient over twice the images, so the
-      step can be twice as long);
-    * linear warmup for ``min(WARMUP_EPOCHS, WARMUP_FRACTION * epochs)`` epochs, then half a cosine
-      down to 0;
-    * weight decay :data:`WEIGHT_DECAY` on convolution and linear weights, none on biases and
-      BatchNorm parameters (:func:`imagenet_book.engine.param_groups`);
-    * label smoothing :data:`LABEL_SMOOTHING` (chapter 02).
-
-    Returns:
-        A :class:`~imagenet_book.engine.TrainConfig` for :func:`imagenet_book.engine.fit`.
-
-    Taught in: chapters/06_pretraining.ipynb.
-    """
-    if epochs < 1 or batch_size < 1:
-        raise PretrainError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
-    return TrainConfig(
-        epochs=epochs, optimizer="sgd", lr=BASE_LR * batch_size / BASE_BATCH if lr is None else lr,
-        momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, schedule="cosine",
-        warmup_epochs=min(WARMUP_EPOCHS, WARMUP_FRACTION * epochs), label_smoothing=LABEL_SMOOTHING)
 
 
 def _loader_device(cfg: Any) -> torch.device:

@@ -11,10 +11,10 @@ task's parameter groups and its learning-rate schedule with :func:`make_schedule
   ``backbone_lr_scale`` times the rate, or frozen for a linear probe) and the new layers;
 * :func:`lr_factor`: linear warmup, then half a cosine (or a straight line) down to 0.
 
-The recipes' numbers live in this module's constants (pretraining's in
-:mod:`imagenet_book.pretrain`), each explained in the chapter that uses it:
-:func:`finetune_recipe` (chapter 07) and :func:`detection_recipe` (chapter 08) derive a whole
-recipe from the profile (sizes only: the same code at every scale).
+The recipes' numbers live in this module's constants, and nowhere else, each explained in the
+chapter that uses it: :func:`pretrain_recipe` (chapter 06), :func:`finetune_recipe` (chapter 07)
+and :func:`detection_recipe` (chapter 08) derive a whole recipe from the sizes (the profile's:
+the same code at every scale).
 
 Taught in: chapters/06_pretraining.ipynb (the schedule, the no-decay rule),
 chapters/07_finetune_voc_classification.ipynb (discriminative rates, the fine-tuning recipe).
@@ -29,16 +29,30 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ADAMW_LR", "BACKBONE_LR_SCALE", "TrainConfig", "detection_recipe", "finetune_param_groups",
-           "finetune_recipe", "lr_factor", "make_optimizer", "make_scheduler", "param_groups"]
+from .errors import BookError
+
+__all__ = ["ADAMW_LR", "BACKBONE_LR_SCALE", "RecipeError", "TrainConfig", "detection_recipe", "finetune_param_groups",
+           "finetune_recipe", "lr_factor", "make_optimizer", "make_scheduler", "param_groups",
+           "pretrain_recipe"]
+
+# Shared by pretraining and fine-tuning.
+BASE_LR = 0.1            # peak learning rate for a batch of BASE_BATCH (Goyal et al., 2017) ...
+BASE_BATCH = 256         # ... scaled linearly: lr = BASE_LR * batch_size / BASE_BATCH
+MOMENTUM = 0.9
+
+# The pretraining recipe (chapter 06 explains each number).
+PRETRAIN_WEIGHT_DECAY = 5e-5    # on conv/linear weights only (param_groups)
+LABEL_SMOOTHING = 0.1
+PRETRAIN_WARMUP_EPOCHS = 2.0    # linear warmup, at most this long ...
+PRETRAIN_WARMUP_FRACTION = 0.25  # ... and at most this fraction of the run
+CROP_SCALE = (0.35, 1.0)  # area fraction of the random-resized crops: milder than torchvision's
+                          # (0.08, 1), made for 90+ epochs; as in fast.ai's Imagenette baselines
+ZERO_INIT_RESIDUAL = False  # start each residual block as the identity (Goyal et al., 2017)
 
 # The fine-tuning recipe (chapter 07 explains each number).
 OPTIMIZER = "sgd"        # "sgd" (with momentum) or "adamw"
-BASE_LR = 0.1            # head's peak lr for a batch of BASE_BATCH, scaled linearly (as pretraining)
-BASE_BATCH = 256
 ADAMW_LR = 1e-3          # head's peak lr with AdamW (not scaled with the batch)
 BACKBONE_LR_SCALE = 0.1  # the backbone learns at a tenth of the head's rate ("discriminative rates")
-MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4      # on conv/linear weights only (param_groups)
 WARMUP_FRACTION = 0.1    # linear warmup over the first 10% of the steps, then cosine to 0
 EPOCHS_PER_PROFILE_EPOCH = 1  # fine-tuning epochs = this * cfg.profile.epochs (smoke 1, local 4, full 40)
@@ -54,6 +68,14 @@ DET_GRAD_CLIP = 10.0     # max gradient norm: the first steps of a random head c
 DET_CROP_PROB = 0.5      # probability of an SSD-style random IoU crop in training
 
 TASKS = ("classify", "segment", "detect")
+
+
+class RecipeError(BookError, ValueError):
+    """A recipe setting that cannot be used (an unknown optimizer or schedule, a size below 1).
+    The message names the setting and the value.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
 
 
 @dataclass(frozen=True)
@@ -103,13 +125,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+            raise RecipeError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "onecycle"):
-            raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
+            raise RecipeError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
         for key in ("epochs", "batch_size", "img_size"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{key} must be an int >= 1, got {value!r}.")
+                raise RecipeError(f"{key} must be an int >= 1, got {value!r}.")
 
 
 # ------------------------------------------------------------------------------- parameter groups
@@ -159,7 +181,7 @@ def finetune_param_groups(net: nn.Module, *, lr: float, backbone_lr_scale: float
     """
     backbone = getattr(net, "backbone", None)
     if not isinstance(backbone, nn.Module):
-        raise ValueError(f"{type(net).__name__} has no .backbone module: finetune_param_groups needs "
+        raise RecipeError(f"{type(net).__name__} has no .backbone module: finetune_param_groups needs "
                          "to know which parameters are pretrained.")
     backbone.requires_grad_(not freeze_backbone)
     in_backbone = {id(p) for p in backbone.parameters()}
@@ -232,6 +254,33 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
 # ------------------------------------------------------------------------------- the recipes
 
 
+def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) -> TrainConfig:
+    """The pretraining recipe for ``epochs`` passes at a global batch of ``batch_size``.
+
+    * SGD with momentum :data:`MOMENTUM`;
+    * peak learning rate ``lr``, default ``BASE_LR * batch_size / BASE_BATCH`` (the linear
+      scaling rule: a batch twice as large averages the gradient over twice the images, so the
+      step can be twice as long);
+    * linear warmup for ``min(PRETRAIN_WARMUP_EPOCHS, PRETRAIN_WARMUP_FRACTION * epochs)`` epochs, then half a cosine
+      down to 0;
+    * weight decay :data:`PRETRAIN_WEIGHT_DECAY` on convolution and linear weights, none on biases and
+      BatchNorm parameters (:func:`param_groups`);
+    * label smoothing :data:`LABEL_SMOOTHING` (chapter 02).
+
+    Returns:
+        A :class:`TrainConfig` for :func:`imagenet_book.engine.fit`.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise RecipeError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
+    return TrainConfig(
+        epochs=epochs, optimizer="sgd", lr=BASE_LR * batch_size / BASE_BATCH if lr is None else lr,
+        momentum=MOMENTUM, weight_decay=PRETRAIN_WEIGHT_DECAY, schedule="cosine",
+        warmup_epochs=min(PRETRAIN_WARMUP_EPOCHS, PRETRAIN_WARMUP_FRACTION * epochs), label_smoothing=LABEL_SMOOTHING,
+        batch_size=batch_size)
+
+
 def finetune_recipe(cfg: Any, task: str = "classify", *, epochs: int | None = None,
                     batch_size: int | None = None, img_size: int | None = None,
                     lr: float | None = None, optimizer: str = OPTIMIZER,
@@ -254,9 +303,9 @@ def finetune_recipe(cfg: Any, task: str = "classify", *, epochs: int | None = No
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+        raise RecipeError(f"task must be one of {TASKS}, got {task!r}.")
     if optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
+        raise RecipeError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}.")
     p = cfg.profile
     divisor = SEG_BATCH_DIVISOR if task == "segment" else 1
     batch_size = batch_size or max(2, p.batch_size // divisor)
