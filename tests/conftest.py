@@ -209,10 +209,10 @@ def pretrained(smoke_cfg, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_checkpoint(smoke_cfg) -> Path:
-    """Chapter 06's checkpoint under the smoke profile: a real two-step run of ResNet-18 on the
-    ``imagenette`` stand-in, saved where ``finetune.resolve_checkpoint(smoke_cfg)`` (chapters
-    07-09) looks for it."""
+    """Chapter 06's checkpoint under the smoke profile: its run (ResNet-18 on the ``imagenette``
+    stand-in, the profile's sizes), saved where ``finetune.resolve_checkpoint(smoke_cfg)``
+    (chapters 07-09) looks for it. (A run cut short with ``max_steps`` is saved under a name of its
+    own, which resolve_checkpoint does not pick.)"""
     import imagenet_book as ib
 
-    return ib.pretrain.pretrain(smoke_cfg, "imagenette", "resnet18", max_steps=2, progress=False,
-                                log=None).checkpoint
+    return ib.pretrain.pretrain(smoke_cfg, "imagenette", "resnet18", progress=False, log=None).checkpoint
