@@ -185,7 +185,8 @@ def run(cfg_or_args: Any = None) -> dict:
         "load_average_1min": [load_before, os.getloadavg()[0] if load_before is not None else None],
         "data": data, "is_real": is_real,
         # The data's name, not its path: results are committed and must not show this machine's folders.
-        "train_split": f"{train_dir.parent.name}/{train_dir.name}", "images": len(cache), "img_size": size, "batch_size": B,
+        "train_split": f"{train_dir.parent.name}/{train_dir.name}", "images": len(cache), "img_size": size,
+        "batch_size": B,
         "cache_size_px": cache.size, "cache_mb": cache.images.numel() / 1e6,
         "cache_file": cache.path.name, "cache_ready_s": cache_seconds,
         "batches_per_timing": n, "images_per_timing": n * B, "repeats": opts.repeats,

@@ -148,7 +148,8 @@ def test_focal_loss_reduces_to_bce():
     assert torch.isfinite(losses.sigmoid_focal_loss(x, y)).all()
     # easy examples are down-weighted: p_t = 0.9 loses a factor (1 - 0.9)^2 = 0.01 against BCE
     easy = torch.tensor([math.log(9.0)])
-    ratio = losses.sigmoid_focal_loss(easy, torch.ones(1), None, 2.0) / F.binary_cross_entropy_with_logits(easy, torch.ones(1))
+    ratio = (losses.sigmoid_focal_loss(easy, torch.ones(1), None, 2.0)
+             / F.binary_cross_entropy_with_logits(easy, torch.ones(1)))
     assert ratio.item() == pytest.approx(0.01, rel=1e-5)
     with pytest.raises(ValueError, match="alpha"):
         losses.sigmoid_focal_loss(x, y, alpha=1.5)
@@ -158,7 +159,8 @@ def test_focal_loss_reduces_to_bce():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_smooth_l1_matches_torch(beta, reduction):
     g = torch.Generator().manual_seed(4)
-    a, b = torch.randn(50, 4, generator=g, dtype=torch.float64) * 2, torch.randn(50, 4, generator=g, dtype=torch.float64)
+    a = torch.randn(50, 4, generator=g, dtype=torch.float64) * 2
+    b = torch.randn(50, 4, generator=g, dtype=torch.float64)
     torch.testing.assert_close(losses.smooth_l1_loss(a, b, beta, reduction),
                                F.smooth_l1_loss(a, b, beta=beta, reduction=reduction))
 
@@ -228,7 +230,8 @@ def test_detector_shapes_and_output_format(detector):
     assert cls.shape == (2, len(anchors), 20) and reg.shape == (2, len(anchors), 4)
     # RetinaNet's prior: every anchor starts at probability ~0.01
     assert torch.sigmoid(cls).mean().item() == pytest.approx(0.01, abs=0.005)
-    images = [torch.randint(0, 256, (3, 48, 80), dtype=torch.uint8), torch.randint(0, 256, (3, 100, 30), dtype=torch.uint8)]
+    images = [torch.randint(0, 256, (3, 48, 80), dtype=torch.uint8),
+              torch.randint(0, 256, (3, 100, 30), dtype=torch.uint8)]
     detector.score_thresh = 0.0  # keep everything, to check the format of many detections
     try:
         out = detector.predict(images)
@@ -355,7 +358,8 @@ def test_finetune_detector_end_to_end_and_save(smoke, tmp_path):
     assert result.budget["steps"] == 5 and result.budget["img_size"] == ib.recipe.DET_SIZE_FACTOR * cfg.profile.img_size
     assert result.budget["train_images"] == result.source.train_images
     assert [set(r) >= {"train_cls", "train_reg", "train_loss"} for r in result.history.epochs] == [True, True]
-    assert len(result.history.steps) == 5 and all(s["loss"] == pytest.approx(s["cls"] + s["reg"]) for s in result.history.steps)
+    assert len(result.history.steps) == 5
+    assert all(s["loss"] == pytest.approx(s["cls"] + s["reg"]) for s in result.history.steps)
     m = result.metrics
     assert set(m) >= {"map", "map_07", "per_class", "per_class_07"} and len(m["per_class"]) == 20
     assert 0.0 <= m["map"] <= 1.0 and 0.0 <= m["map_07"] <= 1.0

@@ -229,7 +229,8 @@ def test_drive_with_a_cache_variable_links_the_runs_into_that_cache(fake_colab, 
     monkeypatch.setenv(runtime.ENV_CACHE, str(cache))
     cfg = ib.start(drive=True, quiet=True)
     assert cfg.cache_root == cache and (cache / "checkpoints").is_symlink()
-    assert (cache / "checkpoints").resolve() == clean_env / "content" / "drive" / "MyDrive" / "imagenet_book" / "checkpoints"
+    drive = clean_env / "content" / "drive" / "MyDrive" / "imagenet_book"
+    assert (cache / "checkpoints").resolve() == drive / "checkpoints"
 
 
 def test_invalid_drive_variable_names_the_value(clean_env, monkeypatch):

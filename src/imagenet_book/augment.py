@@ -27,7 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from .data.fast import IMAGENET_MEAN, IMAGENET_STD
+from .models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .data.voc import VOC_CLASSES, voc_palette
 
 __all__ = ["POLICIES", "denormalize", "draw_target", "eval_transform", "mix_transform",

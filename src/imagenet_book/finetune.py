@@ -64,7 +64,7 @@ __all__ = ["BACKBONE_LR_SCALE", "MODES", "BackboneClassifier", "DetectionResult"
            "detection_transforms", "evaluate_classifier", "evaluate_detector", "evaluate_segmenter",
            "finetune_classifier", "finetune_detector", "finetune_param_groups", "finetune_recipe",
            "finetune_segmenter", "load_detector", "load_finetuned", "load_voc_tensors",
-           "multilabel_loss", "predict_dataset", "resolve_checkpoint", "voc_batches"]
+           "multilabel_loss", "predict_dataset", "resolve_checkpoint", "SEG_BATCH_DIVISOR", "voc_batches"]
 
 #: The three ways to start: frozen pretrained backbone, all of it fine-tuned, random weights.
 MODES = ("probe", "finetune", "scratch")
@@ -816,7 +816,8 @@ def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None
 
     The same code at every scale: sizes and rates from :func:`detection_recipe` (``cfg.profile``)
     unless overridden, trained by the book's one loop (:func:`imagenet_book.engine.fit` with a
-    :class:`imagenet_book.tasks.Detection` task); data from :func:`imagenet_book.data.voc.voc_source` (its training split,
+    :class:`imagenet_book.tasks.Detection` task); data from
+    :func:`imagenet_book.data.voc.voc_source` (its training split,
     ``train`` or ``trainval``, and its evaluation split, ``val`` or ``test``, with as many images
     as the profile gives).
 

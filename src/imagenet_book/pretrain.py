@@ -76,10 +76,11 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 
 from . import engine
-from .data.fast import IMAGENET_MEAN, IMAGENET_STD, FastLoader, fast_loader
+from .data.fast import FastLoader, fast_loader
+from .models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .data.imagenet import DataSource, classification_source
 from .engine import History
-from .recipe import BASE_BATCH, BASE_LR, CROP_SCALE, ZERO_INIT_RESIDUAL, pretrain_recipe
+from .recipe import BASE_BATCH, BASE_LR, CROP_SCALE, ZERO_INIT_RESIDUAL, TrainConfig, pretrain_recipe
 from .errors import BookError
 from .files import check_writable, hold_lock, read_state, save_atomically
 from .models import resnet18, resnet34, resnet50

@@ -62,14 +62,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import BookError
+from ..models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .imagenet import classification_source, load_classification
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CacheBuildError", "FastLoader", "HostBatch",
            "ImageCache", "center_crop_boxes", "decode_cache", "fast_loader", "image_side",
            "random_resized_crop_boxes", "resized_crop"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT_VERSION = 1  # bump when the stored pixels change: every cache is then rebuilt
 
 
