@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from torchvision import ops
 from torchvision.models.detection import _utils as tv_det_utils
 
 import imagenet_book as ib
-from imagenet_book import losses, runtime
+from imagenet_book import losses
 from imagenet_book.data.standin import make_voc_standin
 from imagenet_book.data.voc import VOCDetection
 from imagenet_book import finetune as ft
@@ -328,26 +327,10 @@ def test_detection_transforms_move_boxes_with_the_image(voc_scenes):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """A smoke setup in a fresh cache, with a resnet18 and a resnet34 checkpoint pretrained for
-    one step on the stand-in (real files written by imagenet_book.pretrain.pretrain)."""
-    cache = tmp_path_factory.mktemp("cache")
-    saved = {k: os.environ.get(k) for k in (runtime.ENV_CACHE, runtime.ENV_DATA)}
-    os.environ[runtime.ENV_CACHE] = str(cache)
-    os.environ.pop(runtime.ENV_DATA, None)
-    try:
-        cfg = ib.start("smoke", quiet=True)
-        out = cache / "ckpt"
-        ckpts = {arch: ib.pretrain.pretrain(cfg, data="standin", arch=arch, epochs=1, max_steps=1, out_dir=out,
-                                            progress=False, log=None).checkpoint
-                 for arch in ("resnet18", "resnet34")}
-        yield cfg, ckpts
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def smoke(smoke_cfg, pretrained):
+    """The session's smoke setup, with a resnet18 and a resnet34 checkpoint pretrained for one
+    step on the stand-in (real files written by imagenet_book.pretrain.pretrain; tests/conftest.py)."""
+    return smoke_cfg, {arch: pretrained(arch).checkpoint for arch in ("resnet18", "resnet34")}
 
 
 def test_finetune_detector_end_to_end_and_save(smoke, tmp_path):

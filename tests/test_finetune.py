@@ -35,23 +35,17 @@ from imagenet_book.pretrain import PretrainedNotFoundError, PretrainError
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    """A smoke Setup whose cache and data roots are fresh folders of this module."""
-    cache, data = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(runtime.ENV_CACHE, str(cache))
-        mp.setenv(runtime.ENV_DATA, str(data))
-        mp.setenv(runtime.ENV_DEVICE, "cpu")
-        return ib.start("smoke", quiet=True)
+def cfg(smoke_cfg):
+    """The session's smoke Setup (tests/conftest.py), on the CPU."""
+    return dataclasses.replace(smoke_cfg, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
-def checkpoint(cfg) -> Path:
-    """A chapter-06 checkpoint: a real (one-epoch) smoke pretraining run, saved where
-    resolve_checkpoint(cfg) looks for it."""
-    result = ib.pretrain.pretrain(cfg, "imagenette", "resnet18", progress=False, log=None)
-    assert result.checkpoint == resolve_checkpoint(cfg)
-    return result.checkpoint
+def checkpoint(smoke_checkpoint, cfg) -> Path:
+    """Chapter 06's checkpoint: a real smoke pretraining run, saved where resolve_checkpoint(cfg)
+    looks for it (the session's, tests/conftest.py)."""
+    assert smoke_checkpoint == resolve_checkpoint(cfg)
+    return smoke_checkpoint
 
 
 def _state(path: Path) -> dict:
