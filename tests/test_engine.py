@@ -23,6 +23,8 @@ from engine_worker import NUM_CLASSES, SmallCNN, make_data  # noqa: E402
 
 from imagenet_book.engine import (  # noqa: E402
     BatchLoader,
+    Callback,
+    EarlyStopping,
     CheckpointError,
     History,
     TrainConfig,
@@ -73,6 +75,30 @@ def test_fit_lowers_the_loss_and_beats_chance(trained):
     assert [r["epoch"] for r in history.epochs] == [1, 2, 3, 4]
     assert len(history.steps) == 4 * 8 and history.steps[-1]["step"] == 32
     assert all(r["img_per_s"] > 0 and r["val_top5"] == 1.0 for r in history.epochs)  # C = 4 < 5
+
+
+def test_callbacks_see_every_step_and_early_stopping_ends_the_run_for_good(tmp_path):
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def on_step_end(self, step, net) -> None:
+            self.seen.append(step)
+
+    def run(net, callbacks, resume=False):
+        return fit(net, BatchLoader(make_data(64, seed=3), 16, seed=0),
+                   BatchLoader(make_data(32, seed=4), 32, shuffle=False), epochs=6, lr=0.05, device="cpu",
+                   progress=False, checkpoint_dir=tmp_path, resume=resume, callbacks=callbacks)
+
+    torch.manual_seed(0)
+    net, steps = SmallCNN(), Steps()
+    stop = EarlyStopping("val_loss", "min", patience=1, min_delta=1e9)  # only epoch 1 counts as better
+    history = run(net, [steps, stop])
+    assert [r["epoch"] for r in history.epochs] == [1, 2] and stop.stopped_early and stop.best_epoch == 1
+    assert steps.seen == list(range(1, 9))  # 4 steps an epoch, every one seen
+    assert all(torch.equal(v, stop.best_state[k]) for k, v in net.state_dict().items())  # epoch 1's weights
+    again = run(SmallCNN(), [EarlyStopping("val_loss", "min", patience=1, min_delta=1e9)], resume="auto")
+    assert [r["epoch"] for r in again.epochs] == [1, 2]  # a stopped run stays stopped when resumed
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -478,13 +478,18 @@ class History:
 class Callback:
     """Something that hooks into :func:`fit` at the end of each epoch, without a loop of its own.
 
-    ``on_epoch_end(record, net)`` sees the epoch's History record (``train_*``, ``val_*``) and
-    the network; it returns ``True`` to end the run after this epoch. ``state_dict`` /
+    ``on_step_end(step, net)`` runs after every optimizer step (``step`` counts from 1; e.g. an
+    EMA teacher that follows the network). ``on_epoch_end(record, net)`` sees the epoch's History
+    record (``train_*``, ``val_*``) and the network; it returns ``True`` to end the run after this
+    epoch. ``state_dict`` /
     ``load_state_dict`` (plain values and tensors) go into the checkpoints, so a resumed run
     continues with the callback as it was. ``on_fit_end(net)`` runs once when training ends.
 
     Taught in: chapters/10_practice.ipynb.
     """
+
+    def on_step_end(self, step: int, net: nn.Module) -> None:
+        return None
 
     def on_epoch_end(self, record: dict[str, Any], net: nn.Module) -> bool:
         return False
@@ -948,6 +953,8 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
                 n = batch_len(batch)
                 sums = values * n if sums is None else sums + values * n
                 step, done, seen = step + 1, done + 1, seen + n
+                for cb in callbacks:
+                    cb.on_step_end(step, net)
                 pending.append((step, values, lr))
                 bar.update()
                 if step % LOG_EVERY == 0:
