@@ -10,10 +10,10 @@ docstring names the chapter that teaches it.
 """
 
 from . import (augment, compress, data, engine, errors, files, finetune, losses, metrics, models, pretrain,
-               probe, recipe, search, speed, tasks, viz, zoo)
+               probe, recipe, results, search, speed, tasks, viz, zoo)
 from .runtime import PROFILES, Profile, Setup, SetupError, seed_everything, start
 
 __all__ = ["PROFILES", "Profile", "Setup", "SetupError", "augment", "compress", "data", "engine", "errors", "files",
-           "finetune", "losses", "metrics", "models", "pretrain", "probe", "recipe", "search", "seed_everything",
+           "finetune", "losses", "metrics", "models", "pretrain", "probe", "recipe", "results", "search", "seed_everything",
            "speed", "start", "tasks", "viz", "zoo"]
 __version__ = "0.1.0"

@@ -1,0 +1,173 @@
+"""Recorded reference runs: the JSON files in ``book/results/`` and how chapters show them.
+
+A chapter's live run has the profile's budget (minutes on a laptop); the question it asks is
+often only answered at a larger scale. Such runs are made once, by the project's own command
+(``make reference``), and recorded as one JSON file per experiment, committed with the book::
+
+    {"name", "chapter": "chapters/NN_x.ipynb", "command", "commit", "date", "device",
+     "data": {"name", "real": true | false, "train": N, "val": N}, "wall_s",
+     "rows": [{"run": "scratch" | "probe" | "finetune" | ..., "metric": "top1" | "map" | ...,
+               "value": float, "n_train": N (optional), "seed": N (optional), ...}]}
+
+Runs are named ``scratch``, ``probe``, ``finetune`` (``imagenet1k-probe``, ... as needed) and
+metrics ``top1``, ``top5``, ``map`` (multi-label), ``map50`` (detection), ``miou``
+(segmentation), so results compare across chapters. No machine paths go into these files:
+:func:`write_result` refuses them.
+
+:func:`read_result` finds a file (``IMAGENET_BOOK_RESULTS``, else ``book/results`` in the
+repository the notebook runs from) and checks its shape; :func:`provenance` is the one line a
+chapter prints under a recorded table or plot; :func:`result_table` the table itself.
+
+Taught in: chapters/06_pretraining.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from .errors import BookError
+from .files import save_atomically
+
+__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "provenance", "read_result", "result_table",
+           "results_folder", "write_result"]
+
+ENV_RESULTS = "IMAGENET_BOOK_RESULTS"
+#: The metric names results use, and how tables show them.
+METRICS = {"top1": "top-1", "top5": "top-5", "map": "mAP", "map50": "mAP@0.5", "miou": "mIoU",
+           "accuracy": "accuracy", "knn_top1": "k-NN top-1"}
+_KEYS = ("name", "chapter", "command", "commit", "date", "device", "data", "wall_s", "rows")
+_MACHINE_PATH = re.compile(r"(^|[\s'\"=(])(/(home|root|tmp|work|Users|content|mnt|var)/|[A-Za-z]:\\)")
+
+
+class ResultError(BookError, ValueError):
+    """A results file is missing, or is not in the shape the chapters read. The message names it.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+
+def results_folder() -> Path:
+    """Where recorded results live: ``IMAGENET_BOOK_RESULTS`` if set, else the ``book/results``
+    folder of the repository that holds the current folder (a notebook runs in ``chapters/``).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if os.environ.get(ENV_RESULTS):
+        return Path(os.environ[ENV_RESULTS]).expanduser()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "_toc.yml").is_file() and (folder / "book").is_dir():
+            return folder / "book" / "results"
+    return here / "book" / "results"
+
+
+def _check(result: dict[str, Any], where: str) -> dict[str, Any]:
+    missing = [k for k in _KEYS if k not in result]
+    if missing:
+        raise ResultError(f"{where}: missing {missing}; a result holds {list(_KEYS)}.")
+    data = result["data"]
+    if not isinstance(data, dict) or not {"name", "real", "train", "val"} <= set(data):
+        raise ResultError(f"{where}: 'data' must hold name, real, train and val.")
+    if not isinstance(result["rows"], list) or not result["rows"]:
+        raise ResultError(f"{where}: 'rows' must be a non-empty list.")
+    for i, row in enumerate(result["rows"]):
+        if not {"run", "metric", "value"} <= set(row):
+            raise ResultError(f"{where}: row {i} needs run, metric and value, has {sorted(row)}.")
+        if not isinstance(row["value"], (int, float)) or isinstance(row["value"], bool):
+            raise ResultError(f"{where}: row {i}'s value is not a number: {row['value']!r}.")
+    text = json.dumps(result)
+    if _MACHINE_PATH.search(text):
+        raise ResultError(f"{where}: holds a machine path ({_MACHINE_PATH.search(text).group(0).strip()!r}"
+                          "...): name the data, not the folder it is in.")
+    return result
+
+
+def write_result(name: str, *, chapter: str, command: str, commit: str, device: str,
+                 data: dict[str, Any], rows: list[dict[str, Any]], wall_s: float,
+                 folder: str | os.PathLike[str] | None = None, day: str | None = None) -> Path:
+    """Write ``<folder>/<name>.json`` (default :func:`results_folder`) atomically.
+
+    Args:
+        name: the experiment (the file's stem). chapter: ``"chapters/NN_x.ipynb"`` that renders it.
+        command: the command that produced it (``make reference``, ...). commit: the code's commit.
+        device: the device in words (``"CPU (2 cores)"``, ``"NVIDIA H200"``).
+        data: ``{"name", "real", "train", "val"}``. rows: see the module docstring.
+        wall_s: seconds the experiment took. day: ISO date (default: today).
+
+    Returns:
+        The file written.
+
+    Raises:
+        ResultError: a malformed result, or one that holds a machine path.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    result = {"name": name, "chapter": chapter, "command": command, "commit": commit,
+              "date": day or date.today().isoformat(), "device": device, "data": dict(data),
+              "wall_s": round(float(wall_s), 1), "rows": [dict(r) for r in rows]}
+    _check(result, f"result {name!r}")
+    path = Path(folder if folder is not None else results_folder()) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(json.dumps(result, indent=1, allow_nan=False) + "\n", path,
+                    lambda text, p: p.write_text(text, encoding="utf-8"))
+    return path
+
+
+def read_result(name: str, folder: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The recorded result ``name``, checked; ``None`` when there is no such file (a chapter
+    then says the reference run has not been made here, and how to make it).
+
+    Raises:
+        ResultError: the file exists but is not a result in the expected shape.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    path = Path(folder if folder is not None else results_folder()) / f"{name}.json"
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ResultError(f"{str(path)!r} is not valid JSON ({err}). Run `make reference` again.") from None
+    return _check(result, str(path))
+
+
+def provenance(result: dict[str, Any]) -> str:
+    """One line: what data (real or stand-in, sizes), which device, when, which command and commit.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    d = result["data"]
+    kind = "real data" if d["real"] else "stand-in data"
+    minutes = result["wall_s"] / 60
+    return (f"Recorded run '{result['name']}': {d['name']} ({kind}; {d['train']:,} train / {d['val']:,} "
+            f"val images), {result['device']}, {result['date']}, {minutes:.0f} min, "
+            f"`{result['command']}` at commit {result['commit'][:10]}.")
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def result_table(result: dict[str, Any], columns: tuple[str, ...] = ("run", "metric", "value")) -> str:
+    """A Markdown table of the result's rows (the given columns; metric names as in
+    :data:`METRICS`), followed by its :func:`provenance` line.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in result["rows"]:
+        cells = []
+        for c in columns:
+            v = row.get(c)
+            if c == "metric":
+                v = METRICS.get(v, v)
+            cells.append(_fmt(v) if isinstance(v, float) else ("-" if v is None else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + provenance(result)

@@ -1,0 +1,57 @@
+"""Recorded reference runs (``imagenet_book.results``): the files chapters render."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imagenet_book import results
+
+ROWS = [{"run": "scratch", "metric": "map", "value": 0.173, "seed": 0},
+        {"run": "imagenet1k-probe", "metric": "map", "value": 0.386, "n_train": 417}]
+DATA = {"name": "real photos in VOC format (COCO + Penn-Fudan)", "real": True, "train": 417, "val": 137}
+
+
+def _write(tmp_path, **over):
+    kw = dict(chapter="chapters/07_finetune_voc_classification.ipynb", command="make reference",
+              commit="0123456789abcdef", device="CPU (2 cores)", data=DATA, rows=ROWS, wall_s=61.04,
+              folder=tmp_path, day="2026-12-03")
+    return results.write_result("voc-multilabel", **{**kw, **over})
+
+
+def test_a_written_result_reads_back_with_its_provenance(tmp_path):
+    path = _write(tmp_path)
+    assert path == tmp_path / "voc-multilabel.json" and not list(tmp_path.glob(".*tmp*"))
+    got = results.read_result("voc-multilabel", tmp_path)
+    assert got["rows"] == ROWS and got["wall_s"] == 61.0 and got["date"] == "2026-12-03"
+    line = results.provenance(got)
+    assert "real photos in VOC format (COCO + Penn-Fudan)" in line and "417 train / 137 val" in line
+    assert "CPU (2 cores)" in line and "make reference" in line and "0123456789" in line
+    table = results.result_table(got)
+    assert "| imagenet1k-probe | mAP | 0.386 |" in table and table.endswith(line)
+
+
+def test_machine_paths_and_malformed_results_are_refused(tmp_path):
+    with pytest.raises(results.ResultError, match="machine path"):
+        _write(tmp_path, data={**DATA, "name": "/work/shared/data/vocstyle"})
+    with pytest.raises(results.ResultError, match="value is not a number"):
+        _write(tmp_path, rows=[{"run": "scratch", "metric": "map", "value": "0.1"}])
+    with pytest.raises(results.ResultError, match="non-empty"):
+        _write(tmp_path, rows=[])
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    (tmp_path / "broken.json").write_text(json.dumps({"name": "broken"}))
+    with pytest.raises(results.ResultError, match="broken.json.*missing"):
+        results.read_result("broken", tmp_path)
+    assert results.read_result("absent", tmp_path) is None
+
+
+def test_the_folder_is_the_repository_s_book_results(tmp_path, monkeypatch):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "_toc.yml").write_text("root: book/intro\n")
+    (tmp_path / "chapters").mkdir()
+    monkeypatch.delenv(results.ENV_RESULTS, raising=False)
+    monkeypatch.chdir(tmp_path / "chapters")  # where a chapter's kernel runs
+    assert results.results_folder() == tmp_path / "book" / "results"
+    monkeypatch.setenv(results.ENV_RESULTS, str(tmp_path / "elsewhere"))
+    assert results.results_folder() == tmp_path / "elsewhere"
