@@ -252,8 +252,25 @@ def test_smoke_always_uses_the_standin(roots, monkeypatch):
     assert train.class_names == list(src.class_names) and train[0][0].size == (p.img_size, p.img_size)
 
 
+def _offline(monkeypatch):
+    """The local profile downloads a missing Imagenette/Imagewoof when online: point both 160 px
+    releases at a port on 127.0.0.1 that refuses connections, so the test never downloads."""
+    import socket
+
+    from imagenet_book.data import download
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name in ("imagenette2-160", "imagewoof2-160"):
+        entry = download.DATASETS[name]
+        monkeypatch.setitem(download.DATASETS, name, dataclasses.replace(
+            entry, urls=(f"http://127.0.0.1:{port}/{entry.filename}",)))
+
+
 def test_local_uses_real_data_when_present_else_the_standin(roots, monkeypatch, capsys):
     data, _ = roots
+    _offline(monkeypatch)
     cfg = _start(monkeypatch, "local")
     fallback = classification_source(cfg)
     assert not fallback.is_real and "16 px" in fallback.description

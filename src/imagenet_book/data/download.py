@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import BookError
 
 __all__ = ["DATASETS", "DATA_ROOT_SETTINGS", "DatasetSource", "DownloadError", "ChecksumError", "UnsafeArchiveError",
-           "DatasetNotFoundError", "download", "extract", "fetch_dataset"]
+           "DatasetNotFoundError", "download", "extract", "fetch_dataset", "reachable"]
 
 _MiB = 1 << 20
 #: How a user sets the data root, for messages: wherever it came from, each of these replaces it.
@@ -41,6 +41,9 @@ DATA_ROOT_SETTINGS = ("the data root (env IMAGENET_BOOK_DATA, ib.start(data_root
 CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for the next bytes from a connected host (a stall); that try is then retried.
 READ_TIMEOUT = 60.0
+#: Seconds :func:`reachable` waits for a host to connect, and again for its answer: what an
+#: offline machine pays (at most) before a profile that may do without the data falls back.
+PROBE_TIMEOUT = 3.0
 # Python >= 3.12, and 3.8.17 / 3.9.17 / 3.10.12 / 3.11.4 backports (PEP 706). None: our own checks.
 _data_filter = getattr(tarfile, "data_filter", None)
 
@@ -236,6 +239,46 @@ def _fetch(url: str, part: Path, *, progress: bool, chunk_size: int, timeout: fl
         raise ConnectionError(f"connection closed after {offset + received:,} of {offset + expected:,}"
                               f" bytes (kept {part.name}; it resumes from there)")
     return resumed
+
+
+def reachable(urls: str | Sequence[str], *, timeout: float | None = None) -> str | None:
+    """Whether a download could start: an HTTP ``HEAD`` of each URL in turn, with a short timeout.
+
+    The same connection code as :func:`download` (urllib, so proxy settings apply alike). No
+    file is written and nothing is printed: the caller decides what to say. An unknown host name
+    or a refused connection fails at once; a host that does not answer within ``timeout`` (for
+    the connection, then again for the answer) fails after it.
+
+    Args:
+        urls: one URL, or several (official, then mirrors): the first that answers is enough.
+        timeout: seconds (default :data:`PROBE_TIMEOUT`, 3 s).
+
+    Returns:
+        ``None`` when a host answered (any status below 400, or 405: it does not take ``HEAD``),
+        else one line saying why each URL could not be reached.
+
+    Taught in: chapters/06_pretraining.ipynb
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    timeout = PROBE_TIMEOUT if timeout is None else timeout
+    reasons = []
+    for url in urls:
+        host = urllib.parse.urlsplit(url).netloc
+        request = urllib.request.Request(url, method="HEAD",
+                                         headers={"User-Agent": "imagenet_book downloader (urllib)"})
+        try:
+            with _opener(timeout).open(request, timeout=timeout):
+                return None
+        except urllib.error.HTTPError as err:
+            if err.code == 405:  # the host is there; it only refuses HEAD
+                return None
+            reasons.append(f"{host}: HTTP {err.code} {err.reason}")
+        except (OSError, http.client.HTTPException) as err:  # URLError is an OSError
+            reason = getattr(err, "reason", None) or err
+            if isinstance(reason, TimeoutError):
+                reason = f"no answer within {timeout:g} s"
+            reasons.append(f"{host}: {reason}")
+    return "; ".join(reasons) or "no URL"
 
 
 def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: str | None = None,
@@ -493,7 +536,8 @@ def fetch_dataset(name: str, data_root: str | os.PathLike, *, allow_download: bo
         raise DatasetNotFoundError(
             f"Dataset {name!r} is not in the data root {root}: expected the folder {folder}"
             f"{'' if marker == folder else f' (with {marker})'}. Downloads are off "
-            f"(allow_download=False, as in the smoke and local profiles). To fix it, do one of:\n"
+            f"(allow_download=False, as in the smoke and local profiles; local fetches only the "
+            f"small Imagenette/Imagewoof releases itself). To fix it, do one of:\n"
             f"  * download {source.urls[0]} ({_describe_check(source)}) and extract it into {root};\n"
             f"  * set {DATA_ROOT_SETTINGS} to a folder that already holds {source.folder}/;\n"
             f"  * use the full profile (IMAGENET_BOOK_PROFILE=full, or ib.start(profile=\"full\")), "

@@ -13,9 +13,11 @@ profile   data
 smoke     ALWAYS the built-in stand-in (:mod:`imagenet_book.data.standin`), sized by the
           profile, so that stored notebook outputs are identical on every machine.
 local     the real Imagenette/Imagewoof when :func:`find_imagenette` finds it under the data
-          root, else a stand-in sized by the local profile.
-full      the real dataset; when it is missing, an error that says where to put it (and, when
-          the profile allows downloads, that it must be downloaded).
+          root; else, when the machine is online, its small 160 px release (~94 MB,
+          checksummed) downloaded into the data root; else (offline: found out within
+          seconds) a stand-in sized by the local profile, with one printed line saying why.
+full      the real dataset; when it is missing, its 320 px release downloaded when the
+          profile allows downloads, else an error that says where to put it.
 ========  ==================================================================================
 
 :func:`load_classification` then turns the chosen :class:`DataSource` into a dataset, keeping
@@ -40,7 +42,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import BookError
 from . import standin
-from .download import DATA_ROOT_SETTINGS, DatasetNotFoundError, fetch_dataset
+from . import download as _download
+from .download import DATA_ROOT_SETTINGS, DatasetNotFoundError, DownloadError, fetch_dataset
 
 __all__ = [
     "IMAGENETTE_CLASSES",
@@ -702,12 +705,21 @@ def _real_source(cfg: Any, folder: Path, variant: str) -> DataSource:
     )
 
 
-def _download_imagenette(data_root: Path, variant: str) -> Path:
-    """The single place where a missing Imagenette/Imagewoof is downloaded (full profile only).
+#: Approximate archive sizes of the 160 px releases the local profile downloads, for its message.
+_SMALL_RELEASE_MB = {"imagenette": 94, "imagewoof": 88}
 
-    The 320 px release: large enough for 224 px crops, a fifth of the full-size download.
-    """
-    return fetch_dataset(_VARIANT_FOLDERS[variant][1], data_root, allow_download=True)
+
+def _release(profile: str, variant: str) -> str:
+    """The release a profile downloads when the data root has none: ``full`` the 320 px one
+    (large enough for 224 px crops, a fifth of the full-size download), ``local`` the 160 px
+    one (~94 MB; its images are 64 px)."""
+    return _VARIANT_FOLDERS[variant][1 if profile == "full" else 2]
+
+
+def _download_imagenette(data_root: Path, name: str) -> Path:
+    """The single place where a missing Imagenette/Imagewoof release is downloaded (checksummed,
+    :func:`~imagenet_book.data.download.fetch_dataset`), for the full and the local profile."""
+    return fetch_dataset(name, data_root, allow_download=True)
 
 
 def classification_source(cfg: Any, dataset: str = "imagenette") -> DataSource:
@@ -716,10 +728,15 @@ def classification_source(cfg: Any, dataset: str = "imagenette") -> DataSource:
     * ``smoke``: ALWAYS the built-in stand-in, sized by the profile (``img_size``,
       ``train_per_class``, ``val_per_class``) and generated once under ``cfg.cache_root``, so
       that stored notebook outputs are identical on every machine.
-    * ``local``: the real dataset when :func:`find_imagenette` finds it under ``cfg.data_root``,
-      else the stand-in sized by the local profile.
-    * ``full``: the real dataset; when missing it is downloaded if the profile allows it
-      (see ``_download_imagenette``, the single call site), else a clear error.
+    * ``local``: the real dataset when :func:`find_imagenette` finds it under ``cfg.data_root``;
+      else, when its download host answers a quick check
+      (:func:`~imagenet_book.data.download.reachable`, a few seconds at most), the 160 px
+      release (~94 MB, checksummed) downloaded into ``cfg.data_root``; else (offline, or the
+      download failed) the stand-in sized by the local profile, with one printed line saying why.
+    * ``full``: the real dataset; when missing its 320 px release is downloaded if the profile
+      allows it, else a clear error.
+
+    Both profiles download through ``_download_imagenette``, the single call site.
 
     Args:
         cfg: the :class:`~imagenet_book.runtime.Setup` returned by ``imagenet_book.start()``.
@@ -745,14 +762,27 @@ def classification_source(cfg: Any, dataset: str = "imagenette") -> DataSource:
     folder = find_imagenette(data_root, dataset)
     if folder is not None:
         return _real_source(cfg, folder, dataset)
+    title, name = _VARIANT_TITLE[dataset], _release(profile, dataset)
     if profile == "full":
         if cfg.profile.allow_download:
-            folder = _download_imagenette(data_root, dataset)  # the single download call site
-            return _real_source(cfg, folder, dataset)
+            return _real_source(cfg, _download_imagenette(data_root, name), dataset)
         raise DatasetNotFoundError(_missing_message(data_root, dataset))
+    # local: the small release when the machine is online, else the stand-in.
+    why = _download.reachable(_download.DATASETS[name].urls)
+    if why is None:
+        print(f"imagenet_book: no {title} under {data_root}; downloading {name} (about "
+              f"{_SMALL_RELEASE_MB[dataset]} MB, checksummed) into it. Set {DATA_ROOT_SETTINGS} to a "
+              f"copy's folder to use that one instead.", flush=True)
+        try:
+            return _real_source(cfg, _download_imagenette(data_root, name), dataset)
+        except DownloadError as err:  # ChecksumError included; the tries were printed as they failed
+            why = f"the download failed: {str(err).splitlines()[0]}"
+    else:
+        why = f"its download host cannot be reached ({why})"
     source = _standin_source(cfg, dataset)
-    print(f"imagenet_book: no {_VARIANT_TITLE[dataset]} under {data_root}; using the "
-          f"{source.description}. Set {DATA_ROOT_SETTINGS} to a copy's folder to use the real data.")
+    print(f"imagenet_book: no {title} under {data_root} and {why}; using the {source.description}. "
+          f"Set {DATA_ROOT_SETTINGS} to a copy's folder, or run online (it downloads {name}), to use "
+          f"the real data.")
     return source
 
 

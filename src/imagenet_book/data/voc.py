@@ -30,8 +30,11 @@ fetch external entities anyway; refusing DTDs also rules out entity-expansion bo
 
 Which VOC a profile uses is decided in one place, :func:`voc_source` (the counterpart of
 :func:`imagenet_book.data.imagenet.classification_source`): ``smoke`` always the built-in
-stand-in, ``local`` the real VOC when the data root has it (else the stand-in), ``full`` the
-real VOC, downloaded when missing. The number of images comes from the profile.
+stand-in; otherwise, in this order, the official PASCAL VOC when the data root has it (``full``
+downloads it), else the VOC-format real set ``<data root>/vocstyle-coco-pennfudan`` (real COCO
+and Penn-Fudan photos with their real boxes and masks in the VOC 2012 layout: NOT PASCAL VOC,
+and every figure says so) when the data root has it, else (``local``) the stand-in. The number
+of images comes from the profile.
 
 Taught in: chapters/07_finetune_voc_classification.ipynb, chapters/08_detection_voc.ipynb,
 chapters/09_segmentation_voc.ipynb.
@@ -56,12 +59,12 @@ from torchvision.transforms import v2
 
 from ..errors import BookError
 from . import standin
-from .download import DATA_ROOT_SETTINGS, DatasetNotFoundError, fetch_dataset
+from .download import DATA_ROOT_SETTINGS, DATASETS, DatasetNotFoundError, fetch_dataset, reachable
 from .voc_classes import VOC_CLASSES, voc_palette
 
-__all__ = ["VOC_CLASSES", "VOC_YEARS", "DatasetNotFoundError", "VOCFormatError", "VOCSource",
-           "find_voc", "parse_voc_xml", "VOCMultiLabel", "VOCDetection", "VOCSegmentation",
-           "collate_detection", "sanitize_boxes", "voc_palette", "voc_source"]
+__all__ = ["VOC_CLASSES", "VOC_YEARS", "VOC_KINDS", "VOCSTYLE_FOLDER", "DatasetNotFoundError",
+           "VOCFormatError", "VOCSource", "find_voc", "parse_voc_xml", "VOCMultiLabel", "VOCDetection",
+           "VOCSegmentation", "collate_detection", "sanitize_boxes", "voc_palette", "voc_source"]
 
 VOC_YEARS: tuple[str, ...] = ("2007", "2012")
 _CLASS_INDEX = {name: k for k, name in enumerate(VOC_CLASSES)}
@@ -458,6 +461,16 @@ def _labels_and_difficult(inputs: tuple[Any, dict[str, Any]]) -> tuple[torch.Ten
 #: Seed of the VOC stand-in and of the choice of images from a larger split. Like real data, it
 #: does not depend on the run's seed.
 VOC_STANDIN_SEED = 0
+#: The folder, under the data root, of the VOC-format real set: real photos (COCO 2017 and the
+#: Penn-Fudan pedestrians) with their real boxes and masks for the 20 VOC classes, in the VOC 2012
+#: layout (``VOCdevkit/VOC2012``, train/val lists for Main and Segmentation). It is not PASCAL VOC.
+VOCSTYLE_FOLDER = "vocstyle-coco-pennfudan"
+#: Its one year folder: the set exists in the VOC 2012 layout only.
+VOCSTYLE_YEAR = "2012"
+#: How figures and tables name it (never "PASCAL VOC").
+VOCSTYLE_TITLE = "real photos in VOC format (COCO + Penn-Fudan)"
+#: :attr:`VOCSource.kind`: the official PASCAL VOC, the VOC-format real set, the stand-in.
+VOC_KINDS = ("voc", "vocstyle", "standin")
 #: Images per profile-size unit: a profile with ``train_per_class=n`` (images per class of a
 #: 10-class ImageNet subset) uses ``VOC_IMAGES_PER_UNIT * n`` VOC training images, and likewise
 #: for validation (smoke: 16 + 8, local: 400 + 100; full: every image).
@@ -466,18 +479,26 @@ VOC_IMAGES_PER_UNIT = 2
 
 @dataclass(frozen=True)
 class VOCSource:
-    """Which PASCAL VOC a notebook uses, and why: the result of :func:`voc_source`.
+    """Which VOC data a notebook uses, and why: the result of :func:`voc_source`.
 
     Attributes:
-        root: the data root that holds ``VOCdevkit/`` (pass it to :class:`VOCMultiLabel`,
-            :class:`VOCDetection`, :class:`VOCSegmentation`).
-        year: the folder to read, ``"2007"`` or ``"2012"`` (the stand-in is always ``"2007"``).
-        is_real: ``True`` for the real VOC, ``False`` for the procedural stand-in.
-        description: one sentence for figure captions; for the stand-in it names no
-            machine-specific path, so stored outputs are the same everywhere.
+        root: the folder that holds ``VOCdevkit/`` (pass it to :class:`VOCMultiLabel`,
+            :class:`VOCDetection`, :class:`VOCSegmentation`): the data root for PASCAL VOC,
+            ``<data root>/vocstyle-coco-pennfudan`` for the VOC-format real set.
+        year: the folder to read, ``"2007"`` or ``"2012"`` (the stand-in is always ``"2007"``,
+            the VOC-format real set always ``"2012"``, whatever year was asked for).
+        is_real: ``True`` for real photos (PASCAL VOC or the VOC-format real set), ``False`` for
+            the procedural stand-in.
+        description: one sentence for figure captions, saying which data it is: "real PASCAL
+            VOC ...", "real photos in VOC format (COCO + Penn-Fudan), ..." or "built-in
+            VOC-format stand-in ..."; for the stand-in it names no machine-specific path, so
+            stored outputs are the same everywhere.
         train_images, val_images: how many images of each split a run uses (a seeded choice,
             :meth:`pick`); ``None``: all of them.
         profile: the profile that chose this source.
+        kind: ``"voc"`` (PASCAL VOC), ``"vocstyle"`` (the VOC-format real set) or
+            ``"standin"`` (:data:`VOC_KINDS`); left out, it follows ``is_real`` (``"voc"`` or
+            ``"standin"``).
 
     Taught in: chapters/07_finetune_voc_classification.ipynb.
     """
@@ -489,6 +510,16 @@ class VOCSource:
     train_images: int | None
     val_images: int | None
     profile: str
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        kind = self.kind or ("voc" if self.is_real else "standin")
+        if kind not in VOC_KINDS:
+            raise ValueError(f"kind must be one of {VOC_KINDS}, got {self.kind!r}.")
+        if self.is_real != (kind != "standin"):
+            raise ValueError(f"is_real={self.is_real} contradicts kind={kind!r}: only the stand-in "
+                             "is not real.")
+        object.__setattr__(self, "kind", kind)
 
     @property
     def voc_dir(self) -> Path:
@@ -538,8 +569,8 @@ def _voc_standin(cfg: Any, year: str) -> VOCSource:
     root = standin.make_voc_standin(folder, num_train=train_n, num_val=val_n,
                                     img_size=max(32, p.img_size), seed=VOC_STANDIN_SEED)
     return VOCSource(
-        root=root, year="2007", is_real=False, profile=p.name, train_images=train_n, val_images=val_n,
-        description=(f"built-in VOC-format stand-in in place of PASCAL VOC {year} (20 glyph classes, "
+        root=root, year="2007", is_real=False, kind="standin", profile=p.name, train_images=train_n,
+        val_images=val_n, description=(f"built-in VOC-format stand-in in place of PASCAL VOC {year} (20 glyph classes, "
                      f"{max(32, p.img_size)} px, {train_n} train + {val_n} val images)"))
 
 
@@ -550,22 +581,94 @@ def _voc_real(cfg: Any, year: str) -> VOCSource:
         size = "all images"
     else:
         size = f"at most {train_n} train + {val_n} val images"
-    return VOCSource(root=root, year=year, is_real=True, profile=cfg.profile.name,
+    return VOCSource(root=root, year=year, is_real=True, kind="voc", profile=cfg.profile.name,
                      train_images=train_n, val_images=val_n,
                      description=f"real PASCAL VOC {year} ({size}, from {root})")
 
 
+def _vocstyle_root(data_root: Path) -> Path | None:
+    """The VOC-format real set's folder (``data_root / VOCSTYLE_FOLDER``, or the data root itself
+    when it is that folder), when its ``VOCdevkit/VOC2012`` is there; else ``None``."""
+    here = [data_root] if data_root.name == VOCSTYLE_FOLDER else []
+    for root in here + [data_root / VOCSTYLE_FOLDER]:
+        if (root / "VOCdevkit" / f"VOC{VOCSTYLE_YEAR}").is_dir():
+            return root
+    return None
+
+
+def _split_size(voc_dir: Path, split: str) -> int | None:
+    """Number of ids in ``ImageSets/Main/<split>.txt`` (``None`` when it is not there)."""
+    path = voc_dir / "ImageSets" / "Main" / f"{split}.txt"
+    if not path.is_file():
+        return None
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _used(limit: int | None, total: int | None, split: str) -> str:
+    """``"all 417 train"``, ``"400 of 417 train"`` (what :meth:`VOCSource.pick` keeps)."""
+    if total is None:
+        return f"all {split}" if limit is None else f"at most {limit} {split}"
+    return f"all {total} {split}" if limit is None or limit >= total else f"{limit} of {total} {split}"
+
+
+def _voc_vocstyle(cfg: Any, root: Path) -> VOCSource:
+    train_n, val_n = _voc_sizes(cfg)
+    voc_dir = root / "VOCdevkit" / f"VOC{VOCSTYLE_YEAR}"
+    used = (f"{_used(train_n, _split_size(voc_dir, 'train'), 'train')} + "
+            f"{_used(val_n, _split_size(voc_dir, 'val'), 'val')} images")
+    return VOCSource(root=root, year=VOCSTYLE_YEAR, is_real=True, kind="vocstyle",
+                     profile=cfg.profile.name, train_images=train_n, val_images=val_n,
+                     description=f"{VOCSTYLE_TITLE}, {used}, from {root}")
+
+
+def _has_voc(data_root: Path, year: str) -> bool:
+    """Whether the data root holds the official PASCAL VOC ``year`` (a data root that IS the
+    VOC-format real set's folder does not: its VOC2012 is that set)."""
+    if data_root.name == VOCSTYLE_FOLDER and year == VOCSTYLE_YEAR:
+        return False
+    return (data_root / "VOCdevkit" / f"VOC{year}").is_dir()
+
+
+def _announce(data_root: Path, year: str, source: VOCSource, why: str = "") -> None:
+    """Print, once per process for the same data root, year and data, which data is used instead
+    of PASCAL VOC ``year`` and how to use PASCAL VOC."""
+    key = (str(data_root), year, source.description)
+    if key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
+    if source.kind == "vocstyle":
+        layout = (f" (that set has the VOC {VOCSTYLE_YEAR} layout only: its VOC{VOCSTYLE_YEAR} folder "
+                  f"is read in place of VOC{year})" if year != VOCSTYLE_YEAR else "")
+        using = f"the {source.description}{layout}"
+    else:
+        using = f"the {source.description}"
+    print(f"imagenet_book: no PASCAL VOC {year} under {data_root}{why}; using {using}. Set "
+          f"{DATA_ROOT_SETTINGS} to a folder holding VOCdevkit/VOC{year}/ to use PASCAL VOC.")
+
+
 def voc_source(cfg: Any, year: str | int = "2007") -> VOCSource:
-    """Choose the PASCAL VOC data for ``cfg``'s profile (the book's data rule, for VOC).
+    """Choose the VOC data for ``cfg``'s profile (the book's data rule, for VOC).
 
     * ``smoke``: ALWAYS the built-in stand-in (:func:`~imagenet_book.data.standin.make_voc_standin`,
       VOC 2007 layout), generated once under ``cfg.cache_root / "standins"``, so that stored
-      notebook outputs are identical on every machine;
-    * ``local``: the real VOC when ``cfg.data_root`` holds ``VOCdevkit/VOC<year>``, else the
-      stand-in, with a printed line saying so;
-    * ``full``: the real VOC; when missing it is downloaded (the checksummed archives of
-      :mod:`imagenet_book.data.download`: for 2007 the trainval and the test archive) if the
-      profile allows it, else an error that says where to put it.
+      notebook outputs are identical on every machine.
+    * ``local`` and ``full``, in this order:
+
+      1. PASCAL VOC when ``cfg.data_root`` holds ``VOCdevkit/VOC<year>`` (``kind="voc"``).
+         ``full`` downloads it when missing (the checksummed archives of
+         :mod:`imagenet_book.data.download`: for 2007 the trainval and the test archive) if the
+         profile allows downloads, unless the VOC-format real set is there and the download
+         hosts cannot be reached (a few seconds' check).
+      2. The VOC-format real set when ``cfg.data_root`` holds
+         ``vocstyle-coco-pennfudan/VOCdevkit/VOC2012`` (:data:`VOCSTYLE_FOLDER`;
+         ``kind="vocstyle"``): real COCO and Penn-Fudan photos with real annotations, NOT PASCAL
+         VOC. It has the VOC 2012 layout only, so it is read as ``year="2012"`` whatever year was
+         asked for. Its description reads "real photos in VOC format (COCO + Penn-Fudan), ...".
+      3. ``local``: the stand-in (``kind="standin"``); ``full``: an error that says where to put
+         PASCAL VOC.
+
+      Steps 2 and 3 print one line (once per process) saying what is used instead of PASCAL VOC
+      and which setting of the data root changes it.
 
     Sizes come from the profile: ``VOC_IMAGES_PER_UNIT * train_per_class`` training and
     ``VOC_IMAGES_PER_UNIT * val_per_class`` evaluation images (the stand-in is written with
@@ -591,19 +694,25 @@ def voc_source(cfg: Any, year: str | int = "2007") -> VOCSource:
     if profile == "smoke":
         return _voc_standin(cfg, year)
     data_root = Path(cfg.data_root).expanduser()
-    if (data_root / "VOCdevkit" / f"VOC{year}").is_dir():
+    if _has_voc(data_root, year):
         return _voc_real(cfg, year)
-    if profile == "full":
-        if not cfg.profile.allow_download:
-            find_voc(data_root, year)  # raises the error that says how to get it
-        for name in _FETCH_NAMES[year]:  # the single download call site for VOC
-            fetch_dataset(name, data_root, allow_download=True)
-        return _voc_real(cfg, year)
-    source = _voc_standin(cfg, year)
-    if (str(data_root), year, source.description) not in _ANNOUNCED:  # say it once per process
-        _ANNOUNCED.add((str(data_root), year, source.description))
-        print(f"imagenet_book: no PASCAL VOC {year} under {data_root}; using the {source.description}. "
-              f"Set {DATA_ROOT_SETTINGS} to a folder holding VOCdevkit/ to use the real data.")
+    real_set = _vocstyle_root(data_root)
+    why = ""
+    if profile == "full" and cfg.profile.allow_download:
+        offline = None if real_set is None else reachable(DATASETS[_FETCH_NAMES[year][0]].urls)
+        if offline is None:
+            for name in _FETCH_NAMES[year]:  # the single download call site for VOC
+                fetch_dataset(name, data_root, allow_download=True)
+            return _voc_real(cfg, year)
+        why = f" and its download hosts cannot be reached ({offline})"
+    if real_set is not None:
+        source = _voc_vocstyle(cfg, real_set)
+    elif profile == "full":
+        find_voc(data_root, year)  # raises the error that says how to get it
+        raise AssertionError("unreachable: find_voc raises when the folder is missing")
+    else:
+        source = _voc_standin(cfg, year)
+    _announce(data_root, year, source, why)
     return source
 
 
