@@ -9,6 +9,7 @@
 #   make bench       the benchmarks (printed ratios, not tests)
 #   make gpu-check   nbval suite + benchmarks on whatever device is present, JSON in bench/results/
 #   make outputs     re-execute the notebooks (smoke) and store the outputs nbval checks
+#   make reference   the reference runs on real data -> book/results/*.json (resumable)
 #   make assignments student notebooks + autograder zips from labs/ (otter) -> _build/assignments
 #   make colab-links Colab badges and setup cells from the repository setting in _config.yml
 #   make lock        re-pin requirements/constraints.txt from the current .venv
@@ -24,7 +25,7 @@ export PYTHONHASHSEED := 0
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made one run 10x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: test browser lint book lab bench gpu-check outputs lock clean venv assignments colab-links
+.PHONY: test browser lint book lab bench reference gpu-check outputs lock clean venv assignments colab-links
 
 venv: $(STAMP)
 
@@ -63,6 +64,11 @@ gpu-check: $(STAMP)
 
 outputs: $(STAMP)
 	IMAGENET_BOOK_PROFILE=smoke $(BIN)/python tools/notebooks.py store $(NOTEBOOKS)
+
+# The book's reference runs on the real data under the data root (IMAGENET_BOOK_DATA), recorded in
+# book/results/ (resumable: run it again after an interruption).
+reference: $(STAMP)
+	IMAGENET_BOOK_PROFILE=$${IMAGENET_BOOK_PROFILE:-local} $(BIN)/python -m imagenet_book reference
 
 assignments: $(STAMP)
 	$(BIN)/python labs/assign.py build --out _build/assignments

@@ -82,7 +82,7 @@ def smoke_cfg(cache, monkeypatch):
 # ---------------------------------------------------------------------------------- --help
 
 
-@pytest.mark.parametrize("command", [[], ["prepare"], ["pretrain"], ["evaluate"], ["finetune"]])
+@pytest.mark.parametrize("command", [[], ["prepare"], ["pretrain"], ["evaluate"], ["finetune"], ["reference"]])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([*command, "--help"])

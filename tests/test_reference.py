@@ -1,0 +1,64 @@
+"""``make reference`` (``imagenet_book.reference``): experiments recorded in book/results/,
+resumable run by run, refusing to run on stand-in data. Tiny sizes on a real-format tree."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from imagenet_book import cli, reference, results, runtime
+from imagenet_book.data import voc
+
+
+@pytest.fixture
+def tiny(smoke_cfg, voc_standin, tmp_path, monkeypatch):
+    """A local-profile Setup whose data root holds a VOC-format set where the real one goes
+    (the stand-in's files), with reference sizes shrunk to seconds."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    shutil.copytree(voc_standin / "VOCdevkit" / "VOC2007", data / voc.VOCSTYLE_FOLDER / "VOCdevkit" / "VOC2012")
+    cache.mkdir()
+    cfg = dataclasses.replace(smoke_cfg, profile=runtime.PROFILES["local"], data_root=data, cache_root=cache,
+                              device=torch.device("cpu"))
+    monkeypatch.setattr(reference, "VOC", {"img_size": 32, "epochs": 1, "batch_size": 4})
+    monkeypatch.setattr(reference, "DATA_EFFICIENCY_SIZES", (4, 8))
+    monkeypatch.setattr(reference, "SEEDS", (0, 1))
+    return cfg
+
+
+def test_data_efficiency_is_recorded_and_resumes_run_by_run(tiny, tmp_path):
+    out = tmp_path / "results"
+    lines: list[str] = []
+    [path] = reference.run_reference(tiny, ["voc-data-efficiency"], folder=out, log=lines.append)
+    result = results.read_result("voc-data-efficiency", out)
+    assert path == out / "voc-data-efficiency.json" and result["chapter"].startswith("chapters/07")
+    assert result["data"]["real"] is True and "PASCAL" not in result["data"]["name"]
+    rows = result["rows"]
+    assert {(r["run"], r["n_train"], r["seed"]) for r in rows} == {
+        (run, n, s) for run in ("imagenet1k-finetune", "scratch") for n in (4, 8) for s in (0, 1)}
+    assert all(r["metric"] == "map" and 0.0 <= r["value"] <= 1.0 for r in rows)
+    assert "/tmp" not in json.dumps(result) and result["command"] == "make reference"
+    # Recorded: a second call skips it. Interrupted (results file gone, runs kept): no training again.
+    lines.clear()
+    assert reference.run_reference(tiny, ["voc-data-efficiency"], folder=out, log=lines.append) == []
+    path.unlink()
+    lines.clear()
+    reference.run_reference(tiny, ["voc-data-efficiency"], folder=out, log=lines.append)
+    assert sum("done before" in line for line in lines) == 8
+    assert results.read_result("voc-data-efficiency", out)["rows"] == rows
+
+
+def test_reference_runs_refuse_stand_in_data_and_unknown_names(smoke_cfg, tmp_path, capsys):
+    cfg = dataclasses.replace(smoke_cfg, profile=runtime.PROFILES["local"], data_root=tmp_path,
+                              cache_root=tmp_path)
+    with pytest.raises(reference.ReferenceRunError, match="real VOC-format data"):
+        reference.run_reference(cfg, ["voc-multilabel"], folder=tmp_path / "r", log=lambda _: None)
+    with pytest.raises(reference.ReferenceRunError, match="Unknown experiment"):
+        reference.run_reference(cfg, ["voc-everything"], folder=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    assert cli.main(["reference", "voc-everything", "--profile", "local", "--data-root", str(tmp_path),
+                     "--cache-root", str(tmp_path)]) == 2
+    assert "Unknown experiment" in capsys.readouterr().err
