@@ -16,6 +16,8 @@ and the outputs match.
 """
 
 from .backbone import BackboneClassifier, ResNetBackbone
+from .efficientnet_lite import (EfficientNetLite, EfficientNetLiteBackbone, convert_lite_state_dict,
+                               efficientnet_lite0)
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from .segmentation import FCN, FCNHead, segmentation_loss
 from .summary import LayerRow, LayerTable, format_table, layer_table
@@ -24,6 +26,10 @@ from .vgg import VGG, VGG16_CFG, make_features, vgg16, vgg16_bn
 __all__ = [
     "VGG",
     "BackboneClassifier",
+    "EfficientNetLite",
+    "EfficientNetLiteBackbone",
+    "convert_lite_state_dict",
+    "efficientnet_lite0",
     "ResNetBackbone",
     "VGG16_CFG",
     "BasicBlock",
