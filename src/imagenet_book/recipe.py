@@ -277,8 +277,7 @@ def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) ->
     return TrainConfig(
         epochs=epochs, optimizer="sgd", lr=BASE_LR * batch_size / BASE_BATCH if lr is None else lr,
         momentum=MOMENTUM, weight_decay=PRETRAIN_WEIGHT_DECAY, schedule="cosine",
-        warmup_epochs=min(PRETRAIN_WARMUP_EPOCHS, PRETRAIN_WARMUP_FRACTION * epochs), label_smoothing=LABEL_SMOOTHING,
-        batch_size=batch_size)
+        warmup_epochs=min(PRETRAIN_WARMUP_EPOCHS, PRETRAIN_WARMUP_FRACTION * epochs), label_smoothing=LABEL_SMOOTHING)
 
 
 def finetune_recipe(cfg: Any, task: str = "classify", *, epochs: int | None = None,
