@@ -236,7 +236,7 @@ def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Pat
         raise ReferenceRunError(f"Unknown experiment(s) {unknown}. Choose from: {', '.join(EXPERIMENTS)}.")
     cfg = _reference_cfg(cfg)
     out_folder = Path(folder) if folder is not None else results.results_folder()
-    written = []
+    written, commit = [], _commit()  # the code the runs start with
     for name in names or list(EXPERIMENTS):
         if not force and results.read_result(name, out_folder) is not None:
             log(f"reference: {name}: recorded already ({out_folder / (name + '.json')}; --force runs it again)")
@@ -244,7 +244,7 @@ def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Pat
         t0 = time.perf_counter()
         log(f"reference: {name}: starting")
         made = EXPERIMENTS[name](cfg, log)
-        path = results.write_result(name, chapter=made["chapter"], command=COMMAND, commit=_commit(),
+        path = results.write_result(name, chapter=made["chapter"], command=COMMAND, commit=commit,
                                     device=_device_name(cfg), data=made["data"], rows=made["rows"],
                                     wall_s=time.perf_counter() - t0, folder=out_folder)
         log(f"reference: {name}: recorded in {path}")
