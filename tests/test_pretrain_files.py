@@ -156,6 +156,22 @@ def test_a_finished_run_with_other_settings_is_refused_until_restart(finished, t
     assert not _leftovers(out) and not (out / f"{STEM}.run").exists()
 
 
+def test_a_run_made_before_a_recipe_field_existed_is_still_the_same_run(finished, tmp_path, smoke):
+    """A package update that adds a recipe field with a default that changes nothing (here: the
+    checkpoint's settings lack grad_clip and backbone_lr_scale, as before they existed) must not
+    turn the chapter's finished run into "a run with other settings" that pretraining refuses."""
+    out = tmp_path / "runs"
+    out.mkdir()
+    state = torch.load(finished / f"{STEM}.pt", weights_only=True)
+    settings = json.loads(state["pretrain"]["settings"])
+    for key in ("grad_clip", "backbone_lr_scale"):
+        settings["recipe"].pop(key)
+    state["pretrain"]["settings"] = json.dumps(settings, sort_keys=True)
+    torch.save(state, out / f"{STEM}.pt")
+    result = pretrain(smoke(), "standin", out_dir=out, progress=False, log=None)
+    assert not result.trained  # found, loaded: not refused, not trained again
+
+
 # ------------------------------------------------------------- 2. unfinished runs, two processes
 
 

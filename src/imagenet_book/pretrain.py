@@ -584,8 +584,20 @@ def _settings(cfg: Any, arch: str, small_input: bool, data: str, source: DataSou
             "zero_init_residual": ZERO_INIT_RESIDUAL, "max_steps": max_steps}
 
 
+_RECIPE_DEFAULTS = asdict(TrainConfig())
+
+
+def _canonical(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the recipe's fields that are at :class:`TrainConfig`'s defaults left out:
+    a package update that adds a recipe field (with a default that changes nothing) does not make a
+    finished run look like one with other settings."""
+    recipe = {k: v for k, v in dict(settings.get("recipe", {})).items()
+              if k not in _RECIPE_DEFAULTS or json.dumps(v) != json.dumps(_RECIPE_DEFAULTS[k])}
+    return {**settings, "recipe": recipe}
+
+
 def _same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    return json.dumps(_canonical(a), sort_keys=True) == json.dumps(_canonical(b), sort_keys=True)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], most: int = 4) -> str:
@@ -596,7 +608,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], most: int = 4) -> str
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    a, b = flat(old), flat(new)
+    a, b = flat(_canonical(old)), flat(_canonical(new))
     diff = [f"{k} {a.get(k, '(none)')} (here {b.get(k, '(none)')})" for k in sorted({*a, *b})
             if json.dumps(a.get(k)) != json.dumps(b.get(k))]
     return ", ".join(diff[:most]) + (f" and {len(diff) - most} more" if len(diff) > most else "")
