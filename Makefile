@@ -32,7 +32,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the book's packages into $(VENV) (pinned by $(LOCK))..."
-	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev,book,lab,teach]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev,book,lab,teach,imagenet1k]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

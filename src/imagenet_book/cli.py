@@ -89,6 +89,19 @@ examples:
 """
 
 
+_REFERENCE_EPILOG = f"""\
+The data root must hold the real data (Imagenette-160 for pretrain-imagenette; PASCAL VOC, or the
+VOC-format real set vocstyle-coco-pennfudan/, for the VOC experiments). The whole splits are used;
+each training run's numbers are kept under <cache root>/reference/ as soon as it ends, so the
+command continues where an interrupted one stopped; an experiment whose results file exists is
+skipped (--force runs it again).
+
+examples:
+  {PROG} reference --data-root ~/datasets                   # every experiment, in order
+  {PROG} reference voc-multilabel --data-root ~/datasets    # one experiment
+  make reference                                             # the same, from the Makefile
+"""
+
 _FINETUNE_EPILOG = f"""\
 The backbone comes from a pretraining checkpoint (default: the one 'pretrain' writes for this
 profile, <cache root>/checkpoints/resnet18-imagenette-PROFILE[-standin].pt), or is randomly
@@ -220,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder for the files (default: <cache root>/finetune)")
     _add_common(p)
 
-    p = sub.add_parser("reference", formatter_class=fmt,
+    p = sub.add_parser("reference", formatter_class=fmt, epilog=_REFERENCE_EPILOG,
                        help="the book's reference runs on real data, recorded in book/results/",
                        description="Run the book's key experiments at a scale where they answer the "
                                    "chapters' questions (the same functions as the chapters, on the "
