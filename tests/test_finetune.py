@@ -359,3 +359,19 @@ def test_finetunes_the_packaged_imagenet1k_backbone_and_rebuilds_it(cfg, tmp_pat
         torch.testing.assert_close(net(X), result.net.eval()(X))
     scratch = finetune_classifier(cfg, IMAGENET1K, mode="scratch", max_steps=1, progress=False, log=None)
     assert scratch.arch == "efficientnet_lite0" and not scratch.net.backbone.pretrained
+
+
+def test_finetuning_keeps_the_backbone_s_batchnorm_statistics_unless_asked(cfg, checkpoint):
+    """Fine-tuning keeps the pretrained BatchNorm statistics of the backbone (FREEZE_BN: re-estimating
+    them from small batches of small images wrecked ImageNet-1k features) while every weight,
+    BatchNorm's scales and shifts included, still learns; freeze_bn=False re-estimates them."""
+    saved = _state(checkpoint)["model"]
+    kept = finetune_classifier(cfg, checkpoint, mode="finetune", max_steps=2, progress=False, log=None)
+    state = {k: v.cpu() for k, v in kept.net.backbone.state_dict().items()}
+    assert kept.recipe["freeze_bn"] is True
+    assert all(torch.equal(state[k], saved[k]) for k in state if k.endswith(("running_mean", "running_var")))
+    assert not torch.equal(state["bn1.weight"], saved["bn1.weight"])  # the scales still train
+    moved = finetune_classifier(cfg, checkpoint, mode="finetune", max_steps=2, freeze_bn=False,
+                                progress=False, log=None)
+    assert not torch.equal(moved.net.backbone.state_dict()["bn1.running_mean"].cpu(), saved["bn1.running_mean"])
+    assert moved.stem != kept.stem  # different settings, different files

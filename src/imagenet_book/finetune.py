@@ -57,7 +57,7 @@ from .models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .models.segmentation import FCN
 from .pretrain import (ARCHS, PretrainedNotFoundError, PretrainError, default_checkpoint, how_to_make,
                        read_pretrained)
-from .recipe import (BACKBONE_LR_SCALE, DET_CROP_PROB, OPTIMIZER, SEG_BATCH_DIVISOR, TrainConfig,
+from .recipe import (BACKBONE_LR_SCALE, DET_CROP_PROB, FREEZE_BN, OPTIMIZER, SEG_BATCH_DIVISOR, TrainConfig,
                      detection_recipe, finetune_param_groups, finetune_recipe)
 
 __all__ = ["BACKBONE_LR_SCALE", "IMAGENET1K", "MODES", "BackboneClassifier", "DetectionResult", "FinetuneResult",
@@ -588,15 +588,23 @@ def _run(cfg: Any, task_name: str, checkpoint: str | os.PathLike[str] | None, mo
     seconds = time.perf_counter() - t0
     say(f"finetune {task_name}/{mode}: {task.primary} {final[task.primary]:.4f} after {budget['steps']} "
         f"steps ({seconds:.0f} s)")
-    result = FinetuneResult(task_name, mode, net, history, final, seconds, budget, _recipe_record(recipe),
+    result = FinetuneResult(task_name, mode, net, history, final, seconds, budget, _recipe_record(recipe, task),
                             source, backbone.checkpoint, arch, caption)
     if out_dir is not None:
         say(f"finetune {task_name}/{mode}: wrote {result.save(out_dir)}")
     return result
 
 
-def _recipe_record(recipe: TrainConfig) -> dict[str, Any]:
-    return asdict(recipe)
+def _recipe_record(recipe: TrainConfig, task: tasks.Task) -> dict[str, Any]:
+    return {**asdict(recipe), "freeze_bn": task.freeze_bn}
+
+
+def _freeze_bn(mode: str, freeze_bn: bool | None) -> bool:
+    """Whether the backbone's BatchNorm statistics stay as pretrained: :data:`~imagenet_book.recipe.FREEZE_BN`
+    when fine-tuning (the probe freezes the whole backbone; from scratch there is nothing to keep)."""
+    if mode != "finetune":
+        return False
+    return FREEZE_BN if freeze_bn is None else freeze_bn
 
 
 def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = None, *,
@@ -608,7 +616,8 @@ def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = No
                         arch: str = "resnet18", max_steps: int | None = None,
                         progress: bool = True, log: Callable[[str], None] | None = print,
                         out_dir: str | os.PathLike[str] | None = None,
-                        checkpoint_dir: str | os.PathLike[str] | None = None) -> FinetuneResult:
+                        checkpoint_dir: str | os.PathLike[str] | None = None,
+                        freeze_bn: bool | None = None) -> FinetuneResult:
     """Fine-tune a backbone for VOC multi-label classification and measure its mAP.
 
     The network is :class:`BackboneClassifier` (the backbone + a new 20-way linear head),
@@ -634,6 +643,8 @@ def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = No
         progress: tqdm bars; log: where the lines of report go (``None``: silent).
         out_dir: if given, checked writable BEFORE training, and the result saved there.
         checkpoint_dir: resumable step checkpoints (an interrupted run continues).
+        freeze_bn: when fine-tuning, keep the backbone's BatchNorm statistics as pretrained
+            (default :data:`~imagenet_book.recipe.FREEZE_BN`); its scales and shifts still learn.
 
     Returns:
         A :class:`FinetuneResult`; ``metrics`` = ``{"loss", "mAP", "ap"}``.
@@ -648,7 +659,8 @@ def finetune_classifier(cfg: Any, checkpoint: str | os.PathLike[str] | None = No
     """
     return _run(cfg, "classify", checkpoint, mode,
                 lambda backbone: BackboneClassifier(backbone, len(VOC_CLASSES)),
-                tasks.MultiLabel(mode=mode), epochs=epochs, img_size=img_size, batch_size=batch_size,
+                tasks.MultiLabel(mode=mode, freeze_bn=_freeze_bn(mode, freeze_bn)), epochs=epochs,
+                img_size=img_size, batch_size=batch_size,
                 lr=lr, optimizer=optimizer, backbone_lr_scale=backbone_lr_scale, source=source,
                 year=year, arch=arch, max_steps=max_steps, progress=progress, log=log,
                 out_dir=out_dir, checkpoint_dir=checkpoint_dir)
@@ -663,7 +675,8 @@ def finetune_segmenter(cfg: Any, checkpoint: str | os.PathLike[str] | None = Non
                        arch: str = "resnet18", max_steps: int | None = None,
                        progress: bool = True, log: Callable[[str], None] | None = print,
                        out_dir: str | os.PathLike[str] | None = None,
-                       checkpoint_dir: str | os.PathLike[str] | None = None) -> FinetuneResult:
+                       checkpoint_dir: str | os.PathLike[str] | None = None,
+                       freeze_bn: bool | None = None) -> FinetuneResult:
     """Fine-tune a backbone for VOC semantic segmentation and measure pixel accuracy and mIoU.
 
     The network is an :class:`~imagenet_book.models.segmentation.FCN` (FCN-8s with
@@ -691,7 +704,8 @@ def finetune_segmenter(cfg: Any, checkpoint: str | os.PathLike[str] | None = Non
     """
     return _run(cfg, "segment", checkpoint, mode,
                 lambda backbone: FCN(backbone, len(VOC_CLASSES) + 1, skips=skips),
-                tasks.Segmentation(mode=mode, num_classes=len(VOC_CLASSES) + 1), epochs=epochs,
+                tasks.Segmentation(mode=mode, num_classes=len(VOC_CLASSES) + 1,
+                                   freeze_bn=_freeze_bn(mode, freeze_bn)), epochs=epochs,
                 img_size=img_size, batch_size=batch_size, lr=lr, optimizer=optimizer,
                 backbone_lr_scale=backbone_lr_scale, source=source, year=year, arch=arch,
                 max_steps=max_steps, progress=progress, log=log, out_dir=out_dir,
@@ -835,7 +849,7 @@ def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None
                       reg_loss: str = "smooth_l1", source: Any = None,
                       year: str = "2007", max_steps: int | None = None,
                       out_dir: str | os.PathLike[str] | None = None,
-                      checkpoint_dir: str | os.PathLike[str] | None = None,
+                      checkpoint_dir: str | os.PathLike[str] | None = None, freeze_bn: bool | None = None,
                       progress: bool = True, log: Callable[[str], None] | None = print) -> DetectionResult:
     """Train the detector on the profile's PASCAL VOC and measure its VOC mAP@0.5.
 
@@ -889,7 +903,8 @@ def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None
     if mode not in MODES:
         raise DetectorError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)}.")
     check_losses(cls_loss, reg_loss)
-    task = tasks.Detection(mode=mode, cls_loss=cls_loss, reg_loss=reg_loss, num_classes=len(VOC_CLASSES))
+    task = tasks.Detection(mode=mode, cls_loss=cls_loss, reg_loss=reg_loss, num_classes=len(VOC_CLASSES),
+                           freeze_bn=_freeze_bn(mode, freeze_bn))
     if out_dir is not None:
         check_writable(out_dir)
     recipe = detection_recipe(cfg, epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
@@ -923,7 +938,7 @@ def finetune_detector(cfg: Any, checkpoint: str | os.PathLike[str] | None = None
     seconds = time.perf_counter() - t0
     say(f"detector/{mode}: VOC mAP@0.5 {metrics['map']:.4f} (area), {metrics['map_07']:.4f} (11-point) "
         f"on {metrics['images']} {eval_split} images ({seconds:.0f} s)")
-    result = DetectionResult("detect", mode, net, history, metrics, seconds, budget, _recipe_record(recipe),
+    result = DetectionResult("detect", mode, net, history, metrics, seconds, budget, _recipe_record(recipe, task),
                              source, backbone.checkpoint, arch, caption)
     if out_dir is not None:
         say(f"detector/{mode}: wrote {result.save(out_dir)}")

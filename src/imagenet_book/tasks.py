@@ -47,6 +47,8 @@ from .recipe import TrainConfig, finetune_param_groups, param_groups
 __all__ = ["MODES", "Classification", "Detection", "Meter", "MultiLabel", "Segmentation", "Task",
            "World", "all_gather", "all_sum"]
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 #: How a network with a ``backbone`` trains: frozen backbone, backbone at a smaller rate, one rate.
 MODES = ("probe", "finetune", "scratch", "full")
 
@@ -119,6 +121,8 @@ class Task:
 
     Attributes:
         mode: one of :data:`MODES` (how a network with a ``backbone`` trains).
+        freeze_bn: keep the backbone's BatchNorm statistics as pretrained (fine-tuning with
+            small batches: re-estimating them from a few small images wrecks pretrained features).
         primary: the name of the headline metric :meth:`meter` reports (``"top1"``, ``"mAP"``,
             ``"map"``, ``"mean_iou"``), shown in progress bars and used by early stopping.
         metric_names: the scalar metrics the meter reports (the loop records them per epoch).
@@ -127,6 +131,7 @@ class Task:
     """
 
     mode: str = "full"
+    freeze_bn: bool = False
     primary: ClassVar[str] = "loss"
     metric_names: ClassVar[tuple[str, ...]] = ("loss",)
 
@@ -162,10 +167,17 @@ class Task:
         return param_groups(net, config.weight_decay)
 
     def train_mode(self, net: nn.Module) -> None:
-        """``net.train()``; a frozen backbone stays in eval mode (its BatchNorm statistics too)."""
+        """``net.train()``; a frozen backbone stays in eval mode (its BatchNorm statistics too);
+        with ``freeze_bn``, the backbone's BatchNorm layers keep their pretrained statistics
+        (eval mode) while their scales and shifts, and every other weight, still train."""
         net.train()
+        backbone = getattr(_unwrap(net), "backbone", None)
         if self.frozen_backbone:
-            _unwrap(net).backbone.eval()
+            backbone.eval()
+        elif self.freeze_bn and backbone is not None:
+            for module in backbone.modules():
+                if isinstance(module, _BATCH_NORMS):
+                    module.eval()
 
 
 # ------------------------------------------------------------------------------- classification
