@@ -16,7 +16,7 @@ their own live run at the profile's budget.
   (:data:`DATA_EFFICIENCY_SIZES`), ImageNet-1k fine-tune against scratch, :data:`SEEDS` seeds each.
 
 Every experiment is resumable: each training run's numbers are kept in
-``<cache root>/reference/<experiment>/<run>.json`` as soon as it ends (pretraining also resumes
+``<cache root>/reference/<experiment>/<commit>/<run>.json`` as soon as it ends (pretraining also resumes
 mid-run from its checkpoints), so an interrupted ``make reference`` continues where it stopped; a
 finished experiment whose results file exists is skipped (``--force`` runs it again).
 
@@ -83,10 +83,11 @@ def _reference_cfg(cfg: Any) -> Any:
 
 
 class _Runs:
-    """The finished training runs of one experiment, kept as they end (resume granularity)."""
+    """The finished training runs of one experiment, kept as they end (resume granularity), in a
+    folder per code commit: a run made by other code is never reused."""
 
     def __init__(self, cfg: Any, experiment: str) -> None:
-        self.folder = Path(cfg.cache_root) / "reference" / experiment
+        self.folder = Path(cfg.cache_root) / "reference" / experiment / _commit()[:12]
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str, make: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
