@@ -216,3 +216,21 @@ def smoke_checkpoint(smoke_cfg) -> Path:
     import imagenet_book as ib
 
     return ib.pretrain.pretrain(smoke_cfg, "imagenette", "resnet18", progress=False, log=None).checkpoint
+
+
+@pytest.fixture
+def only_localhost(monkeypatch):
+    """Fail a test that tries to reach anything but 127.0.0.1 (proxy settings ignored): the
+    download tests talk only to the servers they start themselves."""
+    import socket
+
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if not (isinstance(address, tuple) and address[0] == "127.0.0.1"):
+            raise AssertionError(f"test tried to reach {address!r}: only 127.0.0.1 is allowed")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

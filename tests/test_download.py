@@ -86,18 +86,8 @@ def _handler(server: Server):
 
 
 @pytest.fixture(autouse=True)
-def only_localhost(monkeypatch):
-    """Fail any test that tries to reach anything but 127.0.0.1 (and ignore proxy settings)."""
-    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if not (isinstance(address, tuple) and address[0] == "127.0.0.1"):
-            raise AssertionError(f"test tried to reach {address!r}: only 127.0.0.1 is allowed")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+def _network(only_localhost):
+    """Every test here reaches 127.0.0.1 only (tests/conftest.py)."""
 
 
 @pytest.fixture

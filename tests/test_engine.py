@@ -199,20 +199,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     _run_worker(str(tmp_path / "whole"), "--ckpt", str(tmp_path / "ckpt_whole"), *common)
 
     ckpt = tmp_path / "ckpt_killed"
-    victim = subprocess.Popen([sys.executable, WORKER, str(tmp_path / "killed"), "--ckpt", str(ckpt),
-                               *common, "--pause-at", "10"], stdout=subprocess.PIPE, text=True)
-    try:
-        lines = []
-        for line in victim.stdout:  # one line per training step; it stops inside step 10
-            lines.append(line.strip())
-            if lines[-1] == "paused":
-                break
-        assert lines[-1] == "paused", lines
-        victim.send_signal(signal.SIGKILL)
-    finally:
-        victim.kill()
-        victim.wait()
-        victim.stdout.close()
+    _kill_in_step(tmp_path / "killed", ckpt, 10, *common)
     newest = sorted(ckpt.glob("step-*.pt"))[-1]
     data = load_checkpoint(newest)["data"]
     assert newest.name == "step-00000008.pt" and 0 < data["batches_done"] < STEPS_PER_EPOCH

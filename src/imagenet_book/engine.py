@@ -982,7 +982,7 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
                                            channels_last=channels_last)
                         record.update({prefix + k: v for k, v in metrics.items() if _scalar(v)})
                         if prefix == "val_":
-                            history.final = _lists(metrics)
+                            history.final = plain_values(metrics, nan=math.nan)  # NaN kept: a class absent from the set
             record.update(lr=history.steps[-1]["lr"] if history.steps else None,
                           img_per_s=seen_all / train_s, wall_s=elapsed + time.perf_counter() - t_start)
             history.epochs.append(record)
@@ -1003,27 +1003,17 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
         return history
 
 
-def _lists(value: Any) -> Any:
-    """Tensors and tuples -> lists, recursively (values ``torch.load(weights_only=True)`` reads)."""
+def plain_values(value: Any, nan: Any = None) -> Any:
+    """Tensors and tuples -> lists, recursively, and NaN -> ``nan`` (default ``None``, for JSON):
+    values that ``json.dumps`` and ``torch.load(weights_only=True)`` read."""
     if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
+        return {k: plain_values(v, nan) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_lists(v) for v in value]
+        return [plain_values(v, nan) for v in value]
     if isinstance(value, Tensor):
-        return value.tolist()
-    return value
-
-
-def plain_values(value: Any) -> Any:
-    """Tensors -> lists, tuples -> lists, NaN -> None, recursively (JSON- and weights_only-safe)."""
-    if isinstance(value, dict):
-        return {k: plain_values(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_values(v) for v in value]
-    if isinstance(value, Tensor):
-        return plain_values(value.tolist())
+        return plain_values(value.tolist(), nan)
     if isinstance(value, float) and math.isnan(value):
-        return None
+        return nan
     return value
 
 

@@ -69,6 +69,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import BookError
+from ..files import pid_alive
 from .voc_classes import VOC_CLASSES, voc_palette
 
 __all__ = [
@@ -838,18 +839,6 @@ def _read_manifest(root: Path) -> dict | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would not be a harmless probe on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but belongs to someone else
-        return True
-    return True
-
-
 def _remove_stale_partials(root: Path) -> None:
     """Remove ``.<name>.partial-<pid>-*`` / ``.old-*`` folders left by processes that are gone."""
     for tag in ("partial", "old"):
@@ -858,7 +847,7 @@ def _remove_stale_partials(root: Path) -> None:
                 pid = int(leftover.name.rsplit(f".{tag}-", 1)[1].split("-")[0])
             except (IndexError, ValueError):
                 continue
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
