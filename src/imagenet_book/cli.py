@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(classification mAP, detection mAP@0.5, segmentation mIoU).")
     p.add_argument("--task", choices=["classify", "detect", "segment"], required=True,
                    help="multi-label classification, detection, or semantic segmentation")
-    p.add_argument("--from", dest="start", metavar="CHECKPOINT|scratch",
-                   help="pretraining checkpoint (.pt written by 'pretrain'), or 'scratch' for "
+    p.add_argument("--from", dest="start", metavar="CHECKPOINT|imagenet1k|scratch",
+                   help="pretraining checkpoint (.pt written by 'pretrain'), 'imagenet1k' for the "
+                        "ImageNet-1k EfficientNet-Lite0 of the imagenet1k extra, or 'scratch' for "
                         "random weights (default: the checkpoint 'pretrain' writes for this profile)")
     p.add_argument("--mode", choices=["probe", "finetune"], default="finetune",
                    help="probe: frozen backbone; finetune: everything (default: finetune); "
