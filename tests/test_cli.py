@@ -368,7 +368,7 @@ def test_finetune_help_explains_tasks_modes_and_files(capsys):
     with pytest.raises(SystemExit):
         cli.main(["finetune", "--help"])
     text = capsys.readouterr().out
-    for word in ("--task {classify,detect,segment}", "--from CHECKPOINT|scratch",
+    for word in ("--task {classify,detect,segment}", "--from CHECKPOINT|imagenet1k|scratch",
                  "--mode {probe,finetune}", "a tenth of the head's learning rate",
                  "TASK-MODE-ARCH-PROFILE-from-SOURCE-HASH.json", "--img-size", "--epochs", "--out"):
         assert word in text, word
