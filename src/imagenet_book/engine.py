@@ -61,13 +61,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .errors import BookError
+from .files import read_state, save_atomically
 from .recipe import TrainConfig, lr_factor, make_optimizer, make_scheduler, param_groups
 from .tasks import Classification, Task, World, all_sum
 
 __all__ = ["BatchLoader", "Callback", "CheckpointError", "EMA", "EarlyStopping", "History", "Resumable",
            "TrainConfig", "World", "destroy_distributed", "evaluate", "fit", "init_distributed",
            "load_checkpoint", "lr_factor", "make_optimizer", "make_scheduler", "param_groups",
-           "plain_values", "read_state", "world"]
+           "plain_values", "world"]
 
 FORMAT_VERSION = 2  # of the checkpoint dictionary; bump when its layout changes
 KEEP_CHECKPOINTS = 2  # the newest and the one before it (the fallback if the newest is damaged)
@@ -607,8 +608,6 @@ def _save_checkpoint(state: dict[str, Any], folder: Path) -> Path:
     """Write ``step-<step>.pt`` atomically (:func:`imagenet_book.files.save_atomically`:
     temporary file, fsync, rename; the temporary file goes on any exception, Ctrl-C included);
     keep the newest two."""
-    from .files import save_atomically
-
     folder.mkdir(parents=True, exist_ok=True)
     path = save_atomically(state, folder / f"step-{state['step']:08d}.pt",
                            lambda s, p: torch.save(s, p))
@@ -640,32 +639,13 @@ def load_checkpoint(path: str | os.PathLike[str], net: nn.Module | None = None, 
     """
     path = Path(path)
     state = read_state(
-        path, "format_version", FORMAT_VERSION, what="the checkpoint",
+        path, "format_version", FORMAT_VERSION, what="the checkpoint", error=CheckpointError,
         redo="Delete it: resume='auto' then continues from the previous checkpoint in the same "
              "folder, if there is one.",
         wrong=f"is not a checkpoint of imagenet_book.engine (format version {FORMAT_VERSION}).")
     if net is not None:
         _load_weights(net, state, path, ema, arch)
     return state
-
-
-def read_state(path: str | os.PathLike[str], key: str, value: Any, *, what: str, redo: str,
-               wrong: str, error: type[Exception] = CheckpointError,
-               missing: type[FileNotFoundError] = FileNotFoundError) -> dict[str, Any]:
-    """:func:`imagenet_book.files.read_state` with :class:`CheckpointError` for a damaged or
-    wrong file: read a file the book wrote with ``torch.save`` (``weights_only=True``, CPU) and
-    check ``state[key] == value``. Kept here for the engine's readers and older callers; new code
-    imports it from :mod:`imagenet_book.files`.
-
-    Raises:
-        ``missing``: no such file. ``error``: a truncated or corrupt file, one refused for safety
-        (it would run code), or another kind of file.
-
-    Taught in: chapters/06_pretraining.ipynb.
-    """
-    from .files import read_state as read
-
-    return read(path, key, value, what=what, redo=redo, wrong=wrong, error=error, missing=missing)
 
 
 def _load_weights(net: nn.Module, state: dict, path: Path, ema: bool, arch: str | None) -> None:
