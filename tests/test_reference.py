@@ -62,3 +62,44 @@ def test_reference_runs_refuse_stand_in_data_and_unknown_names(smoke_cfg, tmp_pa
     assert cli.main(["reference", "voc-everything", "--profile", "local", "--data-root", str(tmp_path),
                      "--cache-root", str(tmp_path)]) == 2
     assert "Unknown experiment" in capsys.readouterr().err
+
+
+def test_stage_features_average_each_stage_and_leave_the_mode_alone():
+    from imagenet_book import finetune, probe
+
+    torch.manual_seed(0)
+    backbone = finetune.backbone_from_checkpoint(None, "resnet18", pretrained=False).train()
+    x = torch.randn(3, 3, 64, 64)
+    feats = probe.stage_features(backbone, [(x[:2],), (x[2:],)])
+    assert backbone.training  # put back as it was
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "layer1": (3, 64), "layer2": (3, 128), "layer3": (3, 256), "layer4": (3, 512)}
+    backbone.eval()
+    with torch.no_grad():
+        assert torch.allclose(feats["layer4"], backbone(x).mean((2, 3)), atol=1e-5)
+
+
+def test_detection_segmentation_and_stages_compare_backbones(tiny, tmp_path, smoke_checkpoint, monkeypatch):
+    monkeypatch.setattr(reference, "DETECT", {"img_size": 64, "epochs": 1, "batch_size": 4})
+    monkeypatch.setattr(reference, "SEGMENT", {"img_size": 32, "epochs": 1, "batch_size": 4})
+    monkeypatch.setattr(reference, "STAGE_PROBE", {"img_size": 32, "epochs": 2, "batch_size": 4})
+    book = reference.reference_backbone(tiny)
+    book.parent.mkdir(parents=True)
+    shutil.copy(smoke_checkpoint, book)  # the book's backbone, where make reference pretrains it
+    out = tmp_path / "results"
+    reference.run_reference(tiny, ["voc-detection", "voc-segmentation", "backbone-stages"], folder=out,
+                            log=lambda _: None)
+    runs = {"scratch", "finetune", "imagenet1k-finetune", "imagenet1k-scratch"}
+    for name, metric, chapter in (("voc-detection", "map50", "08"), ("voc-segmentation", "miou", "09")):
+        result = results.read_result(name, out)
+        assert result["chapter"].startswith(f"chapters/{chapter}") and result["data"]["real"] is True
+        assert {r["run"] for r in result["rows"]} == runs
+        assert all(r["metric"] == metric and 0.0 <= r["value"] <= 1.0 for r in result["rows"])
+    stages = results.read_result("backbone-stages", out)
+    channels = {(r["backbone"], r["layer"]): r["channels"] for r in stages["rows"]}
+    assert channels[("book", "layer4")] == 512 and channels[("imagenet1k", "layer4")] == 1280
+    assert len(channels) == 12 and all(r["metric"] == "map" for r in stages["rows"])
+    filters = {k: results.unpack_uint8(v) for k, v in stages["extra"]["filters"].items()}
+    assert filters["random"].shape == filters["book"].shape == (64, 7, 7, 3)
+    assert filters["imagenet1k"].shape == (32, 3, 3, 3)
+    assert not (filters["random"] == filters["book"]).all()

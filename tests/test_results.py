@@ -55,3 +55,16 @@ def test_the_folder_is_the_repository_s_book_results(tmp_path, monkeypatch):
     assert results.results_folder() == tmp_path / "book" / "results"
     monkeypatch.setenv(results.ENV_RESULTS, str(tmp_path / "elsewhere"))
     assert results.results_folder() == tmp_path / "elsewhere"
+
+
+def test_packed_arrays_survive_the_file_and_damaged_ones_are_named(tmp_path):
+    import numpy as np
+
+    filters = np.arange(2 * 3 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 3)
+    _write(tmp_path, extra={"filters": {"random": results.pack_uint8(filters)}})
+    got = results.read_result("voc-multilabel", tmp_path)
+    assert np.array_equal(results.unpack_uint8(got["extra"]["filters"]["random"]), filters)
+    with pytest.raises(results.ResultError, match="uint8"):
+        results.pack_uint8(filters.astype(np.float32))
+    with pytest.raises(results.ResultError, match="pack_uint8 writes them"):
+        results.unpack_uint8({"shape": [2, 3, 3, 4], "uint8_b64": got["extra"]["filters"]["random"]["uint8_b64"]})

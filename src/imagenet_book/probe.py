@@ -12,6 +12,8 @@ book's training loop (:func:`imagenet_book.engine.fit`).
 * :func:`split_per_class`: disjoint, class-balanced index sets (train / validation / test);
 * :class:`FeatureViews`: a dataset that gives one random view of each image per epoch;
 * :func:`make_head`: ``Dropout -> Linear`` or a small MLP with dropout;
+* :func:`stage_features`: each stage's feature maps averaged over space (``layer1`` .. ``layer4``),
+  for a linear probe per stage: what each depth of a backbone has learned;
 * :func:`fit_early_stopping`: :func:`~imagenet_book.engine.fit` with an early-stopping callback,
   keeping the best epoch's weights and stopping after ``patience`` epochs without improvement.
 
@@ -31,7 +33,7 @@ from . import engine
 from .pretrain import predict
 
 __all__ = ["EarlyStoppingResult", "FeatureViews", "extract_features", "fit_early_stopping",
-           "make_head", "split_per_class", "train_val_gap"]
+           "make_head", "split_per_class", "stage_features", "train_val_gap"]
 
 
 @torch.no_grad()
@@ -81,6 +83,37 @@ def extract_features(net: nn.Module, loader: Any, *, views: int = 1,
     finally:
         net.fc = fc
     return (feats[0] if views == 1 else torch.stack(feats)), labels
+
+
+@torch.no_grad()
+def stage_features(backbone: nn.Module, loader: Iterable, *,
+                   device: str | torch.device | None = None) -> dict[str, Tensor]:
+    """Each stage's feature maps averaged over space, for every image of ``loader``.
+
+    Args:
+        backbone: has ``features(x) -> {"layer1": ..., "layer4": ...}`` (the book's
+            :class:`~imagenet_book.models.backbone.ResNetBackbone` and
+            :class:`~imagenet_book.models.efficientnet_lite.EfficientNetLiteBackbone`); run in
+            evaluation mode (its BatchNorm statistics as they are), then put back as it was.
+        loader: batches whose first element is the images, float32 ``(B, 3, H, W)``, in a fixed order.
+        device: default: where ``backbone``'s parameters are.
+
+    Returns:
+        ``{"layer1": float32 (N, C1), ..., "layer4": (N, C4)}`` on the CPU.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    device = device or next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    parts: dict[str, list[Tensor]] = {}
+    try:
+        for batch in loader:
+            for name, fmap in backbone.features(batch[0].to(device)).items():
+                parts.setdefault(name, []).append(fmap.float().mean((2, 3)).cpu())
+    finally:
+        backbone.train(was_training)
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
 def split_per_class(labels: Tensor, counts: Sequence[int | None], *, seed: int = 0) -> list[Tensor]:

@@ -13,7 +13,13 @@ their own live run at the profile's budget.
   ``imagenet1k-finetune`` with the backbone at a tenth of the rate, ``imagenet1k-finetune-lr1x``
   with one rate for all); the same architecture from scratch (``imagenet1k-scratch``);
 * ``voc-data-efficiency`` (chapter 07): mAP against the number of labelled training images
-  (:data:`DATA_EFFICIENCY_SIZES`), ImageNet-1k fine-tune against scratch, :data:`SEEDS` seeds each.
+  (:data:`DATA_EFFICIENCY_SIZES`), ImageNet-1k fine-tune against scratch, :data:`SEEDS` seeds each;
+* ``voc-detection`` (chapter 08): the detector's mAP@0.5 on the same set's boxes, and
+  ``voc-segmentation`` (chapter 09): the FCN's mIoU on its masks, each fine-tuned from the
+  ImageNet-1k network and the book's backbone against the same architectures from scratch;
+* ``backbone-stages`` (chapter 06): what a backbone learned: its first-layer filters, and a linear
+  probe on each stage's features (``layer1`` .. ``layer4``) for the multi-label task, for a random
+  ResNet-18, the book's Imagenette backbone and the ImageNet-1k network.
 
 Every experiment is resumable: each training run's numbers are kept in
 ``<cache root>/reference/<experiment>/<commit>/<run>.json`` as soon as it ends (pretraining also resumes
@@ -22,7 +28,8 @@ finished experiment whose results file exists is skipped (``--force`` runs it ag
 
 The sizes of the reference runs live in this module's constants and nowhere else.
 
-Taught in: chapters/06_pretraining.ipynb, chapters/07_finetune_voc_classification.ipynb.
+Taught in: chapters/06_pretraining.ipynb, chapters/07_finetune_voc_classification.ipynb,
+chapters/08_detection_voc.ipynb, chapters/09_segmentation_voc.ipynb.
 """
 
 from __future__ import annotations
@@ -36,19 +43,25 @@ from typing import Any, Callable
 
 import torch
 
-from . import finetune, pretrain, results
-from .data.voc import voc_source
+from torch import nn
+
+from . import engine, finetune, imagenet1k, pretrain, probe, results, tasks
+from .data.voc import VOC_CLASSES, voc_source
 from .errors import BookError
 from .files import save_atomically
+from .recipe import ADAMW_LR, TrainConfig
 
-__all__ = ["DATA_EFFICIENCY_SIZES", "EXPERIMENTS", "ReferenceRunError", "SEEDS", "reference_backbone",
-           "run_reference"]
+__all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "PRETRAIN", "ReferenceRunError", "SEEDS", "SEGMENT",
+           "STAGE_PROBE", "VOC", "reference_backbone", "run_reference"]
 
 # The reference sizes (the numbers live here and nowhere else).
 # ResNet-18 on all of Imagenette. The peak lr is the one of the 10-epoch run measured in issue 13
 # (78.2% top-1), not the linear scaling rule's 0.025 for a batch of 64 (a rule made for 90 epochs).
 PRETRAIN = {"img_size": 96, "epochs": 16, "batch_size": 64, "lr": 0.2}
 VOC = {"img_size": 96, "epochs": 24, "batch_size": 32}        # fine-tuning on the real VOC-format set
+DETECT = {"img_size": 128, "epochs": 24, "batch_size": 16}    # detection on the same set (boxes)
+SEGMENT = {"img_size": 128, "epochs": 24, "batch_size": 16}   # segmentation on the same set (masks)
+STAGE_PROBE = {"img_size": 96, "epochs": 100, "batch_size": 64}  # a linear probe on each stage's features
 DATA_EFFICIENCY_SIZES = (25, 50, 100, 200, 417)               # labelled training images
 SEEDS = (0, 1, 2)
 COMMAND = "make reference"
@@ -206,12 +219,125 @@ def voc_data_efficiency(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
             "rows": rows}
 
 
+def _dense_plan(cfg: Any, log: Callable[[str], None]) -> list[tuple[str, Any, str]]:
+    """Detection's and segmentation's runs: scratch, the ImageNet-1k network fine-tuned and from
+    scratch, and the book's backbone fine-tuned when it has been pretrained."""
+    plan: list[tuple[str, Any, str]] = [
+        ("scratch", None, "scratch"),
+        ("imagenet1k-finetune", finetune.IMAGENET1K, "finetune"),
+        ("imagenet1k-scratch", finetune.IMAGENET1K, "scratch")]
+    book = _book_backbone(cfg, log)
+    if book is not None:
+        plan.insert(1, ("finetune", book, "finetune"))
+    return plan
+
+
+def _dense(cfg: Any, experiment: str, chapter: str, metric: str, sizes: dict[str, int],
+           train_one: Callable[[Any, str, Any], tuple[float, int, int]],
+           log: Callable[[str], None]) -> dict[str, Any]:
+    runs = _Runs(cfg, experiment)
+    source = _voc(cfg)
+    rows, info = [], {}
+    for name, checkpoint, mode in _dense_plan(cfg, log):
+        def make(checkpoint: Any = checkpoint, mode: str = mode) -> dict[str, Any]:
+            value, n_train, n_val = train_one(checkpoint, mode, source)
+            return {"value": value, "train": n_train, "val": n_val}
+        out = runs.get(name, make, log)
+        info = out
+        rows.append({"run": name, "metric": metric, "value": out["value"], "n_train": out["train"], "seed": 0,
+                     "epochs": sizes["epochs"], "img_size": sizes["img_size"]})
+        log(f"reference: {experiment} {name}: {results.METRICS[metric]} {out['value']:.3f}")
+    return {"chapter": chapter, "data": {"name": source.description.split(",")[0], "real": True,
+                                         "train": info["train"], "val": info["val"]}, "rows": rows}
+
+
+def voc_detection(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The detector (chapter 08) fine-tuned against scratch: VOC mAP@0.5 on the real set's boxes."""
+    def train_one(checkpoint: Any, mode: str, source: Any) -> tuple[float, int, int]:
+        result = finetune.finetune_detector(cfg, checkpoint, mode=mode, source=source, progress=False, log=log,
+                                            **DETECT)
+        return float(result.metrics["map"]), result.budget["train_images"], result.budget["val_images"]
+    return _dense(cfg, "voc-detection", "chapters/08_detection_voc.ipynb", "map50", DETECT, train_one, log)
+
+
+def voc_segmentation(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The FCN-8s (chapter 09) fine-tuned against scratch: mIoU on the real set's masks."""
+    def train_one(checkpoint: Any, mode: str, source: Any) -> tuple[float, int, int]:
+        result = finetune.finetune_segmenter(cfg, checkpoint, mode=mode, source=source, progress=False, log=log,
+                                             **SEGMENT)
+        return float(result.metrics["mean_iou"]), result.budget["train_images"], result.budget["val_images"]
+    return _dense(cfg, "voc-segmentation", "chapters/09_segmentation_voc.ipynb", "miou", SEGMENT, train_one, log)
+
+
+def _packed_filters(weight: torch.Tensor) -> dict[str, Any]:
+    """First-layer filters ``(K, 3, h, w)`` as uint8 images ``(K, h, w, 3)``, each scaled to its own
+    range (as they are usually shown), packed for the results file."""
+    w = weight.detach().float().cpu()
+    lo, hi = w.amin((1, 2, 3), keepdim=True), w.amax((1, 2, 3), keepdim=True)
+    u8 = ((w - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return results.pack_uint8(u8.numpy())
+
+
+def _stage_probe(train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], layer: str, data: Any,
+                 device: Any) -> float:
+    """A linear multi-label head on one stage's pooled features (standardised with the training
+    images' statistics), trained by the book's loop; its mAP on val."""
+    mean, std = train[layer].mean(0), train[layer].std(0).clamp_min(1e-6)
+    tr, va = (train[layer] - mean) / std, (val[layer] - mean) / std
+    (ytr, mtr), (yva, mva) = data
+    torch.manual_seed(0)
+    head = nn.Linear(tr.shape[1], len(VOC_CLASSES))
+    config = TrainConfig(epochs=STAGE_PROBE["epochs"], optimizer="adamw", lr=ADAMW_LR, weight_decay=1e-4,
+                         warmup_fraction=0.05, batch_size=STAGE_PROBE["batch_size"])
+    history = engine.fit(head, engine.BatchLoader((tr, ytr, mtr), STAGE_PROBE["batch_size"], seed=0, drop_last=True),
+                         engine.BatchLoader((va, yva, mva), 256, shuffle=False), config, task=tasks.MultiLabel(),
+                         device=device, progress=False, evaluate_every=config.epochs)
+    return float(history.final["mAP"])
+
+
+def backbone_stages(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """First-layer filters and a linear probe per stage, for random, book and ImageNet-1k backbones."""
+    source = _voc(cfg)
+    size = STAGE_PROBE["img_size"]
+    train = finetune.load_voc_tensors(source, "classify", "train", size, progress=False)
+    val = finetune.load_voc_tensors(source, "classify", "val", size, progress=False)
+    torch.manual_seed(0)
+    backbones = [("random", finetune.backbone_from_checkpoint(None, "resnet18", pretrained=False))]
+    book = _book_backbone(cfg, log)
+    if book is not None:
+        backbones.append(("book", finetune.backbone_from_checkpoint(book, "resnet18")))
+    backbones.append(("imagenet1k", imagenet1k.efficientnet_lite0_backbone()))
+    rows, filters = [], {}
+    for who, backbone in backbones:
+        backbone.to(cfg.device)
+        first = backbone.conv1 if hasattr(backbone, "conv1") else backbone.stem.conv
+        filters[who] = {"arch": backbone.arch, **_packed_filters(first.weight)}
+        feats = [probe.stage_features(backbone, finetune.voc_batches(split, 64, train=False,
+                                                                      mean=backbone.input_mean,
+                                                                      std=backbone.input_std), device=cfg.device)
+                 for split in (train, val)]
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            value = _stage_probe(feats[0], feats[1], layer, ((train.targets, train.mask), (val.targets, val.mask)),
+                                 cfg.device)
+            rows.append({"run": f"{who}-probe-{layer}", "metric": "map", "value": value, "backbone": who,
+                         "arch": backbone.arch, "layer": layer, "channels": int(feats[0][layer].shape[1]),
+                         "n_train": len(train.images), "img_size": size, "epochs": STAGE_PROBE["epochs"]})
+            log(f"reference: backbone-stages {who} {layer}: mAP {value:.3f}")
+    return {"chapter": "chapters/06_pretraining.ipynb",
+            "data": {"name": source.description.split(",")[0], "real": True, "train": len(train.images),
+                     "val": len(val.images)},
+            "rows": rows, "extra": {"filters": filters}}
+
+
 #: The experiments, in the order ``make reference`` runs them (pretraining first: the fine-tuning
 #: experiments use its backbone).
 EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] = {
     "pretrain-imagenette": pretrain_imagenette,
     "voc-multilabel": voc_multilabel,
     "voc-data-efficiency": voc_data_efficiency,
+    "voc-detection": voc_detection,
+    "voc-segmentation": voc_segmentation,
+    "backbone-stages": backbone_stages,
 }
 
 
@@ -249,7 +375,7 @@ def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Pat
         made = EXPERIMENTS[name](cfg, log)
         path = results.write_result(name, chapter=made["chapter"], command=COMMAND, commit=commit,
                                     device=_device_name(cfg), data=made["data"], rows=made["rows"],
-                                    wall_s=time.perf_counter() - t0, folder=out_folder)
+                                    wall_s=time.perf_counter() - t0, folder=out_folder, extra=made.get("extra"))
         log(f"reference: {name}: recorded in {path}")
         written.append(path)
     return written

@@ -23,6 +23,7 @@ Taught in: chapters/06_pretraining.ipynb.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -31,11 +32,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import BookError
 from .files import save_atomically
 
-__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "provenance", "read_result", "result_table",
-           "results_folder", "write_result"]
+__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "pack_uint8", "provenance", "read_result", "result_table",
+           "results_folder", "unpack_uint8", "write_result"]
 
 ENV_RESULTS = "IMAGENET_BOOK_RESULTS"
 #: The metric names results use, and how tables show them.
@@ -90,7 +93,8 @@ def _check(result: dict[str, Any], where: str) -> dict[str, Any]:
 
 def write_result(name: str, *, chapter: str, command: str, commit: str, device: str,
                  data: dict[str, Any], rows: list[dict[str, Any]], wall_s: float,
-                 folder: str | os.PathLike[str] | None = None, day: str | None = None) -> Path:
+                 folder: str | os.PathLike[str] | None = None, day: str | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
     """Write ``<folder>/<name>.json`` (default :func:`results_folder`) atomically.
 
     Args:
@@ -99,6 +103,8 @@ def write_result(name: str, *, chapter: str, command: str, commit: str, device: 
         device: the device in words (``"CPU (2 cores)"``, ``"NVIDIA H200"``).
         data: ``{"name", "real", "train", "val"}``. rows: see the module docstring.
         wall_s: seconds the experiment took. day: ISO date (default: today).
+        extra: what a chapter draws besides the rows (JSON values, e.g. first-layer filters),
+            kept under ``"extra"``.
 
     Returns:
         The file written.
@@ -111,6 +117,8 @@ def write_result(name: str, *, chapter: str, command: str, commit: str, device: 
     result = {"name": name, "chapter": chapter, "command": command, "commit": commit,
               "date": day or date.today().isoformat(), "device": device, "data": dict(data),
               "wall_s": round(float(wall_s), 1), "rows": [dict(r) for r in rows]}
+    if extra:
+        result["extra"] = dict(extra)
     _check(result, f"result {name!r}")
     path = Path(folder if folder is not None else results_folder()) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,3 +179,30 @@ def result_table(result: dict[str, Any], columns: tuple[str, ...] = ("run", "met
             cells.append(_fmt(v) if isinstance(v, float) else ("-" if v is None else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + provenance(result)
+
+
+def pack_uint8(values: Any) -> dict[str, Any]:
+    """An array of uint8 (images, filters scaled to 0..255) as a JSON value for ``extra``:
+    ``{"shape": [...], "uint8_b64": "..."}``, 4/3 bytes per value.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    array = np.asarray(values)
+    if array.dtype != np.uint8:
+        raise ResultError(f"pack_uint8 takes uint8 values, got {array.dtype}.")
+    return {"shape": list(array.shape), "uint8_b64": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def unpack_uint8(record: dict[str, Any]) -> np.ndarray:
+    """The array :func:`pack_uint8` packed.
+
+    Raises:
+        ResultError: the record is not one (wrong keys, or a size that does not fit its shape).
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    try:
+        raw = base64.b64decode(record["uint8_b64"], validate=True)
+        return np.frombuffer(raw, dtype=np.uint8).reshape(record["shape"]).copy()
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResultError(f"Not a packed uint8 array ({err}); pack_uint8 writes them.") from err
