@@ -68,3 +68,33 @@ def test_packed_arrays_survive_the_file_and_damaged_ones_are_named(tmp_path):
         results.pack_uint8(filters.astype(np.float32))
     with pytest.raises(results.ResultError, match="pack_uint8 writes them"):
         results.unpack_uint8({"shape": [2, 3, 3, 4], "uint8_b64": got["extra"]["filters"]["random"]["uint8_b64"]})
+
+
+def test_recorded_results_draw_as_the_chapters_show_them(tmp_path):
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from imagenet_book import viz
+
+    curve = [{"run": run, "metric": "map", "value": v + 0.01 * seed, "n_train": n, "seed": seed}
+             for run, v0 in (("imagenet1k-finetune", 0.3), ("scratch", 0.1)) for n, v in ((25, v0), (417, v0 + 0.1))
+             for seed in (0, 1, 2)]
+    result = results.read_result("voc-multilabel", _write(tmp_path, rows=curve).parent)
+    ax = viz.data_efficiency_plot(result).axes[0]
+    lines = {line.get_label().split(" ")[0]: line.get_ydata() for line in ax.get_lines()}
+    assert np.allclose(lines["imagenet1k-finetune"], [0.31, 0.41]) and np.allclose(lines["scratch"], [0.11, 0.21])
+    assert [len(p.get_paths()) for p in ax.collections] == [1, 1]  # a band per run
+    bars = viz.result_bars(result).axes[0]
+    assert len(bars.patches) == 4  # seed 0 only
+    assert results.differences(result, [("imagenet1k-finetune", "scratch"), ("absent", "scratch")]) == [
+        "imagenet1k-finetune - scratch: +0.200 mAP"]
+    filters = np.zeros((20, 7, 7, 3), np.uint8)
+    stages = [{"run": f"{who}-probe-{layer}", "metric": "map", "value": 0.1 * i, "backbone": who, "arch": "resnet18",
+               "layer": layer} for who in ("random", "book") for i, layer in enumerate(("layer1", "layer4"))]
+    packed = {"filters": {"random": {"arch": "resnet18", **results.pack_uint8(filters)}}}
+    result = results.read_result("voc-multilabel", _write(tmp_path, rows=stages, extra=packed).parent)
+    assert [line.get_label() for line in viz.stage_probe_plot(result).axes[0].get_lines()] == [
+        "random (resnet18)", "book (resnet18)"]
+    fig = viz.filters_figure(result, ncols=8)
+    assert sum(len(ax.get_images()) for ax in fig.axes) == 20 and len(fig.axes) == 24

@@ -37,8 +37,8 @@ import numpy as np
 from .errors import BookError
 from .files import save_atomically
 
-__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "pack_uint8", "provenance", "read_result", "result_table",
-           "results_folder", "unpack_uint8", "write_result"]
+__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "differences", "not_recorded", "pack_uint8", "provenance",
+           "read_result", "result_table", "results_folder", "unpack_uint8", "write_result"]
 
 ENV_RESULTS = "IMAGENET_BOOK_RESULTS"
 #: The metric names results use, and how tables show them.
@@ -157,6 +157,28 @@ def provenance(result: dict[str, Any]) -> str:
     return (f"Recorded run '{result['name']}': {d['name']} ({kind}; {d['train']:,} train / {d['val']:,} "
             f"val images), {result['device']}, {result['date']}, {minutes:.0f} min, "
             f"`{result['command']}` at commit {result['commit'][:10]}.")
+
+
+def not_recorded(name: str) -> str:
+    """What a chapter prints where the recorded run ``name`` is missing, and how to make it.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    return (f"No recorded reference run '{name}' in book/results/ here. Make it with "
+            f"`make reference` (IMAGENET_BOOK_DATA pointing at the real data; "
+            f"`python -m imagenet_book reference {name}` for this one alone).")
+
+
+def differences(result: dict[str, Any], pairs: list[tuple[str, str]]) -> list[str]:
+    """``"a - b: +0.123 mAP"`` for each pair of runs that the result holds (seed 0, all images),
+    so that the prose quotes no number a cell has not printed.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb.
+    """
+    value = {r["run"]: (r["value"], METRICS.get(r["metric"], r["metric"])) for r in result["rows"]
+             if r.get("seed", 0) == 0 and "layer" not in r}
+    return [f"{a} - {b}: {value[a][0] - value[b][0]:+.3f} {value[a][1]}" for a, b in pairs
+            if a in value and b in value]
 
 
 def _fmt(value: float) -> str:

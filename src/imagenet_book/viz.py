@@ -16,9 +16,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from . import results
 from .data.voc_classes import voc_palette
 
-__all__ = ["colorize_mask", "figure_explorer", "image_grid", "overlay_mask"]
+__all__ = ["colorize_mask", "data_efficiency_plot", "figure_explorer", "filters_figure", "image_grid",
+           "overlay_mask", "result_bars", "stage_probe_plot"]
 
 
 def _as_array(image) -> np.ndarray:
@@ -158,3 +160,96 @@ def figure_explorer(draw: Callable[..., plt.Figure], **controls):
     redraw()
     row = widgets.Layout(flex_flow="row wrap")
     return widgets.VBox([widgets.HBox(list(controls.values()), layout=row), image])
+
+
+# ------------------------------------------------------------------------------- recorded results
+
+
+def _provenance_title(fig: plt.Figure, result: dict) -> None:
+    import textwrap
+
+    fig.suptitle(textwrap.fill(results.provenance(result), 110), fontsize=7)
+
+
+def result_bars(result: dict) -> plt.Figure:
+    """One bar per run of a recorded result (:mod:`imagenet_book.results`), its provenance above.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb.
+    """
+    rows = [r for r in result["rows"] if r.get("seed", 0) == 0]
+    metric = results.METRICS.get(rows[0]["metric"], rows[0]["metric"])
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.2), layout="constrained")
+    ax.barh([r["run"] for r in rows][::-1], [r["value"] for r in rows][::-1], color="tab:blue")
+    for i, r in enumerate(rows[::-1]):
+        ax.text(r["value"], i, f" {r['value']:.3f}", va="center", fontsize=8)
+    ax.set(xlabel=f"{metric} on the evaluation images", xlim=(0, 1))
+    _provenance_title(fig, result)
+    return fig
+
+
+def data_efficiency_plot(result: dict) -> plt.Figure:
+    """A recorded data-efficiency curve: the metric against the number of labelled training
+    images, one line per run (the mean over seeds, the band from the lowest to the highest seed).
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    runs = dict.fromkeys(r["run"] for r in result["rows"])
+    for run in runs:
+        by_n: dict[int, list[float]] = {}
+        for r in result["rows"]:
+            if r["run"] == run:
+                by_n.setdefault(r["n_train"], []).append(r["value"])
+        n = sorted(by_n)
+        mean = [float(np.mean(by_n[k])) for k in n]
+        line, = ax.plot(n, mean, "o-", label=f"{run} ({len(by_n[n[0]])} seeds)")
+        ax.fill_between(n, [min(by_n[k]) for k in n], [max(by_n[k]) for k in n], color=line.get_color(), alpha=0.2)
+    metric = results.METRICS.get(result["rows"][0]["metric"], result["rows"][0]["metric"])
+    ax.set(xscale="log", xlabel="labelled training images", ylabel=f"{metric} on the evaluation images")
+    ax.set_xticks(sorted({r["n_train"] for r in result["rows"]}),
+                  labels=[str(k) for k in sorted({r["n_train"] for r in result["rows"]})])
+    ax.legend()
+    _provenance_title(fig, result)
+    return fig
+
+
+def stage_probe_plot(result: dict) -> plt.Figure:
+    """The ``backbone-stages`` result: a linear probe's metric on each stage's features, one line
+    per backbone.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    for who in dict.fromkeys(r["backbone"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["backbone"] == who]
+        ax.plot([r["layer"] for r in rows], [r["value"] for r in rows], "o-", label=f"{who} ({rows[0]['arch']})")
+    metric = results.METRICS.get(result["rows"][0]["metric"], result["rows"][0]["metric"])
+    ax.set(xlabel="features of stage", ylabel=f"linear probe's {metric}")
+    ax.legend()
+    _provenance_title(fig, result)
+    return fig
+
+
+def filters_figure(result: dict, ncols: int = 16) -> plt.Figure:
+    """The first-layer filters a ``backbone-stages`` result holds, one block per backbone, each
+    filter scaled to its own range.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    packed = result["extra"]["filters"]
+    stacks = {who: results.unpack_uint8(record) for who, record in packed.items()}
+    rows = {who: math.ceil(len(f) / ncols) for who, f in stacks.items()}
+    fig, axes = plt.subplots(sum(rows.values()), ncols, figsize=(ncols * 0.45, sum(rows.values()) * 0.5 + 1.4),
+                             squeeze=False)
+    r0 = 0
+    for who, stack in stacks.items():
+        for i in range(rows[who] * ncols):
+            ax = axes[r0 + i // ncols, i % ncols]
+            ax.axis("off")
+            if i < len(stack):
+                ax.imshow(stack[i], interpolation="nearest")
+        k, h, w, _ = stack.shape
+        axes[r0, 0].set_title(f"{who} ({packed[who]['arch']}): {k} filters of {h}x{w}", fontsize=8, loc="left")
+        r0 += rows[who]
+    _provenance_title(fig, result)
+    return fig
