@@ -103,3 +103,14 @@ def test_detection_segmentation_and_stages_compare_backbones(tiny, tmp_path, smo
     assert filters["random"].shape == filters["book"].shape == (64, 7, 7, 3)
     assert filters["imagenet1k"].shape == (32, 3, 3, 3)
     assert not (filters["random"] == filters["book"]).all()
+
+
+def test_chapters_fine_tune_from_the_reference_backbone_once_it_is_made(tiny, tmp_path):
+    fallback = tmp_path / "chapter06.pt"
+    path, why = reference.chapter_backbone(tiny, fallback)
+    assert path == fallback and "chapter 06's run" in why
+    made = reference.reference_backbone(tiny)
+    made.parent.mkdir(parents=True)
+    made.write_bytes(b"weights")
+    path, why = reference.chapter_backbone(tiny, fallback)
+    assert path == made and "reference backbone" in why and made.name in why

@@ -52,7 +52,7 @@ from .files import save_atomically
 from .recipe import ADAMW_LR, TrainConfig
 
 __all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "PRETRAIN", "ReferenceRunError", "SEEDS", "SEGMENT",
-           "STAGE_PROBE", "VOC", "reference_backbone", "run_reference"]
+           "STAGE_PROBE", "VOC", "chapter_backbone", "reference_backbone", "run_reference"]
 
 # The reference sizes (the numbers live here and nowhere else).
 # ResNet-18 on all of Imagenette. The peak lr is the one of the 10-epoch run measured in issue 13
@@ -137,6 +137,21 @@ def reference_backbone(cfg: Any) -> Path:
     cfg = _reference_cfg(cfg)
     stem = pretrain.checkpoint_stem(cfg, "resnet18", "imagenette", **PRETRAIN)
     return Path(cfg.cache_root) / "checkpoints" / f"{stem}.pt"
+
+
+def chapter_backbone(cfg: Any, fallback: str | Path) -> tuple[Path, str]:
+    """The backbone chapters 07-09 fine-tune: the reference run's (:func:`reference_backbone`)
+    when this machine has made it, else ``fallback`` (chapter 06's run at the profile's budget),
+    and a sentence that says which.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+    path = reference_backbone(cfg)
+    if path.is_file():
+        return path, (f"Fine-tuning from the reference backbone ({path.name}: ResNet-18 pretrained by `make "
+                      f"reference` on all of Imagenette, {PRETRAIN['img_size']} px, {PRETRAIN['epochs']} epochs).")
+    return Path(fallback), (f"Fine-tuning from chapter 06's run at this profile's budget ({Path(fallback).name}); "
+                            "after `make reference` the chapter fine-tunes from the reference backbone instead.")
 
 
 def _book_backbone(cfg: Any, log: Callable[[str], None]) -> Path | None:

@@ -37,8 +37,8 @@ import numpy as np
 from .errors import BookError
 from .files import save_atomically
 
-__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "differences", "not_recorded", "pack_uint8", "provenance",
-           "read_result", "result_table", "results_folder", "unpack_uint8", "write_result"]
+__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "by_size", "differences", "not_recorded", "pack_uint8",
+           "provenance", "read_result", "result_table", "results_folder", "unpack_uint8", "write_result"]
 
 ENV_RESULTS = "IMAGENET_BOOK_RESULTS"
 #: The metric names results use, and how tables show them.
@@ -179,6 +179,19 @@ def differences(result: dict[str, Any], pairs: list[tuple[str, str]]) -> list[st
              if r.get("seed", 0) == 0 and "layer" not in r}
     return [f"{a} - {b}: {value[a][0] - value[b][0]:+.3f} {value[a][1]}" for a, b in pairs
             if a in value and b in value]
+
+
+def by_size(result: dict[str, Any]) -> dict[str, dict[int, tuple[float, float, float, int]]]:
+    """A data-efficiency result summarised: ``{run: {n_train: (mean, lowest, highest, seeds)}}``
+    over the seeds of each point, runs and sizes in the order of the rows.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb.
+    """
+    values: dict[str, dict[int, list[float]]] = {}
+    for r in result["rows"]:
+        values.setdefault(r["run"], {}).setdefault(r["n_train"], []).append(float(r["value"]))
+    return {run: {n: (sum(v) / len(v), min(v), max(v), len(v)) for n, v in sorted(points.items())}
+            for run, points in values.items()}
 
 
 def _fmt(value: float) -> str:

@@ -194,16 +194,10 @@ def data_efficiency_plot(result: dict) -> plt.Figure:
     Taught in: chapters/07_finetune_voc_classification.ipynb.
     """
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    runs = dict.fromkeys(r["run"] for r in result["rows"])
-    for run in runs:
-        by_n: dict[int, list[float]] = {}
-        for r in result["rows"]:
-            if r["run"] == run:
-                by_n.setdefault(r["n_train"], []).append(r["value"])
-        n = sorted(by_n)
-        mean = [float(np.mean(by_n[k])) for k in n]
-        line, = ax.plot(n, mean, "o-", label=f"{run} ({len(by_n[n[0]])} seeds)")
-        ax.fill_between(n, [min(by_n[k]) for k in n], [max(by_n[k]) for k in n], color=line.get_color(), alpha=0.2)
+    for run, points in results.by_size(result).items():
+        n = list(points)
+        line, = ax.plot(n, [points[k][0] for k in n], "o-", label=f"{run} ({points[n[0]][3]} seeds)")
+        ax.fill_between(n, [points[k][1] for k in n], [points[k][2] for k in n], color=line.get_color(), alpha=0.2)
     metric = results.METRICS.get(result["rows"][0]["metric"], result["rows"][0]["metric"])
     ax.set(xscale="log", xlabel="labelled training images", ylabel=f"{metric} on the evaluation images")
     ax.set_xticks(sorted({r["n_train"] for r in result["rows"]}),
