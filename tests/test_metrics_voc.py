@@ -425,13 +425,26 @@ def test_multilabel_ap_equals_sklearn(seed):
     mask = (torch.rand(n, c, generator=g) > 0.15).float()
     mask[0] = 1
     for m in (None, mask):
-        mean, per_class = multilabel_average_precision(scores, targets, m)
+        mean, per_class = multilabel_average_precision(scores, targets, m, interpolated=False)
         keep = torch.ones(n, c, dtype=torch.bool) if m is None else m.bool()
         expected = [average_precision_score(targets[keep[:, k], k].numpy(), scores[keep[:, k], k].numpy())
                     for k in range(c - 1)]
         assert per_class[:-1] == pytest.approx(expected, abs=1e-12)
         assert np.isnan(per_class[-1])
         assert mean == pytest.approx(np.mean(expected), abs=1e-12)
+        voc = multilabel_average_precision(scores, targets, m)[1][:-1]  # VOC's: the envelope's area
+        assert all(v >= e - 1e-12 for v, e in zip(voc, expected)) and voc != pytest.approx(expected, abs=1e-6)
+
+
+def test_multilabel_ap_is_voc_s_envelope_area():
+    # Ranked: pos, neg, neg, pos, pos. Precision at the positives 1, 2/4, 3/5: scikit-learn's AP is
+    # their mean 0.7; VOC's envelope lifts the 2/4 to the 3/5 that comes later: (1 + 0.6 + 0.6) / 3.
+    scores = torch.tensor([5.0, 4, 3, 2, 1])[:, None]
+    targets = torch.tensor([1.0, 0, 0, 1, 1])[:, None]
+    assert multilabel_average_precision(scores, targets, interpolated=False)[0] == pytest.approx(0.7)
+    assert multilabel_average_precision(scores, targets)[0] == pytest.approx(2.2 / 3)
+    recall, precision = torch.tensor([1 / 3, 1 / 3, 1 / 3, 2 / 3, 1]), torch.tensor([1, 1 / 2, 1 / 3, 2 / 4, 3 / 5])
+    assert multilabel_average_precision(scores, targets)[0] == pytest.approx(voc_ap(recall, precision))
 
 
 def test_multilabel_hand_cases():

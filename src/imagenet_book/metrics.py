@@ -297,15 +297,20 @@ def voc_detection_map(predictions: Sequence[Mapping[str, Any]], targets: Sequenc
     return result
 
 
-def multilabel_average_precision(scores: Tensor, targets: Tensor,
-                                 mask: Tensor | None = None) -> tuple[float, list[float]]:
+def multilabel_average_precision(scores: Tensor, targets: Tensor, mask: Tensor | None = None, *,
+                                 interpolated: bool = True) -> tuple[float, list[float]]:
     """Mean average precision of a multi-label classifier (VOC classification), class by class.
 
-    For each class, the images are ranked by score, and
-    ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds (tied scores form one
-    threshold): the non-interpolated area under the precision-recall curve, exactly
-    scikit-learn's ``average_precision_score``. (The VOC2007 classification devkit interpolated
-    at 11 recall levels instead, as :func:`voc_ap` with ``use_07_metric=True``.)
+    For each class, the images are ranked by score and the precision ``P_n`` and recall ``R_n``
+    are taken at each distinct score threshold (tied scores form one threshold). Then
+
+    * ``interpolated=True`` (default, VOC's metric since 2010, the same as chapter 08's
+      :func:`voc_ap`): the area under the precision *envelope* ``max_{R' >= R} P(R')``;
+    * ``interpolated=False``: ``AP = sum_n (R_n - R_{n-1}) P_n``, the non-interpolated area,
+      exactly scikit-learn's ``average_precision_score``; never above the VOC value.
+
+    (The VOC2007 devkit averaged the envelope at 11 recall levels instead, as :func:`voc_ap` with
+    ``use_07_metric=True``.)
 
     Args:
         scores: float ``(N, C)``, any monotone score (logits or probabilities).
@@ -347,7 +352,10 @@ def multilabel_average_precision(scores: Tensor, targets: Tensor,
         last_of_tie = torch.cat([s[1:] != s[:-1], torch.tensor([True])])  # one point per threshold
         tps, fps = tps[last_of_tie], fps[last_of_tie]
         recall, precision = tps / tps[-1], tps / (tps + fps)
-        per_class.append((torch.diff(recall, prepend=recall.new_zeros(1)) * precision).sum().item())
+        if interpolated:
+            per_class.append(voc_ap(recall, precision))
+        else:
+            per_class.append((torch.diff(recall, prepend=recall.new_zeros(1)) * precision).sum().item())
     counted = [ap for ap in per_class if not math.isnan(ap)]
     return (sum(counted) / len(counted) if counted else float("nan")), per_class
 
