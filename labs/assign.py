@@ -189,14 +189,18 @@ def summarise(results) -> dict:
 #: Jupyter Book tags that keep a lab's answers off the website (the repository still has them):
 #: the solution cells' code (their outputs stay) and the test cells, public and hidden.
 WEBSITE_TAGS = {"solution": "remove-input", "tests": "remove-cell"}
+#: The tag of a written answer: the markdown solution cell of a manually graded question
+#: (``manual: true``) holds the model answer and grading notes, and is left out whole.
+WRITTEN_ANSWER_TAG = "remove-cell"
 
 
 def hide_answers(lab: Path, write: bool = True) -> list[tuple[int, str]]:
     """Tag the lab's solution cells ``remove-input`` and its test cells ``remove-cell`` (see
-    :data:`WEBSITE_TAGS`), so that the website shows each question and what the finished code
-    prints, but not the code or the hidden tests. Returns ``(cell index, tag)`` for each cell that
-    lacked its tag (empty when the lab is already tagged); writes the notebook when ``write`` and
-    some did."""
+    :data:`WEBSITE_TAGS`), and the written answers of its manually graded questions (markdown
+    solution cells) ``remove-cell``, so that the website shows each question and what the finished
+    code prints, but not the code, the model answers or the hidden tests. Returns ``(cell index,
+    tag)`` for each cell that lacked its tag (empty when the lab is already tagged); writes the
+    notebook when ``write`` and some did."""
     nb = nbformat.read(lab, as_version=4)
     region, missing = None, []
     for index, cell in enumerate(nb.cells):
@@ -207,11 +211,12 @@ def hide_answers(lab: Path, write: bool = True) -> list[tuple[int, str]]:
                     region = name
                 elif head.startswith(f"# END {name.upper()}"):
                     region = None
-        elif cell.cell_type == "code" and region is not None:
+        elif region is not None and cell.cell_type in ("code", "markdown"):
+            tag = WEBSITE_TAGS[region] if cell.cell_type == "code" else WRITTEN_ANSWER_TAG
             tags = cell.metadata.setdefault("tags", [])
-            if WEBSITE_TAGS[region] not in tags:
-                tags.append(WEBSITE_TAGS[region])
-                missing.append((index, WEBSITE_TAGS[region]))
+            if tag not in tags:
+                tags.append(tag)
+                missing.append((index, tag))
     if missing and write:
         nbformat.write(nb, lab)
     return missing
