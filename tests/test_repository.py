@@ -106,3 +106,13 @@ def test_notebook_is_committed_in_stored_form(path):
     assert nbtool.stored_form(nb) == nb, f"{path.name}: run `make outputs` (outputs only where checked)"
     checked = [c for c in nb.cells if nbtool.is_checked(c)]
     assert checked and all(c.outputs for c in checked), f"{path.name}: checked cells need stored outputs"
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name) and p.parent.name == "chapters"],
+                         ids=lambda p: p.stem)
+def test_every_chapter_ends_with_exercises(path):
+    """Each numbered chapter's last cell is its Exercises section, with at least 4 numbered ones."""
+    last = nbformat.read(path, as_version=4).cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Exercises"), f"{path.name}: no Exercises last"
+    numbered = re.findall(r"^\d+\. \*\*", last.source, flags=re.M)
+    assert len(numbered) >= 4, f"{path.name}: {len(numbered)} exercises, at least 4 expected"
