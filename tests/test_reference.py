@@ -114,3 +114,24 @@ def test_chapters_fine_tune_from_the_reference_backbone_once_it_is_made(tiny, tm
     made.write_bytes(b"weights")
     path, why = reference.chapter_backbone(tiny, fallback)
     assert path == made and "reference backbone" in why and made.name in why
+
+
+def test_pretraining_is_recorded_without_the_data_s_folder(tiny, tmp_path, monkeypatch):
+    """The data's description names its folder (for captions); a results file must not."""
+    from PIL import Image
+
+    from imagenet_book.data.imagenet import IMAGENETTE_CLASSES
+
+    for split, n in (("train", 3), ("val", 1)):
+        for k, (wnid, _) in enumerate(IMAGENETTE_CLASSES):
+            folder = tiny.data_root / "imagenette2-160" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), (k * 25, i * 60, 100)).save(folder / f"{wnid}_{i}.JPEG")
+    monkeypatch.setattr(reference, "PRETRAIN", {"img_size": 32, "epochs": 1, "batch_size": 10, "lr": 0.05})
+    out = tmp_path / "results"
+    reference.run_reference(tiny, ["pretrain-imagenette"], folder=out, log=lambda _: None)
+    result = results.read_result("pretrain-imagenette", out)
+    assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 30, "val": 10}
+    assert {(r["metric"], r["lr"]) for r in result["rows"]} == {("top1", 0.05), ("top5", 0.05)}
+    assert reference.reference_backbone(tiny).is_file()  # the fine-tuning experiments' backbone

@@ -171,7 +171,8 @@ def pretrain_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     run = pretrain.pretrain(cfg, "imagenette", "resnet18", **PRETRAIN, checkpoint_every=200, log=log)
     source = run.source
     return {"chapter": "chapters/06_pretraining.ipynb",
-            "data": {"name": source.description, "real": source.is_real, "train": len(run.train_loader.cache),
+            "data": {"name": f"{'real' if source.is_real else 'stand-in'} Imagenette ({source.name})",
+                     "real": source.is_real, "train": len(run.train_loader.cache),
                      "val": len(run.val_loader.cache)},
             "rows": [{"run": "scratch", "metric": m, "value": float(run.metrics[m]), "epochs": PRETRAIN["epochs"],
                       "img_size": PRETRAIN["img_size"], "lr": PRETRAIN["lr"]} for m in ("top1", "top5")]}
