@@ -48,7 +48,11 @@ def test_data_efficiency_is_recorded_and_resumes_run_by_run(tiny, tmp_path):
     lines.clear()
     reference.run_reference(tiny, ["voc-data-efficiency"], folder=out, log=lines.append)
     assert sum("done before" in line for line in lines) == 8
-    assert results.read_result("voc-data-efficiency", out)["rows"] == rows
+    resumed = results.read_result("voc-data-efficiency", out)
+    assert resumed["rows"] == rows
+    kept = (tiny.cache_root / "reference" / "voc-data-efficiency").rglob("*.json")
+    made = [json.loads(f.read_text())["wall_s"] for f in kept]
+    assert len(made) == 8 and resumed["wall_s"] == pytest.approx(sum(made), abs=0.5)  # the runs' time, not the resume's
 
 
 def test_reference_runs_refuse_stand_in_data_and_unknown_names(smoke_cfg, tmp_path, capsys):
@@ -135,3 +139,7 @@ def test_pretraining_is_recorded_without_the_data_s_folder(tiny, tmp_path, monke
     assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 30, "val": 10}
     assert {(r["metric"], r["lr"]) for r in result["rows"]} == {("top1", 0.05), ("top5", 0.05)}
     assert reference.reference_backbone(tiny).is_file()  # the fine-tuning experiments' backbone
+    # Recorded again from the finished run (loaded, not trained): the wall time is still the training's.
+    reference.run_reference(tiny, ["pretrain-imagenette"], folder=out, force=True, log=lambda _: None)
+    again = results.read_result("pretrain-imagenette", out)
+    assert again["rows"] == result["rows"] and again["wall_s"] >= 0.9 * result["wall_s"] > 0

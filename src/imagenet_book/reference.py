@@ -104,15 +104,18 @@ class _Runs:
     def __init__(self, cfg: Any, experiment: str) -> None:
         self.folder = Path(cfg.cache_root) / "reference" / experiment / _commit()[:12]
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.seconds = 0.0  # what the runs took when they were made, resumed ones included
 
     def get(self, key: str, make: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
         path = self.folder / f"{key}.json"
         if path.is_file():
             log(f"reference: {key}: done before ({path.name})")
-            return json.loads(path.read_text(encoding="utf-8"))
-        t0 = time.perf_counter()
-        value = {**make(), "wall_s": round(time.perf_counter() - t0, 1)}
-        save_atomically(json.dumps(value), path, lambda text, p: p.write_text(text, encoding="utf-8"))
+            value = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            t0 = time.perf_counter()
+            value = {**make(), "wall_s": round(time.perf_counter() - t0, 1)}
+            save_atomically(json.dumps(value), path, lambda text, p: p.write_text(text, encoding="utf-8"))
+        self.seconds += float(value.get("wall_s", 0.0))
         return value
 
 
@@ -170,7 +173,8 @@ def pretrain_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                              "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
     run = pretrain.pretrain(cfg, "imagenette", "resnet18", **PRETRAIN, checkpoint_every=200, log=log)
     source = run.source
-    return {"chapter": "chapters/06_pretraining.ipynb",
+    trained_s = run.history.epochs[-1]["wall_s"] if run.history.epochs else 0.0  # also when loaded, resumed
+    return {"chapter": "chapters/06_pretraining.ipynb", "wall_s": trained_s,
             "data": {"name": f"{'real' if source.is_real else 'stand-in'} Imagenette ({source.name})",
                      "real": source.is_real, "train": len(run.train_loader.cache),
                      "val": len(run.val_loader.cache)},
@@ -210,7 +214,7 @@ def voc_multilabel(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
         rows.append({"run": name, "metric": "map", "value": out["value"], "n_train": out["train"], "seed": 0,
                      "epochs": VOC["epochs"], "img_size": VOC["img_size"]})
         log(f"reference: voc-multilabel {name}: mAP {out['value']:.3f}")
-    return {"chapter": "chapters/07_finetune_voc_classification.ipynb",
+    return {"chapter": "chapters/07_finetune_voc_classification.ipynb", "wall_s": runs.seconds,
             "data": {"name": info["data"].split(",")[0], "real": True, "train": info["train"], "val": info["val"]},
             "rows": rows}
 
@@ -229,7 +233,7 @@ def voc_data_efficiency(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                 rows.append({"run": name, "metric": "map", "value": out["value"], "n_train": out["train"],
                              "seed": seed, "epochs": VOC["epochs"], "img_size": VOC["img_size"]})
                 log(f"reference: voc-data-efficiency {key}: mAP {out['value']:.3f}")
-    return {"chapter": "chapters/07_finetune_voc_classification.ipynb",
+    return {"chapter": "chapters/07_finetune_voc_classification.ipynb", "wall_s": runs.seconds,
             "data": {"name": info["data"].split(",")[0], "real": True, "train": max(DATA_EFFICIENCY_SIZES),
                      "val": info["val"]},
             "rows": rows}
@@ -263,7 +267,7 @@ def _dense(cfg: Any, experiment: str, chapter: str, metric: str, sizes: dict[str
         rows.append({"run": name, "metric": metric, "value": out["value"], "n_train": out["train"], "seed": 0,
                      "epochs": sizes["epochs"], "img_size": sizes["img_size"]})
         log(f"reference: {experiment} {name}: {results.METRICS[metric]} {out['value']:.3f}")
-    return {"chapter": chapter, "data": {"name": source.description.split(",")[0], "real": True,
+    return {"chapter": chapter, "wall_s": runs.seconds, "data": {"name": source.description.split(",")[0], "real": True,
                                          "train": info["train"], "val": info["val"]}, "rows": rows}
 
 
@@ -391,7 +395,8 @@ def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Pat
         made = EXPERIMENTS[name](cfg, log)
         path = results.write_result(name, chapter=made["chapter"], command=COMMAND, commit=commit,
                                     device=_device_name(cfg), data=made["data"], rows=made["rows"],
-                                    wall_s=time.perf_counter() - t0, folder=out_folder, extra=made.get("extra"))
+                                    wall_s=max(made.get("wall_s", 0.0), time.perf_counter() - t0),
+                                    folder=out_folder, extra=made.get("extra"))
         log(f"reference: {name}: recorded in {path}")
         written.append(path)
     return written
