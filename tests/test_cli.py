@@ -370,8 +370,18 @@ def test_finetune_help_explains_tasks_modes_and_files(capsys):
     text = capsys.readouterr().out
     for word in ("--task {classify,detect,segment}", "--from CHECKPOINT|imagenet1k|scratch",
                  "--mode {probe,finetune}", "a tenth of the head's learning rate",
-                 "TASK-MODE-ARCH-PROFILE-from-SOURCE-HASH.json", "--img-size", "--epochs", "--out"):
+                 "TASK-MODE-ARCH-PROFILE-from-SOURCE-HASH.json", "--img-size", "--epochs", "--out",
+                 "'imagenet1k-resnet18'"):
         assert word in text, word
+
+
+def test_reference_help_names_every_experiment_in_order(capsys):
+    from imagenet_book import reference
+
+    with pytest.raises(SystemExit):
+        cli.main(["reference", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Experiments, in order: " + ", ".join(reference.EXPERIMENTS) + "." in text
 
 
 def test_finetune_classify_from_a_checkpoint_writes_weights_and_metrics(run, cache, tmp_path):

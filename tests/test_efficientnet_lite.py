@@ -182,3 +182,28 @@ def test_resnet18_offline_says_it_needs_the_internet(monkeypatch, tmp_path):
     else:
         assert sum(p.numel() for p in net.parameters()) == 11_689_512
         pytest.skip("online: torchvision downloaded the weights, so there is no offline error to check")
+
+
+@pytest.mark.timeout(300)
+def test_fine_tuning_from_torchvision_s_resnet18_needs_the_internet_and_scratch_does_not(
+        smoke_cfg, voc_standin, monkeypatch, tmp_path):
+    """IMAGENET1K_RESNET18 is the online upper reference: offline, a clear error; from scratch,
+    the same architecture with random weights, no download."""
+    import dataclasses
+
+    from imagenet_book import finetune
+    from imagenet_book.data.voc import voc_source
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: torchvision must download
+    source = voc_source(dataclasses.replace(smoke_cfg, data_root=voc_standin.parent), "2007")
+    scratch = finetune.finetune_classifier(smoke_cfg, finetune.IMAGENET1K_RESNET18, mode="scratch", source=source,
+                                           max_steps=1, progress=False, log=None)
+    assert scratch.arch == "resnet18" and scratch.checkpoint is None
+    try:
+        result = finetune.finetune_classifier(smoke_cfg, finetune.IMAGENET1K_RESNET18, mode="probe", source=source,
+                                              max_steps=1, progress=False, log=None)
+    except imagenet1k.NeedsInternetError as e:
+        assert "internet" in str(e) and "efficientnet_lite0" in str(e)
+    else:
+        assert result.checkpoint == imagenet1k.resnet18_weights_file()
+        pytest.skip("online: torchvision downloaded the weights, so there is no offline error to check")

@@ -219,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-label classification, detection, or semantic segmentation")
     p.add_argument("--from", dest="start", metavar="CHECKPOINT|imagenet1k|scratch",
                    help="pretraining checkpoint (.pt written by 'pretrain'), 'imagenet1k' for the "
-                        "ImageNet-1k EfficientNet-Lite0 of the imagenet1k extra, or 'scratch' for "
-                        "random weights (default: the checkpoint 'pretrain' writes for this profile)")
+                        "ImageNet-1k EfficientNet-Lite0 of the imagenet1k extra, 'imagenet1k-resnet18' for "
+                        "ResNet-18 with torchvision's ImageNet-1k weights (downloaded: online only), or "
+                        "'scratch' for random weights (default: the checkpoint 'pretrain' writes for this "
+                        "profile)")
     p.add_argument("--mode", choices=["probe", "finetune"], default="finetune",
                    help="probe: frozen backbone; finetune: everything (default: finetune); "
                         "ignored with --from scratch")
@@ -241,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "real data under the data root) and record each as "
                                    "book/results/<name>.json. Resumable: run it again after an "
                                    "interruption. Experiments, in order: pretrain-imagenette, "
-                                   "voc-multilabel, voc-data-efficiency.")
+                                   "voc-multilabel, voc-data-efficiency, voc-detection, "
+                                   "voc-segmentation, backbone-stages.")
     p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")
     p.add_argument("--force", action="store_true", help="run experiments whose results file exists again")
     p.add_argument("--out", metavar="DIR", help="results folder (default: book/results of this repository)")

