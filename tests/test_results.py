@@ -88,7 +88,7 @@ def test_recorded_results_draw_as_the_chapters_show_them(tmp_path):
     bars = viz.result_bars(result).axes[0]
     assert len(bars.patches) == 4  # seed 0 only
     assert results.differences(result, [("imagenet1k-finetune", "scratch"), ("absent", "scratch")]) == [
-        "imagenet1k-finetune - scratch: +0.200 mAP"]
+        "imagenet1k-finetune - scratch: +0.200 mAP (2.0x)"]
     filters = np.zeros((20, 7, 7, 3), np.uint8)
     stages = [{"run": f"{who}-probe-{layer}", "metric": "map", "value": 0.1 * i, "backbone": who, "arch": "resnet18",
                "layer": layer} for who in ("random", "book") for i, layer in enumerate(("layer1", "layer4"))]

@@ -170,15 +170,16 @@ def not_recorded(name: str) -> str:
 
 
 def differences(result: dict[str, Any], pairs: list[tuple[str, str]]) -> list[str]:
-    """``"a - b: +0.123 mAP"`` for each pair of runs that the result holds (seed 0, all images),
-    so that the prose quotes no number a cell has not printed.
+    """``"a - b: +0.123 mAP (2.0x)"`` for each pair of runs that the result holds (seed 0, all
+    images): the difference and the ratio, so that the prose quotes no number a cell has not printed.
 
     Taught in: chapters/07_finetune_voc_classification.ipynb.
     """
     value = {r["run"]: (r["value"], METRICS.get(r["metric"], r["metric"])) for r in result["rows"]
              if r.get("seed", 0) == 0 and "layer" not in r}
-    return [f"{a} - {b}: {value[a][0] - value[b][0]:+.3f} {value[a][1]}" for a, b in pairs
-            if a in value and b in value]
+    return [f"{a} - {b}: {value[a][0] - value[b][0]:+.3f} {value[a][1]}"
+            + (f" ({value[a][0] / value[b][0]:.1f}x)" if value[b][0] > 0 else "")
+            for a, b in pairs if a in value and b in value]
 
 
 def by_size(result: dict[str, Any]) -> dict[str, dict[int, tuple[float, float, float, int]]]:
