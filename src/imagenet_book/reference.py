@@ -194,6 +194,11 @@ def _classify(cfg: Any, checkpoint: Any, mode: str, *, seed: int = 0, n_train: i
             "val": result.budget["val_images"], "data": source.description}
 
 
+def _data_name(description: str) -> str:
+    """The data's name in a result file: a source's description up to its first comma (no sizes, no paths)."""
+    return description.split(",")[0]
+
+
 def voc_multilabel(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """Probe, fine-tune and scratch on the real VOC-format set, book and ImageNet-1k backbones."""
     runs = _Runs(cfg, "voc-multilabel")
@@ -215,7 +220,7 @@ def voc_multilabel(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                      "epochs": VOC["epochs"], "img_size": VOC["img_size"]})
         log(f"reference: voc-multilabel {name}: mAP {out['value']:.3f}")
     return {"chapter": "chapters/07_finetune_voc_classification.ipynb", "wall_s": runs.seconds,
-            "data": {"name": info["data"].split(",")[0], "real": True, "train": info["train"], "val": info["val"]},
+            "data": {"name": _data_name(info["data"]), "real": True, "train": info["train"], "val": info["val"]},
             "rows": rows}
 
 
@@ -234,7 +239,7 @@ def voc_data_efficiency(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                              "seed": seed, "epochs": VOC["epochs"], "img_size": VOC["img_size"]})
                 log(f"reference: voc-data-efficiency {key}: mAP {out['value']:.3f}")
     return {"chapter": "chapters/07_finetune_voc_classification.ipynb", "wall_s": runs.seconds,
-            "data": {"name": info["data"].split(",")[0], "real": True, "train": max(DATA_EFFICIENCY_SIZES),
+            "data": {"name": _data_name(info["data"]), "real": True, "train": max(DATA_EFFICIENCY_SIZES),
                      "val": info["val"]},
             "rows": rows}
 
@@ -267,8 +272,9 @@ def _dense(cfg: Any, experiment: str, chapter: str, metric: str, sizes: dict[str
         rows.append({"run": name, "metric": metric, "value": out["value"], "n_train": out["train"], "seed": 0,
                      "epochs": sizes["epochs"], "img_size": sizes["img_size"]})
         log(f"reference: {experiment} {name}: {results.METRICS[metric]} {out['value']:.3f}")
-    return {"chapter": chapter, "wall_s": runs.seconds, "data": {"name": source.description.split(",")[0], "real": True,
-                                         "train": info["train"], "val": info["val"]}, "rows": rows}
+    return {"chapter": chapter, "wall_s": runs.seconds,
+            "data": {"name": _data_name(source.description), "real": True, "train": info["train"], "val": info["val"]},
+            "rows": rows}
 
 
 def voc_detection(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
@@ -344,7 +350,7 @@ def backbone_stages(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                          "n_train": len(train.images), "img_size": size, "epochs": STAGE_PROBE["epochs"]})
             log(f"reference: backbone-stages {who} {layer}: mAP {value:.3f}")
     return {"chapter": "chapters/06_pretraining.ipynb",
-            "data": {"name": source.description.split(",")[0], "real": True, "train": len(train.images),
+            "data": {"name": _data_name(source.description), "real": True, "train": len(train.images),
                      "val": len(val.images)},
             "rows": rows, "extra": {"filters": filters}}
 

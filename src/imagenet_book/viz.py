@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -166,7 +167,6 @@ def figure_explorer(draw: Callable[..., plt.Figure], **controls):
 
 
 def _provenance_title(fig: plt.Figure, result: dict) -> None:
-    import textwrap
 
     fig.suptitle(textwrap.fill(results.provenance(result), 110), fontsize=7)
 
