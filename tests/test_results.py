@@ -98,3 +98,20 @@ def test_recorded_results_draw_as_the_chapters_show_them(tmp_path):
         "random (resnet18)", "book (resnet18)"]
     fig = viz.filters_figure(result, ncols=8)
     assert sum(len(ax.get_images()) for ax in fig.axes) == 20 and len(fig.axes) == 24
+
+
+def test_a_data_efficiency_curve_reads_across_seeds_and_sizes():
+    rows = [{"run": run, "metric": "map", "value": v, "n_train": n, "seed": s}
+            for run, n, s, v in [("pre", 25, 0, 0.30), ("pre", 25, 1, 0.40), ("pre", 100, 0, 0.50),
+                                 ("scratch", 25, 0, 0.10), ("scratch", 25, 1, 0.20), ("scratch", 100, 0, 0.36),
+                                 ("scratch", 200, 0, 0.45)]]
+    curve = {"name": "curve", "rows": rows}
+    sizes = results.by_size(curve)
+    assert list(sizes) == ["pre", "scratch"]
+    mean, lo, hi, seeds = sizes["pre"][25]
+    assert (round(mean, 6), lo, hi, seeds) == (0.35, 0.30, 0.40, 2)
+    # scratch first reaches pre's 25-image mean (0.35) at 100 images; pre's 100-image mean (0.50) never
+    assert results.labels_to_match(curve, "pre", "scratch") == {25: 100, 100: None}
+    assert results.labels_to_match(curve, "scratch", "pre") == {25: 25, 100: 100, 200: 100}
+    with pytest.raises(KeyError, match="finetune"):
+        results.labels_to_match(curve, "finetune", "scratch")

@@ -37,8 +37,8 @@ import numpy as np
 from .errors import BookError
 from .files import save_atomically
 
-__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "by_size", "differences", "not_recorded", "pack_uint8",
-           "provenance", "read_result", "result_table", "results_folder", "unpack_uint8", "write_result"]
+__all__ = ["ENV_RESULTS", "METRICS", "ResultError", "by_size", "differences", "labels_to_match", "not_recorded",
+           "pack_uint8", "provenance", "read_result", "result_table", "results_folder", "unpack_uint8", "write_result"]
 
 ENV_RESULTS = "IMAGENET_BOOK_RESULTS"
 #: The metric names results use, and how tables show them.
@@ -193,6 +193,21 @@ def by_size(result: dict[str, Any]) -> dict[str, dict[int, tuple[float, float, f
         values.setdefault(r["run"], {}).setdefault(r["n_train"], []).append(float(r["value"]))
     return {run: {n: (sum(v) / len(v), min(v), max(v), len(v)) for n, v in sorted(points.items())}
             for run, points in values.items()}
+
+
+def labels_to_match(result: dict[str, Any], ahead: str, behind: str) -> dict[int, int | None]:
+    """The horizontal reading of a data-efficiency curve: for each size ``n`` of run ``ahead``, the
+    fewest labelled images at which run ``behind`` reaches (by its mean over seeds) the mean that
+    ``ahead`` had with ``n``; ``None`` when no recorded size of ``behind`` does.
+
+    Taught in: chapters/07_finetune_voc_classification.ipynb.
+    """
+    sizes = by_size(result)
+    if ahead not in sizes or behind not in sizes:
+        raise KeyError(f"the result {result.get('name')!r} has no run {ahead!r} or {behind!r}; "
+                       f"its runs: {sorted(sizes)}")
+    return {n: next((m for m, point in sizes[behind].items() if point[0] >= mean), None)
+            for n, (mean, *_) in sizes[ahead].items()}
 
 
 def _fmt(value: float) -> str:
