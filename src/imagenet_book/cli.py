@@ -8,7 +8,8 @@ an unknown profile, a run that would replace another: every
 :class:`~imagenet_book.errors.BookError`) print one message and exit with status 2, without a
 traceback.
 
-Taught in: chapters/06_pretraining.ipynb (``finetune``: chapters/07_finetune_voc_classification.ipynb).
+Taught in: chapters/06_pretraining.ipynb (``finetune``: chapters/07_finetune_voc_classification.ipynb;
+``pretrain --method simclr``: chapters/11_self_supervised.ipynb).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _MAIN_EPILOG = f"""\
 examples:
   {PROG} prepare --data imagenette                 # stand-in, download (full) or decode cache
   {PROG} pretrain --data imagenette --arch resnet18 --img-size 128 --epochs 5
+  {PROG} pretrain --method simclr                  # self-supervised: no labels (chapter 11)
   {PROG} evaluate                                  # the default checkpoint, on val
   {PROG} finetune --task classify --mode finetune  # VOC, from the default checkpoint
 
@@ -66,6 +68,11 @@ appended when the profile fell back to the built-in stand-in):
   ARCH-DATA-PROFILE.lock   while a process runs it (a second one is refused)
 Other sizes than the profile's (--epochs, --img-size, --batch-size, --lr, --max-steps) add a
 short hash of them to the name (ARCH-DATA-PROFILE-1a2b3c4d), so they never replace the default run.
+--method simclr pretrains without the labels (SimCLR, chapter 11): two augmented views of every
+image, the contrastive loss at --temperature, its own sizes per profile (SIMCLR_SIZES in
+imagenet_book/recipe.py); then k-NN and linear-probe accuracy of the frozen features on val. Its
+files are named ARCH-simclr-DATA-PROFILE and hold a ResNet whose fc is the linear probe, so
+'finetune --from ARCH-simclr-DATA-PROFILE.pt' fine-tunes it as it does a supervised one.
 Run the same command again to continue an interrupted run, or to reuse a finished one with the
 same settings. A finished or unfinished run with other settings under the same name (another
 --seed, another version of the recipe) is never replaced: the command refuses and says how to
@@ -75,6 +82,7 @@ examples:
   {PROG} pretrain                                             # profile defaults
   {PROG} pretrain --data imagenette --arch resnet18 --img-size 128 --epochs 5
   {PROG} pretrain --profile full --data imagewoof --epochs 80 --out runs/woof
+  {PROG} pretrain --method simclr --epochs 30 --batch-size 256 --temperature 0.2
   torchrun --nproc_per_node=2 -m imagenet_book pretrain --profile full --batch-size 512
 """
 
@@ -155,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Taught in: chapters/06_pretraining.ipynb.
     """
-    from .pretrain import ARCHS, DATASETS
+    from .pretrain import ARCHS, DATASETS, METHODS
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -179,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "chapter 06 does (imagenet_book.pretrain.pretrain).")
     p.add_argument("--data", choices=DATASETS, default="imagenette", help="dataset (default: imagenette)")
     p.add_argument("--arch", choices=list(ARCHS), default="resnet18", help="network (default: resnet18)")
+    p.add_argument("--method", choices=list(METHODS), default="supervised",
+                   help="supervised: with the labels (chapter 06); simclr: without them, contrastive "
+                        "learning of two views (chapter 11) (default: supervised)")
+    p.add_argument("--temperature", type=float, metavar="TAU",
+                   help="--method simclr: temperature of the contrastive loss (default: the recipe's)")
     p.add_argument("--small-input", action="store_true",
                    help="CIFAR stem (3x3 conv, stride 1, no max-pool) for 32-64 px images: 4x the "
                         "resolution in each direction after the stem, about 15x the compute")
@@ -186,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, help="passes over the data (default: the profile's)")
     p.add_argument("--batch-size", type=_positive, metavar="B",
                    help="global batch, over all processes (default: the profile's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 * B / 256)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 * B / 256; simclr: 0.3 * B / 256)")
     p.add_argument("--out", metavar="DIR", help="folder for the files (default: <cache root>/checkpoints)")
     p.add_argument("--restart", action="store_true",
                    help="train from scratch, replacing (when done) a finished run of this name and "
@@ -278,17 +291,28 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import pretrain
+    from .pretrain import PretrainError, pretrain
 
+    kwargs = dict(img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  small_input=args.small_input, out_dir=args.out, restart=args.restart,
+                  checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, progress=not args.no_progress)
+    if args.method == "supervised" and args.temperature is not None:
+        raise PretrainError("--temperature is a setting of self-supervised pretraining: add --method simclr, "
+                            "or leave --temperature out.")
     cfg = _setup(args)
-    result = pretrain(cfg, args.data, args.arch, img_size=args.img_size, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, small_input=args.small_input,
-                      out_dir=args.out, restart=args.restart,
-                      checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-                      progress=not args.no_progress)
+    if args.method == "simclr":
+        from .selfsup import pretrain_simclr
+
+        result = pretrain_simclr(cfg, args.data, args.arch, temperature=args.temperature, **kwargs)
+    else:
+        result = pretrain(cfg, args.data, args.arch, **kwargs)
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.metrics
-        print(f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  val loss {m['loss']:.4f}")
+        if args.method == "simclr":
+            print(f"k-NN top-1 {m['knn_top1']:.4f}  linear probe top-1 {m['probe_top1']:.4f}  "
+                  f"contrastive val loss {m['contrastive_loss']:.4f}")
+        else:
+            print(f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  val loss {m['loss']:.4f}")
         print(f"checkpoint: {result.checkpoint}")
         print(f"history: {result.history_json} {result.history_csv}")
 

@@ -9,18 +9,28 @@ The detection losses (``sigmoid_focal_loss``, ``smooth_l1_loss``, ``box_regressi
 the two terms of a detector's ``L = L_cls + L_reg``; they agree with
 ``torchvision.ops.sigmoid_focal_loss`` and ``torch.nn.functional.smooth_l1_loss`` (tested).
 
+The contrastive loss of SimCLR (``nt_xent``, built on ``contrastive_logits``) is cross-entropy
+again: each of ``2N`` embeddings classifies which of the other ``2N - 1`` is its positive.
+
+The face-embedding loss of ArcFace (``arcface_loss``, built on ``arcface_logits``) is cross-entropy
+once more, over cosines between normalised embeddings and class centres, the target's angle
+widened by an additive margin.
+
 Taught in: chapters/02_cross_entropy.ipynb (cross-entropy), chapters/08_detection_voc.ipynb
-(detection losses).
+(detection losses), chapters/11_self_supervised.ipynb (the contrastive loss, the ArcFace loss).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "softmax_cross_entropy_grad",
-           "BOX_LOSSES", "sigmoid_focal_loss", "smooth_l1_loss", "box_regression_loss", "multilabel_loss"]
+           "BOX_LOSSES", "sigmoid_focal_loss", "smooth_l1_loss", "box_regression_loss", "multilabel_loss",
+           "contrastive_logits", "nt_xent", "arcface_logits", "arcface_loss"]
 
 
 def log_softmax(z: Tensor, dim: int = -1) -> Tensor:
@@ -263,3 +273,132 @@ def multilabel_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None)
     if mask is None:
         return bce.mean()
     return (bce * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------------------- contrastive loss
+
+
+def contrastive_logits(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """The ``2N``-way classification problem inside SimCLR's loss: its logits and targets.
+
+    The ``2N`` embeddings ``z = [z1; z2]`` are L2-normalised, so ``z_i . z_j`` is the cosine
+    similarity ``s_ij``. Row ``i`` of the logits is ``s_ij / temperature`` for every ``j``, with
+    ``-inf`` at ``j = i`` (an embedding is not a candidate for itself); its target is the index
+    of the other view of the same image (``i + N`` for ``i < N``, ``i - N`` after). The other
+    ``2N - 2`` candidates are the negatives.
+
+    Args:
+        z1, z2: float ``(N, D)``: the embeddings of two views of the same ``N`` images, row by row.
+        temperature: ``tau > 0``; a small ``tau`` sharpens the softmax onto the hardest negatives.
+
+    Returns:
+        ``(logits, targets)``: float ``(2N, 2N)``, int64 ``(2N,)``.
+
+    Raises:
+        ValueError: the shapes differ or are not ``(N, D)``, or ``temperature <= 0``.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be (N, D) embeddings of the same N images, got "
+                         f"{tuple(z1.shape)} and {tuple(z2.shape)}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    self_pairs = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = (z @ z.T / temperature).masked_fill(self_pairs, float("-inf"))
+    i = torch.arange(n, device=z.device)
+    return logits, torch.cat([i + n, i])
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """SimCLR's normalised temperature-scaled cross-entropy (NT-Xent; Chen et al., 2020).
+
+    With ``z = [z1; z2]`` L2-normalised and ``s_ij = z_i . z_j``, anchor ``i`` and its positive
+    ``p(i)`` (the other view of the same image) have the loss::
+
+        l_i = -log( exp(s_i,p(i) / tau) / sum_{k != i} exp(s_ik / tau) )
+
+    the denominator running over the positive and the ``2N - 2`` negatives (every view of every
+    other image of the batch); the loss is the mean of ``l_i`` over all ``2N`` anchors, which
+    is cross-entropy over :func:`contrastive_logits`. It is symmetric in ``z1`` and ``z2``; it
+    is at least ``0`` and starts near ``log(2N - 1)`` for random embeddings, so a larger batch
+    gives more negatives to tell apart.
+
+    Args:
+        z1, z2: float ``(N, D)``: the projections of two views of the same ``N`` images.
+        temperature: ``tau > 0``.
+
+    Returns:
+        A float scalar.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    logits, targets = contrastive_logits(z1, z2, temperature)
+    return F.cross_entropy(logits, targets)
+
+
+# ------------------------------------------------------------------------------- face embeddings
+
+
+def arcface_logits(embeddings: Tensor, weight: Tensor, target: Tensor, scale: float, margin: float) -> Tensor:
+    """The logits of ArcFace's additive angular margin softmax (Deng et al., 2019).
+
+    Derivation. A linear classifier's logit is ``W_j . x = |W_j| |x| cos(theta_j)``, with
+    ``theta_j`` the angle between the embedding ``x`` and class ``j``'s weight ``W_j``.
+    Normalising both (``|W_j| = |x| = 1``) leaves only the angle, and a fixed scale ``s`` makes
+    the softmax sharp enough to train: ``z_j = s cos(theta_j)``. Cross-entropy on these logits
+    pulls ``x`` towards its class centre ``W_y`` and away from the others, on the unit sphere.
+    Verification later compares embeddings by the same cosine. ArcFace asks for more than
+    winning: the target's angle is charged an extra ``m`` radians,
+    ``z_y = s cos(theta_y + m)``, so the loss is low only when ``theta_y + m < theta_j`` for
+    every other class ``j``: a geodesic margin of ``m`` between ``x`` and every other class.
+    Same-person photos are pressed into a tighter cone than a plain softmax needs, which is
+    what a threshold on the cosine then separates. ``cos(theta + m)`` is computed without
+    ``acos`` (whose gradient blows up at +-1), by the angle-sum rule:
+
+        cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m),   sin(theta) = sqrt(1 - cos^2(theta))
+
+    (``theta`` is in ``[0, pi]``, so the root is the sine). Past ``theta = pi - m``,
+    ``cos(theta + m)`` would rise again (the penalty would reward a worse angle), so there the
+    target logit continues as ``s (cos(theta) - m sin(m))``, a decreasing function of theta
+    (insightface's rule). With ``m = 0`` this is the normalised softmax: cross-entropy on
+    ``s cos(theta_j)``.
+
+    Args:
+        embeddings: float ``(N, D)``, any length (normalised here).
+        weight: float ``(C, D)``: one centre per class (normalised here).
+        target: int64 ``(N,)`` class indices.
+        scale: ``s > 0`` (e.g. 30 or 64).
+        margin: ``m >= 0``, in radians (e.g. 0.5).
+
+    Returns:
+        float ``(N, C)``: ``s cos(theta_j)`` for ``j != y`` and ``s cos(theta_y + m)`` (or its
+        continuation) for the target.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    if scale <= 0 or margin < 0:
+        raise ValueError(f"scale must be > 0 and margin >= 0, got scale={scale}, margin={margin}.")
+    cos = F.normalize(embeddings, dim=1) @ F.normalize(weight, dim=1).T  # (N, C)
+    cos_y = cos.gather(1, target[:, None]).clamp(-1.0, 1.0)  # (N, 1)
+    sin_y = torch.sqrt((1.0 - cos_y * cos_y).clamp(min=1e-12))
+    cos_m, sin_m = math.cos(margin), math.sin(margin)
+    with_margin = cos_y * cos_m - sin_y * sin_m  # cos(theta_y + m)
+    beyond = cos_y - margin * sin_m  # theta_y > pi - m: keep decreasing
+    target_logit = torch.where(cos_y > math.cos(math.pi - margin), with_margin, beyond)
+    return scale * cos.scatter(1, target[:, None], target_logit)
+
+
+def arcface_loss(embeddings: Tensor, weight: Tensor, target: Tensor, scale: float = 30.0,
+                 margin: float = 0.5) -> Tensor:
+    """ArcFace's loss: cross-entropy over :func:`arcface_logits` (mean over the batch).
+
+    Shapes: embeddings float ``(N, D)``, weight ``(C, D)``, target int64 ``(N,)`` -> a float
+    scalar. With ``margin=0`` it equals ``F.cross_entropy(scale * cos, target)`` (the
+    normalised softmax), and it is never smaller than that for ``margin > 0``.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    return F.cross_entropy(arcface_logits(embeddings, weight, target, scale, margin), target)

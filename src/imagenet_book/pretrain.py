@@ -37,6 +37,10 @@ with other sizes than the profile's (``epochs``, ``img_size``, ``batch_size``, `
 ``max_steps``) appends a short hash of them (``resnet18-imagenette-local-3f9a0c1e``), so it never
 takes the default run's name.
 
+**Without labels.** :func:`imagenet_book.selfsup.pretrain_simclr` (chapter 11) pretrains with
+SimCLR through the same machinery (:func:`run_pretraining`): the same files, named
+``f"{arch}-simclr-{data}-{profile}"`` (:data:`METHODS`), with sizes of its own per profile.
+
 **A finished or unfinished run is never replaced or deleted without being asked.**
 
 * A second call with the same settings finds ``<stem>.pt`` and loads it instead of training
@@ -80,21 +84,24 @@ from .data.fast import FastLoader, fast_loader
 from .models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .data.imagenet import DataSource, classification_source
 from .engine import History
-from .recipe import BASE_BATCH, BASE_LR, CROP_SCALE, ZERO_INIT_RESIDUAL, TrainConfig, pretrain_recipe
+from .recipe import CROP_SCALE, ZERO_INIT_RESIDUAL, TrainConfig, pretrain_recipe, simclr_recipe, simclr_sizes
 from .errors import BookError
 from .files import check_writable, hold_lock, read_state, save_atomically
 from .models import resnet18, resnet34, resnet50
 
 __all__ = ["ARCHS", "DATASETS", "PretrainError", "PretrainResult", "PretrainedCheckpoint",
-           "PretrainedNotFoundError", "build_model", "checkpoint_stem", "default_checkpoint",
-           "evaluate_checkpoint", "how_to_make", "load_pretrained", "make_loaders", "predict",
-           "pretrain", "pretrain_recipe", "read_pretrained", "uses_real_data"]
+           "PretrainedNotFoundError", "METHODS", "build_model", "checkpoint_stem", "default_checkpoint",
+           "default_sizes", "evaluate_checkpoint", "how_to_make", "load_pretrained", "make_loaders", "predict",
+           "pretrain", "pretrain_recipe", "read_pretrained", "run_pretraining", "run_settings", "uses_real_data"]
 
 #: Architectures :func:`pretrain` builds, by name (the functions of :mod:`imagenet_book.models`).
 ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet34": resnet34,
                                               "resnet50": resnet50}
 #: Datasets the data rule knows (``classification_source``): real when present, else stand-in.
 DATASETS = ("imagenette", "imagewoof", "standin")
+#: How a backbone is pretrained: with the labels (:func:`pretrain`, chapter 06) or without them
+#: (:func:`imagenet_book.selfsup.pretrain_simclr`, chapter 11). Both write the same files.
+METHODS = ("supervised", "simclr")
 
 # The recipe's numbers live in imagenet_book.recipe with every other recipe's (chapter 06 explains them).
 RECIPE_VERSION = 1       # bump when the code changes what a run with the same settings computes
@@ -121,11 +128,13 @@ class PretrainedNotFoundError(BookError, FileNotFoundError):
 # ------------------------------------------------------------------------------- names and paths
 
 
-def _check_names(arch: str, data: str) -> None:
+def _check_names(arch: str, data: str, method: str = "supervised") -> None:
     if arch not in ARCHS:
         raise PretrainError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
     if data not in DATASETS:
         raise PretrainError(f"Unknown dataset {data!r}. Choose one of: {', '.join(DATASETS)}.")
+    if method not in METHODS:
+        raise PretrainError(f"Unknown pretraining method {method!r}. Choose one of: {', '.join(METHODS)}.")
 
 
 def _model_id(arch: str, small_input: bool) -> str:
@@ -147,18 +156,34 @@ def uses_real_data(cfg: Any, data: str = "imagenette") -> bool:
     return find_imagenette(cfg.data_root, data) is not None or cfg.profile.allow_download
 
 
-def _sizes(cfg: Any, epochs: int | None, img_size: int | None, batch_size: int | None,
-           lr: float | None, max_steps: int | None) -> dict[str, Any]:
-    """The sizes that differ from the profile's default run (``{}`` for the default run)."""
+def default_sizes(cfg: Any, method: str = "supervised") -> dict[str, Any]:
+    """The sizes of the profile's default run of ``method``: ``{"epochs", "img_size",
+    "batch_size", "max_steps"}`` (``max_steps`` ``None``), and for ``"simclr"`` the
+    ``"temperature"``: the profile's sizes (:class:`~imagenet_book.runtime.Profile`) for supervised
+    pretraining, :func:`~imagenet_book.recipe.simclr_sizes` for SimCLR.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    if method not in METHODS:
+        raise PretrainError(f"Unknown pretraining method {method!r}. Choose one of: {', '.join(METHODS)}.")
+    if method == "simclr":
+        return {**simclr_sizes(cfg.profile.name), "max_steps": None}
     p = cfg.profile
-    batch = batch_size or p.batch_size
-    wanted = {"epochs": epochs or p.epochs, "img_size": img_size or p.img_size,
-              "batch_size": batch, "max_steps": max_steps}
-    default = {"epochs": p.epochs, "img_size": p.img_size, "batch_size": p.batch_size,
-               "max_steps": None}
+    return {"epochs": p.epochs, "img_size": p.img_size, "batch_size": p.batch_size, "max_steps": None}
+
+
+def _sizes(cfg: Any, method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The sizes of ``given`` that differ from the profile's default run (``{}`` for the default run)."""
+    default = default_sizes(cfg, method)
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in default and k != "lr")
+    if unknown:
+        raise PretrainError(f"{', '.join(unknown)} is not a setting of {method} pretraining: leave it out "
+                            f"(the settings of {method} runs: {', '.join(sorted(default))}, lr).")
+    wanted = {k: default[k] if given.get(k) is None else given[k] for k in default}
     sizes = {k: v for k, v in wanted.items() if v != default[k]}
-    if lr is not None and not math.isclose(lr, BASE_LR * batch / BASE_BATCH, rel_tol=1e-9):
-        sizes["lr"] = float(lr)  # the linear scaling rule's lr is not an override
+    rule = (simclr_recipe if method == "simclr" else pretrain_recipe)(1, wanted["batch_size"]).lr
+    if given.get("lr") is not None and not math.isclose(given["lr"], rule, rel_tol=1e-9):
+        sizes["lr"] = float(given["lr"])  # the linear scaling rule's lr is not an override
     return sizes
 
 
@@ -166,12 +191,14 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
                     small_input: bool = False, real: bool | None = None,
                     epochs: int | None = None, img_size: int | None = None,
                     batch_size: int | None = None, lr: float | None = None,
-                    max_steps: int | None = None) -> str:
+                    max_steps: int | None = None, method: str = "supervised",
+                    temperature: float | None = None) -> str:
     """The file-name stem of a pretraining run:
-    ``"{arch}[-small_input]-{data}-{profile}[-standin][-{hash}]"``.
+    ``"{arch}[-small_input][-{method}]-{data}-{profile}[-standin][-{hash}]"``.
 
     Examples: ``resnet18-imagenette-local`` (real Imagenette), ``resnet18-imagenette-local-standin``
-    (the stand-in the local profile falls back to without the data), ``resnet18-standin-smoke``.
+    (the stand-in the local profile falls back to without the data), ``resnet18-standin-smoke``,
+    ``resnet18-simclr-imagenette-local`` (SimCLR, chapter 11; supervised runs name no method).
     The profile and the kind of data are part of the name, so neither the ``smoke`` runs of the
     test suite nor a run without the data ever replace a backbone pretrained on real images.
 
@@ -184,29 +211,34 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
     Args:
         real: whether the run uses real images; ``None``: :func:`uses_real_data`.
         epochs, img_size, batch_size, lr, max_steps: as given to :func:`pretrain`.
+        method: a name of :data:`METHODS`; its default sizes are :func:`default_sizes`'.
+        temperature: SimCLR's (``method="simclr"`` only).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
-    _check_names(arch, data)
+    _check_names(arch, data, method)
     real = uses_real_data(cfg, data) if real is None else real
     suffix = "-standin" if not real and data != "standin" else ""
-    sizes = _sizes(cfg, epochs, img_size, batch_size, lr, max_steps)
+    sizes = _sizes(cfg, method, dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
+                                     max_steps=max_steps, temperature=temperature))
     if sizes:
         digest = hashlib.sha1(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:8]
         suffix += f"-{digest}"
-    return f"{_model_id(arch, small_input)}-{data}-{cfg.profile.name}{suffix}"
+    named = "" if method == "supervised" else f"-{method}"
+    return f"{_model_id(arch, small_input)}{named}-{data}-{cfg.profile.name}{suffix}"
 
 
 def default_checkpoint(cfg: Any, arch: str = "resnet18", data: str = "imagenette", *,
-                       small_input: bool = False) -> Path:
-    """Where :func:`pretrain` saves the profile's default run (the profile's sizes), and
-    :func:`load_pretrained` looks for the pretrained weights:
+                       small_input: bool = False, method: str = "supervised") -> Path:
+    """Where :func:`pretrain` (or, for ``method="simclr"``,
+    :func:`imagenet_book.selfsup.pretrain_simclr`) saves the profile's default run (the
+    profile's sizes), and :func:`load_pretrained` looks for the pretrained weights:
     ``cfg.cache_root / "checkpoints" / f"{stem}.pt"`` (stem: :func:`checkpoint_stem`; it depends
     on whether this profile finds the real data).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
-    stem = checkpoint_stem(cfg, arch, data, small_input=small_input)
+    stem = checkpoint_stem(cfg, arch, data, small_input=small_input, method=method)
     return Path(cfg.cache_root) / "checkpoints" / f"{stem}.pt"
 
 
@@ -262,7 +294,8 @@ def _on_rank0(fn: Callable[[], Any]) -> Any:
 
 def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = None,
                  batch_size: int | None = None, source: DataSource | None = None,
-                 progress: bool = True) -> tuple[DataSource, FastLoader, FastLoader]:
+                 progress: bool = True,
+                 train_options: dict[str, Any] | None = None) -> tuple[DataSource, FastLoader, FastLoader]:
     """The profile's data as ``(source, train_loader, val_loader)``.
 
     ``source`` comes from :func:`~imagenet_book.data.imagenet.classification_source` (real data
@@ -278,10 +311,13 @@ def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = N
         batch_size: default ``cfg.profile.batch_size`` (also used for validation).
         source: use this :class:`~imagenet_book.data.imagenet.DataSource` instead of asking the rule.
         progress: tqdm bars while decoding.
+        train_options: other :class:`~imagenet_book.data.fast.FastLoader` settings of the
+            training loader (e.g. SimCLR's ``views=2``, ``photometric=...``, ``scale=...``).
 
     Returns:
         ``(source, train, val)``; each loader yields float32 ``(B, 3, img_size, img_size)``
-        normalised images and int64 ``(B,)`` labels on ``cfg.device``.
+        normalised images and int64 ``(B,)`` labels on ``cfg.device`` (with ``views=2`` in
+        ``train_options``, the training loader yields ``(X1, X2, y)``: two views of each image).
 
     Raises:
         DatasetNotFoundError / DatasetLayoutError: from the data rule (the message says how to fix).
@@ -300,7 +336,7 @@ def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = N
             source = source or classification_source(cfg, data)
             kw = dict(source=source, img_size=img_size, batch_size=batch_size, device=device,
                       progress=progress and world.rank == 0)
-            result = (source, fast_loader(cfg, "train", scale=CROP_SCALE, **kw),
+            result = (source, fast_loader(cfg, "train", **{"scale": CROP_SCALE, **(train_options or {})}, **kw),
                       fast_loader(cfg, "val", **kw))
         if world.size > 1 and turn == 0:
             tdist.barrier()
@@ -348,9 +384,12 @@ class PretrainedCheckpoint:
             name (``"imagenette2-160"``, ``"imagenet-standin"``); ``is_real``; ``description``.
         wnids, class_names: the classes in label order.
         profile: the profile that trained it; ``settings``: everything that defined the run.
-        metrics: ``{"loss", "top1", "top5"}`` on the validation split at the end of training.
+        metrics: ``{"loss", "top1", "top5"}`` on the validation split at the end of training
+            (SimCLR: those of its linear probe, and ``"knn_top1"``, ...).
         history: the run's :class:`~imagenet_book.engine.History`.
         state_dict: the weights (CPU tensors).
+        method: how it was pretrained, a name of :data:`METHODS` (``"simclr"``: its backbone
+            never saw a label; ``fc`` is a linear probe trained afterwards on frozen features).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -373,6 +412,7 @@ class PretrainedCheckpoint:
     metrics: dict[str, float]
     history: History
     state_dict: dict[str, Tensor]
+    method: str = "supervised"
 
     def build(self) -> nn.Module:
         """The network with these weights (eval mode, on the CPU).
@@ -484,7 +524,7 @@ def read_pretrained(path: str | os.PathLike[str]) -> PretrainedCheckpoint:
             wnids=tuple(meta["wnids"]), class_names=tuple(meta["class_names"]),
             profile=meta["profile"], settings=json.loads(meta["settings"]),
             metrics=dict(meta["metrics"]), history=History.from_dict(state["history"]),
-            state_dict=state["model"])
+            state_dict=state["model"], method=meta.get("method", "supervised"))
     except (KeyError, TypeError, ValueError) as err:
         raise PretrainError(f"{str(path)!r} is a pretrained checkpoint with missing or damaged "
                             f"metadata ({type(err).__name__}: {err}): it was edited or written by "
@@ -573,15 +613,25 @@ class PretrainResult:
     caption: str
 
 
-def _settings(cfg: Any, arch: str, small_input: bool, data: str, source: DataSource,
-              img_size: int, batch_size: int, recipe: TrainConfig, max_steps: int | None) -> dict[str, Any]:
+def run_settings(cfg: Any, arch: str, small_input: bool, data: str, source: DataSource,
+                 img_size: int, batch_size: int, recipe: TrainConfig, max_steps: int | None, *,
+                 crop_scale: tuple[float, float] = CROP_SCALE, zero_init_residual: bool = ZERO_INIT_RESIDUAL,
+                 **method_settings: Any) -> dict[str, Any]:
+    """Everything that defines a pretraining run, as plain values: what :func:`run_pretraining`
+    compares to reuse a finished run (same settings) or to refuse to replace one (other settings).
+
+    ``method_settings`` are a method's own (SimCLR: ``method``, ``temperature``, the
+    augmentation, the projection head, the evaluation); supervised runs have none.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
     return {"recipe_version": RECIPE_VERSION, "arch": arch, "small_input": small_input,
             "data": data, "source": source.name, "is_real": source.is_real,
             "wnids": list(source.wnids), "train_per_class": source.train_per_class,
             "val_per_class": source.val_per_class, "img_size": img_size,
             "batch_size": batch_size, "seed": cfg.seed, "profile": cfg.profile.name,
-            "recipe": asdict(recipe), "crop_scale": list(CROP_SCALE),
-            "zero_init_residual": ZERO_INIT_RESIDUAL, "max_steps": max_steps}
+            "recipe": asdict(recipe), "crop_scale": list(crop_scale),
+            "zero_init_residual": zero_init_residual, "max_steps": max_steps, **method_settings}
 
 
 _RECIPE_DEFAULTS = asdict(TrainConfig())
@@ -615,28 +665,31 @@ def _differences(old: dict[str, Any], new: dict[str, Any], most: int = 4) -> str
 
 
 def _export(path: Path, net: nn.Module, history: History, metrics: dict[str, float],
-            settings: dict[str, Any], source: DataSource, data: str, arch: str,
-            small_input: bool, img_size: int, model_id: str) -> None:
+            settings: dict[str, Any], source: DataSource) -> None:
+    arch, small_input = settings["arch"], settings["small_input"]
+    method = {"method": settings["method"]} if "method" in settings else {}  # supervised runs name none
     state = {
         # The engine's keys, so engine.load_checkpoint(path, net, arch=...) reads the weights too.
-        "format_version": engine.FORMAT_VERSION, "arch": model_id,
+        "format_version": engine.FORMAT_VERSION, "arch": _model_id(arch, small_input),
         "num_classes": source.num_classes,
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "history": history.to_dict(),
         "format": CHECKPOINT_FORMAT,
-        "pretrain": {"arch": arch, "small_input": small_input, "img_size": img_size,
-                     "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "data": data,
+        "pretrain": {"arch": arch, "small_input": small_input, "img_size": settings["img_size"],
+                     "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "data": settings["data"],
                      "source": source.name, "is_real": source.is_real,
                      "description": source.description, "wnids": list(source.wnids),
                      "class_names": list(source.class_names), "profile": settings["profile"],
-                     "settings": json.dumps(settings, sort_keys=True), "metrics": metrics},
+                     "settings": json.dumps(settings, sort_keys=True), "metrics": metrics, **method},
     }
     save_atomically(state, path, lambda s, p: torch.save(s, p))
 
 
-def _caption(cfg: Any, source: DataSource, arch: str, small_input: bool, img_size: int) -> str:
-    stem = " (small-input stem)" if small_input else ""
-    return f"profile {cfg.profile.name}: {arch}{stem} at {img_size} px on the {source.description}"
+def _caption(cfg: Any, source: DataSource, settings: dict[str, Any]) -> str:
+    stem = " (small-input stem)" if settings["small_input"] else ""
+    how = " SimCLR (no labels)" if settings.get("method") == "simclr" else ""
+    return (f"profile {cfg.profile.name}: {settings['arch']}{stem}{how} at {settings['img_size']} px "
+            f"on the {source.description}")
 
 
 @dataclass(frozen=True)
@@ -769,44 +822,102 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
 
     Taught in: chapters/06_pretraining.ipynb.
     """
-    t0 = time.perf_counter()
     _check_names(arch, data)
+    sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr, max_steps=max_steps)
+    img_size = img_size or cfg.profile.img_size
+    batch_size = batch_size or cfg.profile.batch_size
+    recipe = pretrain_recipe(epochs or cfg.profile.epochs, batch_size, lr=lr)
+    model_id = _model_id(arch, small_input)
+
+    def train(source: DataSource, train_loader: FastLoader, val_loader: FastLoader, run_dir: Path,
+              say: Callable[[str], None]) -> tuple[nn.Module, History, dict[str, float]]:
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+        net = build_model(arch, source.num_classes, small_input=small_input,
+                          zero_init_residual=ZERO_INIT_RESIDUAL)
+        n_params = sum(p.numel() for p in net.parameters())
+        world = engine.world().size
+        say(f"pretrain: {len(train_loader.cache)} train / {len(val_loader.cache)} val images, "
+            f"{source.num_classes} classes; {model_id}, {n_params:,} parameters; epochs {recipe.epochs} x "
+            f"{len(train_loader)} steps at batch {batch_size} ({world} process{'es' if world > 1 else ''}), "
+            f"peak lr {recipe.lr:g}; device {cfg.device}")
+        history = engine.fit(net, train_loader, val_loader, recipe, device=_loader_device(cfg),
+                             checkpoint_dir=run_dir, checkpoint_every=checkpoint_every,
+                             resume="auto", progress=progress, max_steps=max_steps, arch=model_id)
+        last = history.epochs[-1]
+        metrics = {"loss": last["val_loss"], "top1": last["val_top1"], "top5": last["val_top5"]}
+        say(f"pretrain: val top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
+            f"{last['epoch']} ({last['wall_s']:.0f} s of training)")
+        return net, history, metrics
+
+    return run_pretraining(
+        cfg, data, arch, small_input=small_input, sizes=sizes, out_dir=out_dir, restart=restart, log=log,
+        prepare=lambda: make_loaders(cfg, data, img_size=img_size, batch_size=batch_size, progress=progress),
+        settings=lambda source: run_settings(cfg, arch, small_input, data, source, img_size, batch_size,
+                                             recipe, max_steps),
+        train=train)
+
+
+def run_pretraining(cfg: Any, data: str, arch: str, *, method: str = "supervised", small_input: bool = False,
+                    sizes: dict[str, Any], out_dir: str | os.PathLike[str] | None, restart: bool,
+                    log: Callable[[str], None] | None,
+                    prepare: Callable[[], tuple[DataSource, Any, Any]],
+                    settings: Callable[[DataSource], dict[str, Any]],
+                    train: Callable[[DataSource, Any, Any, Path, Callable[[str], None]],
+                                    tuple[nn.Module, History, dict[str, Any]]]) -> PretrainResult:
+    """What every way of pretraining shares (:func:`pretrain`; SimCLR's
+    :func:`imagenet_book.selfsup.pretrain_simclr`): the files, their names and their safety.
+
+    In order: join torchrun's process group (if any); check the output folder is writable; get
+    the data (``prepare() -> (source, train_loader, val_loader)``) and the run's
+    ``settings(source)`` (:func:`run_settings`); name the files (:func:`checkpoint_stem` with
+    ``method`` and ``sizes``); reuse a finished run with the same settings; else take the name's
+    lock, refuse to replace a run with other settings (see the module's docstring), and call
+    ``train(source, train_loader, val_loader, run_dir, say)``, which trains with
+    :func:`imagenet_book.engine.fit` and resumable checkpoints in ``run_dir`` and returns
+    ``(classifier, history, metrics)``: a network of :data:`ARCHS` (``fc`` included), saved
+    atomically as ``<stem>.pt`` in the format :func:`read_pretrained` reads, with the History as
+    ``<stem>.json`` and ``<stem>.csv``. Only rank 0 writes files and prints.
+
+    Args:
+        cfg, data, arch, small_input, out_dir, restart, log: as for :func:`pretrain`.
+        method: a name of :data:`METHODS` (recorded in the file, part of its name).
+        sizes: the sizes given by the caller (``None``: the profile's), for the name.
+
+    Returns:
+        A :class:`PretrainResult`.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+    t0 = time.perf_counter()
+    _check_names(arch, data, method)
     created = tdist.is_available() and not tdist.is_initialized()
     engine.init_distributed()  # a no-op outside torchrun
     try:
-        return _pretrain(cfg, data, arch, img_size, epochs, batch_size, lr, small_input, out_dir,
-                         restart, checkpoint_every, max_steps, progress, log, t0)
+        return _run_pretraining(cfg, data, arch, method, small_input, sizes, out_dir, restart, log, prepare,
+                                settings, train, t0)
     finally:
         if created:
             engine.destroy_distributed()
 
 
-def _pretrain(cfg, data, arch, img_size, epochs, batch_size, lr, small_input, out_dir, restart,
-              checkpoint_every, max_steps, progress, log, t0) -> PretrainResult:
+def _run_pretraining(cfg, data, arch, method, small_input, sizes, out_dir, restart, log, prepare,
+                     make_settings, train, t0) -> PretrainResult:
     world = engine.world()
     say = log if (log is not None and world.rank == 0) else (lambda _msg: None)
-    stem_sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
-                      max_steps=max_steps)
-    img_size = img_size or cfg.profile.img_size
-    batch_size = batch_size or cfg.profile.batch_size
-    epochs = epochs or cfg.profile.epochs
-    recipe = pretrain_recipe(epochs, batch_size, lr=lr)
     folder = Path(out_dir) if out_dir is not None else Path(cfg.cache_root) / "checkpoints"
     # Before the data is prepared and hours are spent training: can the results be saved?
     _on_rank0(lambda: check_writable(folder, fix="Choose another folder with --out DIR "
                                                  "(out_dir=...), or make this one writable."))
-    source, train, val = make_loaders(cfg, data, img_size=img_size, batch_size=batch_size,
-                                      progress=progress)
-    settings = _settings(cfg, arch, small_input, data, source, img_size, batch_size, recipe, max_steps)
-    run = _Run(folder, checkpoint_stem(cfg, arch, data, small_input=small_input,
-                                       real=source.is_real, **stem_sizes))
+    source, train_loader, val_loader = prepare()
+    settings = make_settings(source)
+    run = _Run(folder, checkpoint_stem(cfg, arch, data, small_input=small_input, real=source.is_real,
+                                       method=method, **sizes))
     ckpt_path, json_path, csv_path = (run.file(ext) for ext in (".pt", ".json", ".csv"))
-    caption = _caption(cfg, source, arch, small_input, img_size)
-    model_id = _model_id(arch, small_input)
+    caption = _caption(cfg, source, settings)
 
     def result(net, history, metrics, trained):
         net.eval()
-        return PretrainResult(net, history, metrics, source, train, val, ckpt_path, json_path,
+        return PretrainResult(net, history, metrics, source, train_loader, val_loader, ckpt_path, json_path,
                               csv_path, settings, trained, time.perf_counter() - t0, caption)
 
     def reuse(found: PretrainedCheckpoint) -> PretrainResult:
@@ -836,31 +947,16 @@ def _pretrain(cfg, data, arch, img_size, epochs, batch_size, lr, small_input, ou
         if _on_rank0(claim):
             return reuse(read_pretrained(ckpt_path))
 
-        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        net = build_model(arch, source.num_classes, small_input=small_input,
-                          zero_init_residual=ZERO_INIT_RESIDUAL)
-        n_params = sum(p.numel() for p in net.parameters())
-        say(f"pretrain: {caption}")
-        say(f"pretrain: {len(train.cache)} train / {len(val.cache)} val images, {source.num_classes} "
-            f"classes; {model_id}, {n_params:,} parameters; epochs {recipe.epochs} x {len(train)} "
-            f"steps at batch {batch_size} ({world.size} process{'es' if world.size > 1 else ''}), "
-            f"peak lr {recipe.lr:g}; device {cfg.device}; files {run.folder / run.stem}.*")
-        history = engine.fit(net, train, val, recipe, device=_loader_device(cfg),
-                             checkpoint_dir=run.run_dir, checkpoint_every=checkpoint_every,
-                             resume="auto", progress=progress, max_steps=max_steps, arch=model_id)
-        last = history.epochs[-1]
-        metrics = {"loss": last["val_loss"], "top1": last["val_top1"], "top5": last["val_top5"]}
+        say(f"pretrain: {caption}; files {run.folder / run.stem}.*")
+        net, history, metrics = train(source, train_loader, val_loader, run.run_dir, say)
 
         def export() -> None:
-            _export(ckpt_path, net, history, metrics, settings, source, data, arch, small_input,
-                    img_size, model_id)
+            _export(ckpt_path, net, history, metrics, settings, source)
             save_atomically(history, json_path, lambda h, p: h.to_json(p))
             save_atomically(history, csv_path, lambda h, p: h.to_csv(p))
             shutil.rmtree(run.run_dir, ignore_errors=True)  # finished: the step files are redundant
 
         _on_rank0(export)
-    say(f"pretrain: val top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
-        f"{last['epoch']} ({last['wall_s']:.0f} s of training)")
     say(f"pretrain: wrote {ckpt_path}, {json_path.name}, {csv_path.name}")
     return result(net, history, metrics, True)
 

@@ -17,7 +17,8 @@ and :func:`detection_recipe` (chapter 08) derive a whole recipe from the sizes (
 the same code at every scale).
 
 Taught in: chapters/06_pretraining.ipynb (the schedule, the no-decay rule),
-chapters/07_finetune_voc_classification.ipynb (discriminative rates, the fine-tuning recipe).
+chapters/07_finetune_voc_classification.ipynb (discriminative rates, the fine-tuning recipe),
+chapters/11_self_supervised.ipynb (the SimCLR recipe, k-NN and linear-probe evaluation).
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ from torch import nn
 
 from .errors import BookError
 
-__all__ = ["ADAMW_LR", "BACKBONE_LR_SCALE", "FREEZE_BN", "RecipeError", "TrainConfig", "detection_recipe",
-           "finetune_param_groups", "finetune_recipe", "lr_factor", "make_optimizer", "make_scheduler", "param_groups",
-           "pretrain_recipe"]
+__all__ = ["ADAMW_LR", "ARC_MARGIN", "ARC_SCALE", "BACKBONE_LR_SCALE", "EIGEN_COMPONENTS", "EIGEN_SIZE",
+           "FACE_EMBED_DIM", "FACE_SIZES", "FREEZE_BN", "face_recipe", "face_sizes",
+           "KNN_K", "KNN_TEMPERATURE", "RecipeError", "SIMCLR_SIZES",
+           "TrainConfig", "detection_recipe", "finetune_param_groups", "finetune_recipe", "lr_factor",
+           "make_optimizer", "make_scheduler", "param_groups", "pretrain_recipe", "probe_recipe", "simclr_recipe",
+           "simclr_sizes"]
 
 # Shared by pretraining and fine-tuning.
 BASE_LR = 0.1            # peak learning rate for a batch of BASE_BATCH (Goyal et al., 2017) ...
@@ -71,6 +75,43 @@ DET_GRAD_CLIP = 10.0     # max gradient norm: the first steps of a random head c
 DET_CROP_PROB = 0.5      # probability of an SSD-style random IoU crop in training
 
 TASKS = ("classify", "segment", "detect")
+
+# The SimCLR recipe (chapter 11 explains each number). Its own sizes per profile: two views of
+# every image and a batch large enough for many negatives (SimCLR's loss needs them).
+SIMCLR_SIZES = {  # profile -> epochs, image side, batch (the global batch of N images: 2N views)
+    "smoke": {"epochs": 1, "img_size": 32, "batch_size": 16},
+    "local": {"epochs": 2, "img_size": 64, "batch_size": 128},  # chapter 11 in about a minute on 2 CPU cores
+    # (the profile's 2,000 images); the recorded run on all of Imagenette: reference.SIMCLR
+    "full": {"epochs": 200, "img_size": 128, "batch_size": 512},
+}
+SIMCLR_BASE_LR = 0.3     # SGD peak lr for a batch of BASE_BATCH images, scaled linearly with the batch
+SIMCLR_WEIGHT_DECAY = 5e-4  # on conv/linear weights only; short runs on small images want more than 1e-6 (LARS)
+SIMCLR_WARMUP_FRACTION = 0.05  # linear warmup over the first 5% of the steps, then cosine to 0
+SIMCLR_TEMPERATURE = 0.2  # tau of the NT-Xent loss
+SIMCLR_HIDDEN, SIMCLR_OUT = 512, 128  # the projection head: 512 -> 512 -> 128 (SimCLR: 2048 -> 2048 -> 128)
+SIMCLR_CROP_SCALE = (0.2, 1.0)  # area fraction of each view's crop (SimCLR: (0.08, 1); small images: 0.2)
+SIMCLR_JITTER, SIMCLR_HUE = 0.4, 0.1  # colour jitter strength s = 0.5 (SimCLR: 0.8 s, 0.8 s, 0.8 s, 0.2 s)
+SIMCLR_JITTER_P, SIMCLR_GRAYSCALE_P = 0.8, 0.2  # how often each image is jittered / turned gray
+SIMCLR_BLUR_P = 0.0      # Gaussian blur: SimCLR's ImageNet setting is 0.5; at 64-96 px it removes what is left
+SIMCLR_VAL_IMAGES = 1024  # validation images (fixed views) the contrastive loss is measured on each epoch
+KNN_K, KNN_TEMPERATURE = 200, 0.1  # the weighted k-NN classifier (Wu et al., 2018): k neighbours, exp(s / T) votes
+PROBE_EPOCHS = 100       # the linear probe on frozen, standardised features: epochs of AdamW ...
+PROBE_LR, PROBE_WEIGHT_DECAY, PROBE_BATCH = 1e-3, 5e-4, 256  # ... at this rate, decay and batch
+
+# The face-verification recipe (chapter 11): an embedding trained with ArcFace's margin loss on
+# the identities of the training folds, at sizes of its own per profile.
+FACE_SIZES = {  # profile -> epochs, face-crop side, batch, trained rotations (None: every fold in turn)
+    "smoke": {"epochs": 1, "img_size": 32, "batch_size": 16, "rotations": None},
+    "local": {"epochs": 2, "img_size": 64, "batch_size": 64, "rotations": 1},  # chapter 11: one rotation in
+    # under a minute on 2 CPU cores; the recorded run (every rotation, 6 epochs): reference.FACES
+    "full": {"epochs": 30, "img_size": 112, "batch_size": 128, "rotations": None},
+}
+FACE_EMBED_DIM = 128     # the embedding: pooled backbone features -> Linear -> BatchNorm1d, 128 numbers
+FACE_LR = 1e-3           # AdamW peak lr of the new layers (the backbone: x BACKBONE_LR_SCALE when fine-tuning)
+FACE_WEIGHT_DECAY = 5e-4  # on conv/linear weights only (the class centres included)
+FACE_WARMUP_FRACTION = 0.1  # linear warmup over the first 10% of the steps, then cosine to 0
+ARC_SCALE, ARC_MARGIN = 30.0, 0.5  # ArcFace's s and m (radians): s cos(theta_y + m) for the target class
+EIGEN_SIZE, EIGEN_COMPONENTS = 32, 100  # Eigenfaces: grey face crops of 32 x 32, 100 principal components
 
 
 class RecipeError(BookError, ValueError):
@@ -346,3 +387,90 @@ def detection_recipe(cfg: Any, *, epochs: int | None = None, img_size: int | Non
                            lr=lr if lr is not None else DET_BASE_LR * batch_size / DET_BASE_BATCH,
                            backbone_lr_scale=backbone_lr_scale)
     return replace(base, grad_clip=DET_GRAD_CLIP)
+
+
+def simclr_sizes(profile: str) -> dict[str, Any]:
+    """The profile's SimCLR sizes (:data:`SIMCLR_SIZES`) with the temperature:
+    ``{"epochs", "img_size", "batch_size", "temperature"}``.
+
+    Raises:
+        RecipeError: an unknown profile name.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    if profile not in SIMCLR_SIZES:
+        raise RecipeError(f"No SimCLR sizes for the profile {profile!r}: choose one of {', '.join(SIMCLR_SIZES)}.")
+    return {**SIMCLR_SIZES[profile], "temperature": SIMCLR_TEMPERATURE}
+
+
+def simclr_recipe(epochs: int, batch_size: int, *, lr: float | None = None) -> TrainConfig:
+    """The SimCLR pretraining recipe for ``epochs`` passes at a global batch of ``batch_size`` images.
+
+    SGD with momentum :data:`MOMENTUM` (SimCLR's LARS is made for batches of thousands); peak
+    learning rate ``lr``, default ``SIMCLR_BASE_LR * batch_size / BASE_BATCH``; linear warmup over
+    :data:`SIMCLR_WARMUP_FRACTION` of the steps, then half a cosine to 0; weight decay
+    :data:`SIMCLR_WEIGHT_DECAY` on weights only (:func:`param_groups`). No label smoothing: there
+    are no labels.
+
+    Returns:
+        A :class:`TrainConfig` (``batch_size`` set).
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    if epochs < 1 or batch_size < 2:
+        raise RecipeError(f"SimCLR needs epochs >= 1 and batch_size >= 2 (the other images are the negatives), "
+                          f"got {epochs} and {batch_size}.")
+    return TrainConfig(epochs=epochs, optimizer="sgd", momentum=MOMENTUM, schedule="cosine",
+                       lr=SIMCLR_BASE_LR * batch_size / BASE_BATCH if lr is None else lr,
+                       weight_decay=SIMCLR_WEIGHT_DECAY, warmup_fraction=SIMCLR_WARMUP_FRACTION,
+                       batch_size=batch_size)
+
+
+def probe_recipe(epochs: int = PROBE_EPOCHS) -> TrainConfig:
+    """The linear probe's recipe: AdamW at :data:`PROBE_LR` with decay :data:`PROBE_WEIGHT_DECAY`,
+    batch :data:`PROBE_BATCH`, a tenth of the steps of warmup, cosine to 0, for ``epochs``.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    return TrainConfig(epochs=epochs, optimizer="adamw", lr=PROBE_LR, weight_decay=PROBE_WEIGHT_DECAY,
+                       warmup_fraction=0.1, schedule="cosine", batch_size=PROBE_BATCH)
+
+
+def face_sizes(profile: str) -> dict[str, Any]:
+    """The profile's face-embedding sizes (:data:`FACE_SIZES`): ``{"epochs", "img_size", "batch_size",
+    "rotations"}`` (``rotations``: how many held-out folds :func:`imagenet_book.faces.verify_folds`
+    trains an embedding for by default; ``None``: all).
+
+    Raises:
+        RecipeError: an unknown profile name.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    if profile not in FACE_SIZES:
+        raise RecipeError(f"No face sizes for the profile {profile!r}: choose one of {', '.join(FACE_SIZES)}.")
+    return dict(FACE_SIZES[profile])
+
+
+def face_recipe(epochs: int, batch_size: int, *, mode: str = "finetune", lr: float | None = None,
+                img_size: int | None = None) -> TrainConfig:
+    """The recipe of a face embedding trained with ArcFace (chapter 11).
+
+    AdamW at peak rate ``lr`` (default :data:`FACE_LR`: the new embedding layer and class centres
+    start from random and a short run needs the adaptive steps), weight decay
+    :data:`FACE_WEIGHT_DECAY` on weights only, warmup over :data:`FACE_WARMUP_FRACTION` of the
+    steps then half a cosine to 0; with ``mode="finetune"`` the pretrained backbone learns at
+    :data:`BACKBONE_LR_SCALE` times ``lr``, with ``"scratch"`` at ``lr``.
+
+    Returns:
+        A :class:`TrainConfig` (``batch_size`` and ``img_size`` set).
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    if mode not in ("finetune", "scratch", "probe", "full"):
+        raise RecipeError(f"mode must be 'finetune', 'scratch', 'probe' or 'full', got {mode!r}.")
+    if epochs < 1 or batch_size < 2:
+        raise RecipeError(f"A face embedding needs epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}.")
+    return TrainConfig(epochs=epochs, optimizer="adamw", lr=FACE_LR if lr is None else lr,
+                       weight_decay=FACE_WEIGHT_DECAY, warmup_fraction=FACE_WARMUP_FRACTION, schedule="cosine",
+                       backbone_lr_scale=BACKBONE_LR_SCALE if mode == "finetune" else 1.0,
+                       batch_size=batch_size, img_size=img_size)

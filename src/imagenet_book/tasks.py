@@ -18,6 +18,9 @@ top-1/top-5), :class:`MultiLabel` (masked binary cross-entropy; VOC classificati
 ``"finetune"`` trains it at ``config.backbone_lr_scale`` times the rate of the new layers;
 ``"full"`` (the default) and ``"scratch"`` train everything at one rate.
 
+Self-supervised learning is a task of the same loop: :class:`imagenet_book.selfsup.Contrastive`
+(SimCLR's contrastive loss on two views of each image, chapter 11).
+
 Batches are tuples, moved to the device by the loop: ``(X, y)`` for classification and
 segmentation, ``(X, y, mask)`` for multi-label, ``(X, targets)`` for detection training (uint8
 images of one size, a list of target dicts) and ``(images, targets)`` for detection evaluation

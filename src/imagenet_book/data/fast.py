@@ -41,7 +41,17 @@ How it differs:
 * evaluation crops the centre ``crop_fraction`` of the square and resizes it to ``out_size``:
   the geometry of ``Resize(out / crop_fraction) + CenterCrop(out)``, resampled once.
 
-Taught in: chapters/06_pretraining.ipynb.
+**Several views, colour distortion** (self-supervised learning): ``FastLoader(views=2,
+photometric=Photometric())`` yields ``(X1, X2, y)``: two independently augmented views of the
+same images (each its own crop box, flip and colour draws). :func:`photometric` is SimCLR's colour
+distortion for a whole batch: colour jitter (brightness, contrast, saturation, hue) with
+probability ``jitter_p``, grayscale with probability ``grayscale_p``, Gaussian blur with
+probability ``blur_p``; each operation equals torchvision's ``v2.functional`` one for the same
+factor (``adjust_brightness`` ... ``adjust_hue``, ``rgb_to_grayscale``, ``gaussian_blur``;
+tested). It differs from ``v2.ColorJitter`` in one way: the four jitter operations run in a
+fixed order (brightness, contrast, saturation, hue) instead of a random one per image.
+
+Taught in: chapters/06_pretraining.ipynb (views and colour: chapters/11_self_supervised.ipynb).
 """
 
 from __future__ import annotations
@@ -63,11 +73,12 @@ from tqdm.auto import tqdm
 
 from ..errors import BookError
 from ..models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from ..recipe import RecipeError
 from .imagenet import classification_source, load_classification
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CacheBuildError", "FastLoader", "HostBatch",
-           "ImageCache", "center_crop_boxes", "decode_cache", "fast_loader", "image_side",
-           "random_resized_crop_boxes", "resized_crop"]
+           "ImageCache", "PHOTOMETRIC_COLUMNS", "Photometric", "center_crop_boxes", "decode_cache", "fast_loader",
+           "image_side", "photometric", "photometric_params", "random_resized_crop_boxes", "resized_crop"]
 
 FORMAT_VERSION = 1  # bump when the stored pixels change: every cache is then rebuilt
 
@@ -332,11 +343,156 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, out_size: int, *,
     return result
 
 
+# ------------------------------------------------------------------------------- colour
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """SimCLR's colour distortion, as numbers (defaults: SimCLR's CIFAR strength, ``s = 0.5``).
+
+    Attributes:
+        jitter: brightness, contrast and saturation factors are drawn uniformly from
+            ``[max(0, 1 - jitter), 1 + jitter]`` (torchvision's ``ColorJitter(jitter, ...)``).
+        hue: the hue shift is drawn uniformly from ``[-hue, hue]`` (a fraction of the colour
+            circle, at most 0.5).
+        jitter_p: probability that an image is jittered at all (``RandomApply([ColorJitter], p)``).
+        grayscale_p: probability of turning an image gray (``RandomGrayscale(p)``).
+        blur_p: probability of a Gaussian blur with ``sigma ~ U(blur_sigma)`` and a kernel of
+            about a tenth of the image side (SimCLR's ImageNet setting; 0: never).
+        blur_sigma: the range of ``sigma`` in pixels.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+
+    jitter: float = 0.4
+    hue: float = 0.1
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def __post_init__(self) -> None:
+        probabilities = {"jitter_p": self.jitter_p, "grayscale_p": self.grayscale_p, "blur_p": self.blur_p}
+        bad = {k: v for k, v in probabilities.items() if not 0.0 <= v <= 1.0}
+        if bad or self.jitter < 0 or not 0.0 <= self.hue <= 0.5 or not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise RecipeError(f"Photometric needs probabilities in [0, 1] (got {probabilities}), jitter >= 0 "
+                             f"(got {self.jitter}), hue in [0, 0.5] (got {self.hue}) and 0 < blur_sigma[0] "
+                             f"<= blur_sigma[1] (got {self.blur_sigma}).")
+
+
+#: Columns of :func:`photometric_params`.
+PHOTOMETRIC_COLUMNS = ("brightness", "contrast", "saturation", "hue", "grayscale", "sigma")
+
+
+def photometric_params(n: int, spec: Photometric, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw the colour distortion of ``n`` images (from ``generator``, on the CPU).
+
+    Returns:
+        float32 ``(n, 6)``: per image the brightness, contrast and saturation factors, the hue
+        shift, 1.0 to turn it gray (else 0.0) and the blur's ``sigma`` (0.0: no blur)
+        (:data:`PHOTOMETRIC_COLUMNS`). An image that is not jittered gets the factors that
+        change nothing: ``1, 1, 1, 0``.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    u = torch.rand(n, 8, generator=generator)
+    lo = max(0.0, 1.0 - spec.jitter)
+    factors = lo + (1.0 + spec.jitter - lo) * u[:, :3]
+    shift = spec.hue * (2 * u[:, 3:4] - 1)
+    jittered = u[:, 4:5] < spec.jitter_p
+    identity = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    jitter = torch.where(jittered, torch.cat([factors, shift], 1), identity)
+    gray = (u[:, 5:6] < spec.grayscale_p).float()
+    low, high = spec.blur_sigma
+    sigma = torch.where(u[:, 6:7] < spec.blur_p, low + (high - low) * u[:, 7:8], torch.zeros(n, 1))
+    return torch.cat([jitter, gray, sigma], 1)
+
+
+def _gray(X: torch.Tensor) -> torch.Tensor:
+    """Luma ``(B, 1, H, W)`` of RGB ``(B, 3, H, W)``, with torchvision's weights."""
+    r, g, b = X.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(X: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``factor * X + (1 - factor) * other``, clamped to ``[0, 1]``; ``factor`` per image ``(B,)``."""
+    f = factor.view(-1, 1, 1, 1)
+    return (f * X + (1 - f) * other).clamp_(0, 1)
+
+
+def _shift_hue(X: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of RGB ``X`` in ``[0, 1]`` by ``shift`` ``(B,)`` turns (HSV).
+
+    A rotation keeps each pixel's largest channel ``v`` and its chroma ``c = v - min``; only the
+    hue ``h`` (in sixths of a turn) moves. Channel ``n`` (R 5, G 3, B 1) of the result is
+    ``v - c * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + h) mod 6``.
+    """
+    r, g, b = X.unbind(1)
+    value = torch.maximum(torch.maximum(r, g), b)  # elementwise: faster than a reduction over 3 channels
+    chroma = value - torch.minimum(torch.minimum(r, g), b)
+    red, green = value == r, value == g
+    # Hue in sixths: (g - b) / c where red is largest, 2 + (b - r) / c for green, 4 + (r - g) / c for blue.
+    top = torch.where(red, g - b, torch.where(green, b - r, r - g))
+    hue = top.div_(torch.where(chroma > 0, chroma, torch.ones_like(chroma)))
+    hue.add_(torch.where(red, 0.0, torch.where(green, 2.0, 4.0))).add_(6 * shift.view(-1, 1, 1))
+    k = hue.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0], device=X.device).view(1, 3, 1, 1)
+    k.remainder_(6)
+    ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
+    return ramp.mul_(chroma.unsqueeze(1)).neg_().add_(value.unsqueeze(1)).clamp_(0, 1)
+
+
+def _blur(X: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Separable Gaussian blur with a ``sigma`` per image (0: unchanged), reflect padding."""
+    B, C, H, W = X.shape
+    x = torch.arange(kernel, dtype=X.dtype, device=X.device) - (kernel - 1) / 2
+    s = sigma.to(X.device, X.dtype).view(-1, 1)
+    weights = torch.exp(-0.5 * (x / s.clamp(min=1e-6)) ** 2)
+    delta = (x == 0).to(X.dtype).expand_as(weights)
+    weights = torch.where(s > 0, weights / weights.sum(1, keepdim=True), delta).repeat_interleave(C, 0)
+    pad = kernel // 2
+    flat = torch.nn.functional.pad(X.reshape(1, B * C, H, W), (pad, pad, pad, pad), mode="reflect")
+    flat = torch.nn.functional.conv2d(flat, weights.view(B * C, 1, kernel, 1), groups=B * C)
+    flat = torch.nn.functional.conv2d(flat, weights.view(B * C, 1, 1, kernel), groups=B * C)
+    return flat.view(B, C, H, W)
+
+
+def photometric(X: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply the colour distortion :func:`photometric_params` drew to a batch.
+
+    In order, per image: brightness (``X * b``), contrast (blend with the mean luma), saturation
+    (blend with the luma image), hue (rotation in HSV), each clamped to ``[0, 1]`` as torchvision
+    does; then grayscale (luma in all three channels); then Gaussian blur (kernel: the odd size
+    nearest a tenth of the side, at least 3). Each step equals torchvision's
+    ``v2.functional`` operation for the same factor (``adjust_brightness``, ``adjust_contrast``,
+    ``adjust_saturation``, ``adjust_hue``, ``rgb_to_grayscale``, ``gaussian_blur``).
+
+    Args:
+        X: float ``(B, 3, H, W)`` in ``[0, 1]``.
+        params: float ``(B, 6)`` from :func:`photometric_params` (any device).
+
+    Returns:
+        float ``(B, 3, H, W)`` in ``[0, 1]``, a new tensor.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    p = params.to(X.device, X.dtype)
+    X = _blend(X, 0.0, p[:, 0])
+    X = _blend(X, _gray(X).mean((1, 2, 3), keepdim=True), p[:, 1])
+    X = _blend(X, _gray(X), p[:, 2])
+    X = _shift_hue(X, p[:, 3])
+    X = torch.lerp(X, _gray(X).expand_as(X), p[:, 4].view(-1, 1, 1, 1))
+    if bool((p[:, 5] > 0).any()):
+        X = _blur(X, p[:, 5], max(3, 2 * round(X.shape[-1] / 20) + 1))
+    return X
+
+
 class HostBatch(NamedTuple):
     """The CPU's share of one batch: cache ``index`` int64 ``(B,)``, ``labels`` int64 ``(B,)``,
-    crop ``boxes`` int64 ``(B, 4)``, ``flip`` bool ``(B,)`` or None, and ``images``: the gathered
-    uint8 ``(B, 3, S, S)`` (pinned on CUDA machines; None when augmenting straight from the
-    cache), valid until two batches later; ``slot``: which gather buffer holds them."""
+    crop ``boxes`` int64 ``(V * B, 4)`` (view ``v`` of image ``i`` in row ``v * B + i``; ``V``
+    views, 1 by default), ``flip`` bool ``(V * B,)`` or None, and ``images``: the gathered uint8
+    ``(B, 3, S, S)`` (pinned on CUDA machines; None when augmenting straight from the cache),
+    valid until two batches later; ``slot``: which gather buffer holds them; ``colour``: float
+    ``(V * B, 6)`` :func:`photometric_params`, or None."""
 
     index: torch.Tensor
     labels: torch.Tensor
@@ -344,6 +500,7 @@ class HostBatch(NamedTuple):
     flip: torch.Tensor | None
     images: torch.Tensor | None
     slot: int
+    colour: torch.Tensor | None = None
 
 
 class FastLoader:
@@ -355,6 +512,13 @@ class FastLoader:
     one epoch; its order and crops come from a generator seeded by ``(seed, epoch)``, so the same
     seed gives the same batches (:meth:`set_epoch` picks the epoch, e.g. to resume).
     ``preload=True`` copies the whole uint8 cache to the device once (CUDA, when it fits).
+
+    ``views=V`` (training) yields ``(X_1, ..., X_V, y)``: ``V`` views of the same ``B`` images,
+    each with its own crop, flip and colour draws; ``photometric`` adds colour distortion
+    (:class:`Photometric`) after the crop, before normalisation. SimCLR's batches are
+    ``views=2, photometric=Photometric()``. All random numbers still come from the ``(seed,
+    epoch)`` generator, so resuming stays exact. ``views=1`` without ``photometric`` draws
+    exactly what it always did.
 
     How long a batch stays valid. On the CPU, fresh memory for every batch costs a page fault per
     4 KiB, as much work as the augmentation itself; so ``X`` is written into a fixed ring of
@@ -376,8 +540,13 @@ class FastLoader:
                  shuffle: bool | None = None, drop_last: bool | None = None,
                  scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  flip: bool = True, crop_fraction: float = 0.875, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, preload: bool = False) -> None:
+                 std: tuple[float, ...] = IMAGENET_STD, preload: bool = False, views: int = 1,
+                 photometric: Photometric | None = None) -> None:
+        if views < 1 or (views > 1 and not train):
+            raise RecipeError(f"FastLoader's views must be >= 1, and several views need train=True (random "
+                              f"crops); got views={views}, train={train}.")
         self.cache, self.batch_size, self.train, self.seed = cache, batch_size, train, seed
+        self.views, self.photometric = views, photometric if train else None
         self.out_size = out_size or cache.size
         self.device = torch.device(device)
         self.shuffle = train if shuffle is None else shuffle
@@ -425,40 +594,51 @@ class FastLoader:
         stop = n - n % self.batch_size if self.drop_last else n
         for k, s in enumerate(range(0, stop, self.batch_size)):
             index = order[s:s + self.batch_size]
+            n, colour = len(index) * self.views, None
             if self.train:
-                boxes = random_resized_crop_boxes(len(index), size, size, self.scale, self.ratio, g)
-                flip = torch.rand(len(index), generator=g) < 0.5 if self.flip else None
+                boxes = random_resized_crop_boxes(n, size, size, self.scale, self.ratio, g)
+                flip = torch.rand(n, generator=g) < 0.5 if self.flip else None
+                if self.photometric is not None:
+                    colour = photometric_params(n, self.photometric, g)
             else:
-                boxes, flip = center_crop_boxes(len(index), size, self.crop_fraction), None
+                boxes, flip = center_crop_boxes(n, size, self.crop_fraction), None
             images = self._gather(index, k % 2) if gather else None
-            yield HostBatch(index, self.cache.labels[index], boxes, flip, images, k % 2)
+            yield HostBatch(index, self.cache.labels[index], boxes, flip, images, k % 2, colour)
 
-    def augment(self, batch: HostBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The device's share: transfer (if gathered), crop + resize + flip + normalise."""
-        dev, index = self.device, batch.index
+    def augment(self, batch: HostBatch) -> tuple[torch.Tensor, ...]:
+        """The device's share: transfer (if gathered), crop + resize + flip (+ colour) + normalise;
+        ``(X, y)``, or ``(X_1, ..., X_V, y)`` with ``views=V``."""
+        dev, index, n = self.device, batch.index, len(batch.index)
         if batch.images is not None:
-            src, index = batch.images.to(dev, non_blocking=True), None
+            src, index = batch.images.to(dev, non_blocking=True), torch.arange(n)
             if dev.type == "cuda":
                 self._events[batch.slot] = torch.cuda.Event()
                 self._events[batch.slot].record()
         else:
             src = self.images
+        index, colour = index.repeat(self.views), batch.colour
+        normalise = dict(mean=self.mean, std=self.std) if colour is None else {}
         X = resized_crop(src, batch.boxes, self.out_size, index=index, flip=batch.flip,
-                         mean=self.mean, std=self.std, out=self._free_output(len(batch.index)))
-        return X, batch.labels.to(dev, non_blocking=True)
+                         out=self._free_output(len(batch.boxes)), **normalise)
+        if colour is not None:
+            X.copy_(photometric(X.mul_(1 / 255), colour))
+            X.sub_(torch.tensor(self.mean, device=dev).view(1, -1, 1, 1))
+            X.div_(torch.tensor(self.std, device=dev).view(1, -1, 1, 1))
+        y = batch.labels.to(dev, non_blocking=True)
+        return (X, y) if self.views == 1 else (*X.unflatten(0, (self.views, n)).unbind(0), y)
 
     def _free_output(self, n: int) -> torch.Tensor | None:
         """The next buffer of the CPU ring, first ``n`` images (None on a GPU: allocate)."""
         if self.device.type != "cpu":
             return None
         if not self._ring:
-            shape = (self.batch_size, self.cache.images.shape[1], self.out_size, self.out_size)
+            shape = (self.views * self.batch_size, self.cache.images.shape[1], self.out_size, self.out_size)
             self._ring = [torch.empty(shape) for _ in range(self.RING)]
         buffer = self._ring[self._produced % self.RING]
         self._produced += 1
         return buffer[:n]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for batch in self.host_batches():
             yield self.augment(batch)
 

@@ -26,6 +26,10 @@ read a stand-in with the very code that reads the real thing: only the pixels di
   ``SegmentationObject`` (palette PNGs with VOC's colours and a 255 "void" border around every
   object). ``torchvision.datasets.VOCDetection(root, year="2007")`` and ``VOCSegmentation`` read it.
 
+* :func:`make_lfw_standin` writes an LFW tree (``root/lfw/<Person>/<Person>_NNNN.jpg``, LFW's
+  ``pairs.txt`` and ``people.txt``) of synthetic faces: made-up people with fixed traits, each
+  photographed in several poses and lights, for face verification (chapter 11) without LFW.
+
 Synset ids of the ImageNet stand-in
 -----------------------------------
 ImageNet names its class folders by WordNet noun id (``n`` + the 8-digit offset of the synset in
@@ -50,8 +54,9 @@ Determinism, caching and atomic writes
   replaces the old tree atomically). A ``root`` that exists but has no manifest is never touched:
   it could be your data, so the generator stops with an error instead.
 
-Taught in: chapters/01_imagenet.ipynb (what ImageNet looks like on disk) and
-chapters/06_pretraining.ipynb (pretraining data at every profile).
+Taught in: chapters/01_imagenet.ipynb (what ImageNet looks like on disk),
+chapters/06_pretraining.ipynb (pretraining data at every profile) and
+chapters/11_self_supervised.ipynb (the faces).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ __all__ = [
     "VOC_CLASSES",
     "StandinError",
     "make_imagenet_standin",
+    "make_lfw_standin",
     "make_voc_standin",
 ]
 
@@ -823,6 +829,197 @@ def make_voc_standin(
             for c, cname in enumerate(VOC_CLASSES):
                 text = "".join(f"{i} {row[c]:2d}\n" for i, row in zip(ids[split], labels[split]))
                 _write_text(voc / "ImageSets" / "Main" / f"{cname}_{split}.txt", text)
+
+    return _build_atomically(Path(root), manifest, build)
+
+
+# --------------------------------------------------------------------------------------------
+# LFW stand-in: synthetic faces with an identity, in LFW's folder and pairs formats
+# --------------------------------------------------------------------------------------------
+
+#: Bump when the face drawing changes what is written: cached LFW stand-ins then regenerate.
+LFW_FORMAT_VERSION = 1
+_SKIN_LIGHT = np.array([0.96, 0.82, 0.70], dtype=np.float32)
+_SKIN_DARK = np.array([0.36, 0.23, 0.15], dtype=np.float32)
+_HAIR = np.array([[0.08, 0.06, 0.05], [0.30, 0.18, 0.08], [0.55, 0.38, 0.18], [0.85, 0.72, 0.40],
+                  [0.60, 0.60, 0.60], [0.55, 0.15, 0.05]], dtype=np.float32)
+
+
+def _face_identity(rng: np.random.Generator) -> dict[str, object]:
+    """The traits that make one synthetic person: the same in every image of them (in units of
+    the image side, the face centred at (0.5, 0.5))."""
+    return {
+        "skin": _SKIN_LIGHT + (_SKIN_DARK - _SKIN_LIGHT) * rng.uniform(0, 1) + rng.normal(0, 0.03, 3),
+        "face": (rng.uniform(0.16, 0.21), rng.uniform(0.21, 0.27)),  # half width, half height
+        "hair": _HAIR[int(rng.integers(len(_HAIR)))] + rng.normal(0, 0.04, 3),
+        "hair_top": rng.uniform(0.0, 0.09), "hair_sides": bool(rng.random() < 0.4),
+        "eye_y": rng.uniform(-0.07, -0.02), "eye_gap": rng.uniform(0.055, 0.095),
+        "eye_r": rng.uniform(0.016, 0.028), "iris": rng.uniform(0.05, 0.6, 3),
+        "brow": (rng.uniform(0.006, 0.016), rng.uniform(-0.35, 0.35), rng.uniform(0.025, 0.045)),
+        "nose": (rng.uniform(0.035, 0.08), rng.uniform(0.012, 0.03)),
+        "mouth": (rng.uniform(0.08, 0.14), rng.uniform(0.035, 0.075)),
+        "lips": np.array([0.65, 0.25, 0.25], dtype=np.float32) + rng.normal(0, 0.08, 3),
+        "glasses": bool(rng.random() < 0.2), "beard": bool(rng.random() < 0.2),
+    }
+
+
+def _colour(c: object, light: float = 1.0) -> tuple[int, int, int, int]:
+    rgb = np.clip(np.asarray(c, dtype=np.float32) * light, 0, 1)
+    return (*(int(v * 255 + 0.5) for v in rgb), 255)
+
+
+def _draw_face(person: dict[str, object], rng: np.random.Generator, size: int) -> np.ndarray:
+    """One photo of ``person``: their traits, under a random pose (shift, scale, in-plane
+    rotation), expression, lighting and background. Returns uint8 ``(size, size, 3)``."""
+    big = size * _SUPERSAMPLE
+    scale = rng.uniform(0.92, 1.08) * big
+    cx, cy = big * (0.5 + rng.uniform(-0.03, 0.03)), big * (0.5 + rng.uniform(-0.03, 0.03))
+    layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+
+    def box(x: float, y: float, rx: float, ry: float) -> list[float]:
+        return [cx + (x - rx) * scale, cy + (y - ry) * scale, cx + (x + rx) * scale, cy + (y + ry) * scale]
+
+    fw, fh = person["face"]  # type: ignore[misc]
+    hair = _colour(person["hair"])
+    if person["hair_sides"]:
+        draw.ellipse(box(0, -0.02, fw * 1.18, fh * 1.05), fill=hair)
+    draw.ellipse(box(0, 0, fw, fh), fill=_colour(person["skin"]))
+    if person["hair_top"] > 0.01:  # type: ignore[operator]
+        draw.chord(box(0, -fh * 0.45, fw * 1.04, fh * 0.62 + person["hair_top"]), 180, 360, fill=hair)
+    if person["beard"]:
+        draw.chord(box(0, fh * 0.35, fw * 0.9, fh * 0.6), 0, 180, fill=_colour(person["hair"], 0.8))
+    ey, gap, er = person["eye_y"], person["eye_gap"], person["eye_r"]
+    open_eye = rng.uniform(0.6, 1.0)
+    thick, tilt, above = person["brow"]  # type: ignore[misc]
+    for side in (-1, 1):
+        ex = side * gap
+        draw.ellipse(box(ex, ey, er * 1.6, er * open_eye), fill=(245, 245, 240, 255))
+        draw.ellipse(box(ex, ey, er * 0.8, er * 0.8 * open_eye), fill=_colour(person["iris"]))
+        draw.ellipse(box(ex, ey, er * 0.35, er * 0.35 * open_eye), fill=(10, 10, 10, 255))
+        y0 = ey - above
+        draw.line([(cx + (ex - er * 1.8) * scale, cy + (y0 + side * tilt * 0.02) * scale),
+                   (cx + (ex + er * 1.8) * scale, cy + (y0 - side * tilt * 0.02) * scale)],
+                  fill=_colour(person["hair"], 0.9), width=max(1, int(thick * scale)))
+        if person["glasses"]:
+            draw.ellipse(box(ex, ey, er * 2.3, er * 2.0), outline=(30, 30, 30, 255), width=max(1, int(0.006 * scale)))
+    length, width = person["nose"]  # type: ignore[misc]
+    draw.polygon([(cx, cy + (ey + 0.02) * scale), (cx - width * scale, cy + (ey + 0.02 + length) * scale),
+                  (cx + width * scale, cy + (ey + 0.02 + length) * scale)], fill=_colour(person["skin"], 0.8))
+    my, mw = person["mouth"]  # type: ignore[misc]
+    smile = rng.uniform(-0.3, 1.0) * 0.03
+    draw.chord(box(0, my - smile, mw, 0.012 + abs(smile)), 0 if smile >= 0 else 180, 180 if smile >= 0 else 360,
+               fill=_colour(person["lips"]))
+    layer = layer.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BICUBIC, center=(cx, cy))
+    layer = layer.resize((size, size), Image.Resampling.BOX)
+    rgba = np.asarray(layer, dtype=np.float32) / 255.0
+    alpha = rgba[..., 3:]
+    lighting = rng.uniform(0.75, 1.2) * (1 + rng.uniform(-0.25, 0.25) * np.linspace(-1, 1, size, dtype=np.float32))
+    face = rgba[..., :3] * lighting[None, :, None]
+    img = _background(rng, size, size) * (1 - alpha) + face * alpha
+    img = img + rng.normal(0, 0.02, size=img.shape).astype(np.float32)
+    return _to_uint8(img)
+
+
+def _sample_pairs(rng: np.random.Generator, counts: dict[str, int], n: int) -> tuple[list[str], list[str]]:
+    """``n`` same-person rows ``name i j`` and ``n`` different-person rows ``name1 i name2 j``
+    (1-based image numbers), drawn without repetition while there are enough distinct ones."""
+    names = sorted(counts)
+    same = [(p, i, j) for p in names for i in range(1, counts[p] + 1) for j in range(i + 1, counts[p] + 1)]
+    if not same:
+        raise StandinError("No person of a fold has two images: raise images_per_person.")
+    diff = [(a, i, b, j) for x, a in enumerate(names) for b in names[x + 1:]
+            for i in range(1, counts[a] + 1) for j in range(1, counts[b] + 1)]
+    pick_same = rng.choice(len(same), n, replace=n > len(same))
+    pick_diff = rng.choice(len(diff), n, replace=n > len(diff))
+    return (["{}\t{}\t{}".format(*same[k]) for k in sorted(pick_same)],
+            ["{}\t{}\t{}\t{}".format(*diff[k]) for k in sorted(pick_diff)])
+
+
+def make_lfw_standin(
+    root: str | os.PathLike[str],
+    *,
+    num_folds: int = 5,
+    people_per_fold: int = 8,
+    images_per_person: int = 3,
+    pairs_per_fold: int = 8,
+    img_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write (or reuse) an LFW-style stand-in: synthetic faces of made-up people, in LFW's formats.
+
+    Layout (as LFW's release: the folder of ``lfw-deepfunneled.tgz`` and its protocol files)::
+
+        root/lfw/<Person>/<Person>_0001.jpg ...  square RGB JPEGs, img_size px, face centred
+        root/pairs.txt                            "num_folds<TAB>pairs_per_fold", then per fold
+                                                  pairs_per_fold rows "name<TAB>i<TAB>j" (same
+                                                  person) and as many "name1<TAB>i<TAB>name2<TAB>j"
+        root/people.txt                           "num_folds", then per fold its number of people
+                                                  and "name<TAB>images" rows
+        root/standin.json                         manifest (arguments), written last
+
+    Every person (``Synthetic_Face_0001``, ...: a made-up name, never a real person's) has fixed
+    traits drawn once: face shape, skin tone, hair colour and style, eye spacing, size and
+    colour, brows, nose, mouth, glasses, beard. Each photo of them varies the pose (shift,
+    scale, in-plane rotation), the expression (smile, eyelids), the lighting and the background.
+    So identity is learnable, but two photos of one person are never the same picture: face
+    verification on it behaves like on LFW, only easier. Folds are identity-disjoint (as
+    LFW's); a person has 1 to ``images_per_person`` photos (at least one person per fold has
+    two, for the same-person pairs).
+
+    Args:
+        root: folder to write.
+        num_folds: folds of people (LFW: 10).
+        people_per_fold: people in each fold (>= 2).
+        images_per_person: most photos of one person (>= 2).
+        pairs_per_fold: same-person rows, and as many different-person rows, per fold (LFW: 300).
+        img_size: side of the images (32 to 512; LFW's are 250).
+        seed: seed of every random choice; the same arguments give byte-identical files.
+
+    Returns:
+        ``root`` as an absolute :class:`~pathlib.Path`.
+
+    Raises:
+        StandinError: invalid arguments, or ``root`` exists, is not empty and is not a stand-in.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    for name, value, least in (("num_folds", num_folds, 1), ("people_per_fold", people_per_fold, 2),
+                               ("images_per_person", images_per_person, 2), ("pairs_per_fold", pairs_per_fold, 1),
+                               ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise StandinError(f"{name} must be an int >= {least}, got {value!r}.")
+    if not isinstance(img_size, int) or not 32 <= img_size <= 512:
+        raise StandinError(f"img_size must be an int between 32 and 512, got {img_size!r}.")
+    manifest = {
+        "generator": "imagenet_book.data.standin.make_lfw_standin",
+        "format_version": LFW_FORMAT_VERSION,
+        "arguments": {"num_folds": num_folds, "people_per_fold": people_per_fold,
+                      "images_per_person": images_per_person, "pairs_per_fold": pairs_per_fold,
+                      "img_size": img_size, "seed": seed},
+    }
+
+    def build(tmp: Path) -> None:
+        pairs = [f"{num_folds}\t{pairs_per_fold}"]
+        people = [str(num_folds)]
+        for fold in range(num_folds):
+            rng = np.random.default_rng([seed, fold])
+            counts = {}
+            for k in range(people_per_fold):
+                person = f"Synthetic_Face_{fold * people_per_fold + k + 1:04d}"
+                count = 2 if k == 0 else int(rng.integers(1, images_per_person + 1))
+                traits = _face_identity(np.random.default_rng([seed, fold, k]))
+                folder = tmp / "lfw" / person
+                folder.mkdir(parents=True)
+                for i in range(1, count + 1):
+                    pixels = _draw_face(traits, np.random.default_rng([seed, fold, k, i]), img_size)
+                    _save_jpeg(pixels, folder / f"{person}_{i:04d}.jpg")
+                counts[person] = count
+            same, diff = _sample_pairs(rng, counts, pairs_per_fold)
+            pairs += same + diff
+            people += [str(len(counts))] + [f"{p}\t{n}" for p, n in counts.items()]
+        _write_text(tmp / "pairs.txt", "\n".join(pairs) + "\n")
+        _write_text(tmp / "people.txt", "\n".join(people) + "\n")
 
     return _build_atomically(Path(root), manifest, build)
 
