@@ -145,3 +145,67 @@ def test_pretraining_is_recorded_without_the_data_s_folder(tiny, tmp_path, monke
     trained = json.loads(reference.reference_backbone(tiny).with_suffix(".json").read_text())["epochs"][-1]["wall_s"]
     assert again["rows"] == result["rows"] and trained > 0 and again["wall_s"] == pytest.approx(trained, abs=0.1)
     assert result["wall_s"] >= again["wall_s"]  # the first call also decoded the images
+
+
+def _imagenette_tree(root, train=3, val=1):
+    from PIL import Image
+
+    from imagenet_book.data.imagenet import IMAGENETTE_CLASSES
+
+    for split, n in (("train", train), ("val", val)):
+        for k, (wnid, _) in enumerate(IMAGENETTE_CLASSES):
+            folder = root / "imagenette2-160" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), (k * 25, i * 60, 100)).save(folder / f"{wnid}_{i}.JPEG")
+
+
+def test_selfsup_compares_simclr_supervised_and_random_and_transfers(tiny, tmp_path, monkeypatch):
+    _imagenette_tree(tiny.data_root)
+    monkeypatch.setattr(reference, "SIMCLR", {"img_size": 32, "epochs": 1, "batch_size": 8})
+    monkeypatch.setattr(reference, "SUPERVISED", {"img_size": 32, "epochs": 1, "batch_size": 10, "lr": 0.05})
+    monkeypatch.setattr(reference, "TRANSFER_SIZES", (4,))
+    monkeypatch.setattr(reference, "TRANSFER_SEEDS", (0,))
+    out = tmp_path / "results"
+    reference.run_reference(tiny, ["selfsup-imagenette"], folder=out, log=lambda _: None)
+    result = results.read_result("selfsup-imagenette", out)
+    assert result["chapter"] == "chapters/11_self_supervised.ipynb" and result["data"]["real"] is True
+    assert result["data"]["train"] == 30 and result["data"]["val"] == 10
+    frozen = {(r["run"], r["metric"]) for r in result["rows"] if r["metric"] != "map"}
+    assert frozen == {(who, m) for who in ("simclr", "supervised", "random") for m in ("knn_top1", "probe_top1")}
+    assert any("knn" in r["metric"] for r in result["rows"])  # the k-NN row
+    transfer = [r for r in result["rows"] if r["metric"] == "map"]
+    assert {(r["run"], r["n_train"], r["seed"]) for r in transfer} == {("simclr-finetune", 4, 0),
+                                                                      ("supervised-finetune", 4, 0)}
+    assert all(0.0 <= r["value"] <= 1.0 for r in result["rows"])
+    near = result["extra"]["neighbours"]
+    assert len(near["queries"]) == reference.NEIGHBOUR_QUERIES and all(q.startswith("val/") for q in near["queries"])
+    for who in ("simclr", "supervised", "random"):
+        assert len(near[who]) == reference.NEIGHBOUR_QUERIES
+        assert all(len(row) == reference.NEIGHBOURS and all(p.startswith("train/n") for p in row) for row in near[who])
+    assert str(tmp_path) not in json.dumps(result)
+    # The SimCLR file loads as a backbone the fine-tuning chapters use (the transfer rows came from it).
+    assert any(p.name.startswith("resnet18-simclr-imagenette") for p in (tiny.cache_root / "checkpoints").glob("*.pt"))
+
+
+def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_path, monkeypatch):
+    from imagenet_book.data import standin
+
+    made = standin.make_lfw_standin(tmp_path / "faces", people_per_fold=4, images_per_person=2, pairs_per_fold=3,
+                                    img_size=32)
+    subset = tiny.data_root / "lfw-deepfunneled-5folds"
+    shutil.copytree(made / "lfw", subset / "lfw")
+    shutil.copy(made / "pairs.txt", subset / "pairs_5folds.txt")
+    monkeypatch.setattr(reference, "FACES", {"img_size": 32, "epochs": 1, "batch_size": 4})
+    out = tmp_path / "results"
+    reference.run_reference(tiny, ["lfw-verification"], folder=out, log=lambda _: None)
+    result = results.read_result("lfw-verification", out)
+    assert result["data"]["real"] is True and result["data"]["val"] == 5 * 6
+    rows = {r["run"]: r for r in result["rows"]}
+    assert set(rows) == {"eigenfaces", "features", "finetune", "scratch"}
+    for row in rows.values():
+        assert row["metric"] == "accuracy" and len(row["folds"]) == 5
+        assert row["value"] == pytest.approx(sum(row["folds"]) / 5) and row["std"] >= 0
+    roc = result["extra"]["roc"]["finetune"]
+    assert roc["fpr"][0] == 0.0 and len(roc["fpr"]) == len(roc["tpr"])
+    assert str(tmp_path) not in json.dumps(result)

@@ -45,14 +45,18 @@ import torch
 
 from torch import nn
 
-from . import engine, finetune, imagenet1k, pretrain, probe, results, tasks
+from . import engine, faces, finetune, imagenet1k, pretrain, probe, results, selfsup, tasks
+from .data.fast import FastLoader
+from .data.imagenet import load_classification
+from .data.lfw import lfw_source
 from .data.voc import VOC_CLASSES, voc_source
 from .errors import BookError
 from .files import save_atomically
 from .recipe import ADAMW_LR, TrainConfig
 
-__all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "PRETRAIN", "ReferenceRunError", "SEEDS", "SEGMENT",
-           "STAGE_PROBE", "VOC", "chapter_backbone", "reference_backbone", "run_reference"]
+__all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "FACES", "PRETRAIN", "ReferenceRunError", "SEEDS",
+           "SEGMENT", "SIMCLR", "STAGE_PROBE", "SUPERVISED", "TRANSFER_SEEDS", "TRANSFER_SIZES", "VOC",
+           "chapter_backbone", "reference_backbone", "run_reference"]
 
 # The reference sizes (the numbers live here and nowhere else).
 # ResNet-18 on all of Imagenette. The peak lr is the one of the 10-epoch run measured in issue 13
@@ -64,6 +68,15 @@ SEGMENT = {"img_size": 128, "epochs": 24, "batch_size": 16}   # segmentation on 
 STAGE_PROBE = {"img_size": 96, "epochs": 100, "batch_size": 64}  # a linear probe on each stage's features
 DATA_EFFICIENCY_SIZES = (25, 50, 100, 200, 417)               # labelled training images
 SEEDS = (0, 1, 2)
+# Chapter 11. SimCLR on all of Imagenette's training images WITHOUT labels, and a supervised run on
+# the same images at the same side and epochs (the book's batch and peak lr), the comparison at an
+# equal budget; both backbones are then fine-tuned as in chapter 07 at TRANSFER_SIZES labels.
+SIMCLR = {"img_size": 64, "epochs": 10, "batch_size": 256}
+SUPERVISED = {"img_size": 64, "epochs": 10, "batch_size": 64, "lr": 0.2}
+TRANSFER_SIZES = (25, 100, 417)   # a subset of DATA_EFFICIENCY_SIZES: scratch is chapter 07's curve
+TRANSFER_SEEDS = (0, 1)
+NEIGHBOUR_QUERIES, NEIGHBOURS = 6, 5  # val images whose nearest training images chapter 11 shows
+FACES = {"img_size": 64, "epochs": 6, "batch_size": 64}  # the ArcFace embedding on LFW, per rotation
 COMMAND = "make reference"
 
 
@@ -355,6 +368,115 @@ def backbone_stages(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
             "rows": rows, "extra": {"filters": filters}}
 
 
+def _frozen(net: nn.Module, train_loader: Any, val_loader: Any, queries: list[int], seed: int) -> dict[str, Any]:
+    """k-NN and linear-probe top-1 of a backbone's frozen features, and the nearest training
+    images (cosine similarity) of the ``queries`` val images."""
+    train_f, train_y = selfsup.encoder_features(net, train_loader)
+    val_f, val_y = selfsup.encoder_features(net, val_loader)
+    knn = selfsup.knn_accuracy(train_f, train_y, val_f, val_y)
+    _, probe_scores = selfsup.linear_probe(train_f, train_y, val_f, val_y, seed=seed)
+    sim = torch.nn.functional.normalize(val_f[queries], dim=1) @ torch.nn.functional.normalize(train_f, dim=1).T
+    return {"knn_top1": knn, "probe_top1": probe_scores["top1"],
+            "neighbours": sim.topk(NEIGHBOURS, dim=1).indices.tolist()}
+
+
+def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """SimCLR without labels against supervised pretraining at an equal budget: frozen features
+    (k-NN, linear probe, nearest neighbours) on Imagenette, and transfer to multi-label
+    classification on the VOC-format real set at :data:`TRANSFER_SIZES` labels."""
+    if not pretrain.uses_real_data(cfg, "imagenette"):
+        raise ReferenceRunError("selfsup-imagenette needs the real Imagenette (imagenette2-160/) under the "
+                                "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
+    ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **SIMCLR, checkpoint_every=100, progress=False,
+                                  log=log)
+    sup = pretrain.pretrain(cfg, "imagenette", "resnet18", **SUPERVISED, checkpoint_every=200, progress=False,
+                            log=log)
+    source, cache, val_loader = ssl.source, ssl.train_loader.cache, ssl.val_loader
+    centre = FastLoader(cache, 256, train=False, out_size=SIMCLR["img_size"], device=cfg.device)
+    val_labels = val_loader.cache.labels
+    classes = int(val_labels.max()) + 1
+    queries = [int((val_labels == c).nonzero()[0]) for c in
+               sorted({round(i * (classes - 1) / (NEIGHBOUR_QUERIES - 1)) for i in range(NEIGHBOUR_QUERIES)})]
+    runs = _Runs(cfg, "selfsup-imagenette")
+    torch.manual_seed(cfg.seed)
+    random_net = pretrain.build_model("resnet18", classes)
+    nets = {"simclr": ssl.net, "supervised": sup.net, "random": random_net}
+    rows, neighbours = [], {}
+    for who, net in nets.items():
+        out = runs.get(f"frozen-{who}", lambda: _frozen(net.to(cfg.device), centre, val_loader, queries, cfg.seed),
+                       log)
+        neighbours[who] = out["neighbours"]
+        for metric in ("knn_top1", "probe_top1"):
+            rows.append({"run": who, "metric": metric, "value": out[metric], "n_train": len(cache),
+                         "img_size": SIMCLR["img_size"]})
+        log(f"reference: selfsup-imagenette {who}: k-NN top-1 {out['knn_top1']:.3f}, probe {out['probe_top1']:.3f}")
+    info: dict[str, Any] = {}
+    for who, run in (("simclr", ssl), ("supervised", sup)):
+        for n in TRANSFER_SIZES:
+            for seed in TRANSFER_SEEDS:
+                key = f"{who}-finetune-n{n}-seed{seed}"
+                out = runs.get(key, lambda: _classify(cfg, run.checkpoint, "finetune", seed=seed, n_train=n,
+                                                      log=log), log)
+                info = out
+                rows.append({"run": f"{who}-finetune", "metric": "map", "value": out["value"],
+                             "n_train": out["train"], "seed": seed, "epochs": VOC["epochs"],
+                             "img_size": VOC["img_size"]})
+                log(f"reference: selfsup-imagenette {key}: mAP {out['value']:.3f}")
+    train_files = load_classification(source, "train", per_class=None).samples
+    val_files = load_classification(source, "val", per_class=None).samples
+
+    def relative(path: str) -> str:
+        return Path(path).relative_to(source.root).as_posix()
+
+    trained_s = sum(r.history.epochs[-1]["wall_s"] for r in (ssl, sup) if r.history.epochs)
+    return {"chapter": "chapters/11_self_supervised.ipynb", "wall_s": trained_s + runs.seconds,
+            "data": {"name": f"real Imagenette ({source.name}); transfer: {_data_name(info['data'])}",
+                     "real": True, "train": len(cache), "val": len(val_loader.cache)},
+            "rows": rows,
+            "extra": {"simclr": {**SIMCLR, "temperature": ssl.settings.get("temperature"),
+                                 "contrastive_top1": ssl.metrics.get("contrastive_top1")},
+                      "supervised": SUPERVISED,
+                      "transfer": {"data": _data_name(info["data"]), "train": info["train"], "val": info["val"]},
+                      "neighbours": {"queries": [relative(val_files[q][0]) for q in queries],
+                                     **{who: [[relative(train_files[i][0]) for i in row] for row in rows_]
+                                        for who, rows_ in neighbours.items()}}}}
+
+
+def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Face verification on the real LFW folds: Eigenfaces, the ImageNet-1k network's features,
+    that network fine-tuned with ArcFace, and the same network from scratch (mean +- std over
+    the rotations)."""
+    source = lfw_source(cfg)
+    if not source.is_real:
+        raise ReferenceRunError("lfw-verification needs real LFW faces under the data root "
+                                "(lfw-deepfunneled-5folds/ or lfw-py/): point IMAGENET_BOOK_DATA at them.")
+    runs = _Runs(cfg, "lfw-verification")
+    rows, rocs = [], {}
+    for method in faces.FACE_METHODS:
+        def make() -> dict[str, Any]:
+            res = faces.verify_folds(cfg, method, checkpoint=finetune.IMAGENET1K, source=source,
+                                     folds=[f.number for f in source.folds], **FACES, log=log)
+            roc = res.roc
+            step = max(1, len(roc.fpr) // 200)  # enough points to draw it
+            return {"row": res.row(), "backbone": res.caption.split(": ", 1)[1].split(" at ")[0],
+                    "roc": {"fpr": [round(float(v), 4) for v in roc.fpr[::step]],
+                            "tpr": [round(float(v), 4) for v in roc.tpr[::step]]},
+                    "people": [f.train_people for f in res.folds]}
+        out = runs.get(method, make, log)
+        rows.append({**out["row"], "embedding": out["backbone"], "img_size": FACES["img_size"],
+                     **({"epochs": FACES["epochs"]} if method in ("finetune", "scratch") else {})})
+        rocs[method] = out["roc"]
+        log(f"reference: lfw-verification {method}: {out['row']['value']:.4f} +- {out['row']['std']:.4f}")
+    pairs = sum(len(f.pairs) for f in source.folds)
+    images = len(source.images_of({p for f in source.folds for p in f.people}))
+    return {"chapter": "chapters/11_self_supervised.ipynb", "wall_s": runs.seconds,
+            "data": {"name": f"real LFW faces ({source.kind}: {len(source.folds)} folds, {pairs:,} pairs)",
+                     "real": True, "train": images, "val": pairs},
+            "rows": rows, "extra": {"roc": rocs, "faces": FACES}}
+
+
+
 #: The experiments, in the order ``make reference`` runs them (pretraining first: the fine-tuning
 #: experiments use its backbone).
 EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] = {
@@ -364,6 +486,8 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
     "voc-detection": voc_detection,
     "voc-segmentation": voc_segmentation,
     "backbone-stages": backbone_stages,
+    "selfsup-imagenette": selfsup_imagenette,
+    "lfw-verification": lfw_verification,
 }
 
 
