@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
-# Grading the 21 notebooks takes about 3-5 minutes on a 2-core machine; the limit is for a stall,
+# Grading the 24 notebooks takes about 3-5 minutes on a 2-core machine; the limit is for a stall,
 # which then fails with the grading log instead of pytest-timeout's bare traceback.
 GRADING_TIMEOUT = 2400
 pytestmark = pytest.mark.timeout(GRADING_TIMEOUT + 600)  # the fixtures' setup counts against a test
@@ -66,6 +66,11 @@ WRONG = {
         "q2", '    mean_iou = iou[present].mean().item() if present.any() else float("nan")',
         "    mean_iou = iou.mean().item()",
         "leave the classes absent from truth and prediction out"),
+    "08_selfsup_lab": (  # the anchor left among its own candidates (the diagonal not masked out)
+        "q2",
+        '    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))',
+        "    logits = logits  # every view a candidate, the anchor itself included",
+        "not a candidate for itself"),
 }
 
 
