@@ -237,3 +237,19 @@ def test_verify_folds_features_and_finetune_from_a_tiny_checkpoint(smoke_cfg, st
         faces.verify_folds(cfg, "features", checkpoint=path.with_name("missing.pt"), source=standin)
     with pytest.raises(ValueError, match="method must be one of"):
         faces.verify_folds(cfg, "pca", source=standin)
+
+
+def test_the_local_profile_trains_one_rotation_and_scores_every_fold_without_training(smoke_cfg, standin, pretrained):
+    """Chapter 11's size switch: under local a trained embedding runs the first rotation only (the
+    recorded run asks for every fold), while Eigenfaces and the features cost nothing to rotate."""
+    cfg = dataclasses.replace(_cpu(smoke_cfg), profile=ib.runtime.PROFILES["local"])
+    path = pretrained("resnet18").checkpoint
+    assert ib.recipe.face_sizes("local")["rotations"] == 1 and ib.recipe.face_sizes("smoke")["rotations"] is None
+    tuned = faces.verify_folds(cfg, "finetune", checkpoint=path, source=standin, img_size=32, batch_size=8,
+                               max_steps=1)
+    assert [f.number for f in tuned.folds] == [1]
+    every = faces.verify_folds(cfg, "finetune", checkpoint=path, source=standin, img_size=32, batch_size=8,
+                               max_steps=1, folds=[1, 2, 3, 4, 5])
+    assert [f.number for f in every.folds] == [1, 2, 3, 4, 5]
+    eigen = faces.verify_folds(cfg, "eigenfaces", source=standin, num_components=10)
+    assert [f.number for f in eigen.folds] == [1, 2, 3, 4, 5]

@@ -202,6 +202,7 @@ def data_efficiency_plot(result: dict) -> plt.Figure:
     ax.set(xscale="log", xlabel="labelled training images", ylabel=f"{metric} on the evaluation images")
     ax.set_xticks(sorted({r["n_train"] for r in result["rows"]}),
                   labels=[str(k) for k in sorted({r["n_train"] for r in result["rows"]})])
+    ax.minorticks_off()  # the log axis's minor labels (3x10^1, ...) would crowd the sizes
     ax.legend()
     _provenance_title(fig, result)
     return fig
