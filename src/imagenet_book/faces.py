@@ -542,13 +542,13 @@ def rotation(source: LFWSource, held_out: int, *, validation: bool = True) -> Ro
 class FoldResult:
     """The result of one rotation.
 
-    Attributes:
-        number: the held-out fold. validation: the fold that chose the threshold (``None``:
-        the training folds did). threshold: the chosen one, where the accuracy on the pairs
-        that chose it was ``train_accuracy``. accuracy: on the held-out pairs. scores, labels: the held-out
-        pairs' float ``(P,)`` scores and int ``(P,)`` labels. roc: their :class:`ROC`.
-        train_people, train_images: how many the embedding was trained on. seconds: wall time.
-        history: the training's :class:`~imagenet_book.engine.History` (``None`` if none).
+    Its fields: ``number``, the held-out fold; ``validation``, the fold that chose the threshold
+    (``None``: the training folds did); ``threshold``, the chosen one, where the accuracy on the
+    pairs that chose it was ``train_accuracy``; ``accuracy``, on the held-out pairs; ``scores`` and
+    ``labels``, the held-out pairs' float scores and int labels, each of shape ``(P,)``; ``roc``,
+    their :class:`ROC`; ``train_people`` and ``train_images``, how many the embedding was trained
+    on; ``seconds``, the wall time; ``history``, the training's
+    :class:`~imagenet_book.engine.History` (``None`` if none).
 
     Taught in: chapters/11_self_supervised.ipynb.
     """
@@ -571,13 +571,12 @@ class FoldResult:
 class VerificationResult:
     """What :func:`verify_folds` returns.
 
-    Attributes:
-        method: one of :data:`FACE_METHODS`. folds: a :class:`FoldResult` per rotation.
-        mean, std: the held-out accuracy over the rotations (``std``: sample standard
-        deviation; ``sem = std / sqrt(folds)`` is LFW's standard error). roc: the ROC of all
-        held-out scores together. description: the data (:attr:`LFWSource.description`).
-        caption: one line for figures: method, backbone, sizes, data, profile. settings: the
-        sizes and recipe used. seconds: wall time.
+    Its fields: ``method``, one of :data:`FACE_METHODS`; ``folds``, a :class:`FoldResult` per
+    rotation; ``mean`` and ``std``, the held-out accuracy over the rotations (``std`` is the sample
+    standard deviation, and :attr:`sem` is LFW's standard error); ``roc``, the ROC of all held-out
+    scores together; ``description``, the data (:attr:`LFWSource.description`); ``caption``, one
+    line for figures (method, backbone, sizes, data, profile); ``settings``, the sizes and recipe
+    used; ``seconds``, the wall time.
 
     Taught in: chapters/11_self_supervised.ipynb.
     """

@@ -72,7 +72,7 @@ from .download import (DATA_ROOT_SETTINGS, DatasetNotFoundError, DatasetSource, 
                        reachable)
 
 __all__ = ["FACE_CROP", "FULL_FOLDER", "FULL_IMAGES", "LFW_FILES", "LFW_KINDS", "LFW_STANDIN_SEED",
-           "LFW_STANDIN_SIZES", "SUBSET_FOLDER", "SUBSET_PAIRS", "DatasetNotFoundError", "FaceFold", "FacePair",
+           "LFW_STANDIN_SIZES", "SUBSET_FOLDER", "SUBSET_PAIRS", "FaceFold", "FacePair",
            "LFWFormatError", "LFWSource", "fetch_lfw", "lfw_image_path", "lfw_source", "list_images",
            "load_faces", "make_folds", "read_pairs", "read_people"]
 
