@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "book/results/<name>.json. Resumable: run it again after an "
                                    "interruption. Experiments, in order: pretrain-imagenette, "
                                    "voc-multilabel, voc-data-efficiency, voc-detection, "
-                                   "voc-segmentation, backbone-stages.")
+                                   "voc-segmentation, backbone-stages, selfsup-imagenette, "
+                                   "lfw-verification.")
     p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")
     p.add_argument("--force", action="store_true", help="run experiments whose results file exists again")
     p.add_argument("--out", metavar="DIR", help="results folder (default: book/results of this repository)")
