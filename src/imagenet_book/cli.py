@@ -98,8 +98,9 @@ examples:
 
 
 _REFERENCE_EPILOG = f"""\
-The data root must hold the real data (Imagenette-160 for pretrain-imagenette; PASCAL VOC, or the
-VOC-format real set vocstyle-coco-pennfudan/, for the VOC experiments). The whole splits are used;
+The data root must hold the real data (Imagenette-160 for pretrain-imagenette and fast-recipe;
+PASCAL VOC, or the VOC-format real set vocstyle-coco-pennfudan/, for the VOC experiments). The
+whole splits are used;
 each training run's numbers are kept under <cache root>/reference/ as soon as it ends, so the
 command continues where an interrupted one stopped; an experiment whose results file exists is
 skipped (--force runs it again).
@@ -257,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "book/results/<name>.json. Resumable: run it again after an "
                                    "interruption. Experiments, in order: pretrain-imagenette, "
                                    "voc-multilabel, voc-data-efficiency, voc-detection, "
-                                   "voc-segmentation, backbone-stages, selfsup-imagenette, "
-                                   "lfw-verification.")
+                                   "voc-segmentation, backbone-stages, fast-recipe, "
+                                   "selfsup-imagenette, lfw-verification.")
     p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")
     p.add_argument("--force", action="store_true", help="run experiments whose results file exists again")
     p.add_argument("--out", metavar="DIR", help="results folder (default: book/results of this repository)")

@@ -1001,7 +1001,8 @@ def _restore(state: dict[str, Any], cfg: TrainConfig, optimizer: torch.optim.Opt
              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
              ema: EMA | None, loader: Any, callbacks: Sequence[Callback]) -> None:
     """Put everything but the weights and the counters back as the checkpoint has it."""
-    changed = sorted(k for k, v in asdict(cfg).items() if state["config"].get(k) != v)
+    defaults = asdict(TrainConfig())  # a field added since the checkpoint was written: its default
+    changed = sorted(k for k, v in asdict(cfg).items() if state["config"].get(k, defaults[k]) != v)
     if changed:
         warnings.warn(f"Resuming with a recipe that differs from the checkpoint's in {changed}: "
                       "the run will not match an uninterrupted one.", stacklevel=3)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import BookError
+from .optim import Lamb, Lion
 
 __all__ = ["ADAMW_LR", "ARC_MARGIN", "ARC_SCALE", "BACKBONE_LR_SCALE", "EIGEN_COMPONENTS", "EIGEN_SIZE",
            "FACE_EMBED_DIM", "FACE_SIZES", "FREEZE_BN", "face_recipe", "face_sizes",
@@ -43,6 +44,9 @@ __all__ = ["ADAMW_LR", "ARC_MARGIN", "ARC_SCALE", "BACKBONE_LR_SCALE", "EIGEN_CO
 BASE_LR = 0.1            # peak learning rate for a batch of BASE_BATCH (Goyal et al., 2017) ...
 BASE_BATCH = 256         # ... scaled linearly: lr = BASE_LR * batch_size / BASE_BATCH
 MOMENTUM = 0.9
+OPTIMIZERS = ("sgd", "adamw", "lion", "lamb")
+SCHEDULES = ("cosine", "onecycle", "flatcos")
+FLAT_FRACTION = 0.75     # "flatcos": the rate stays at its peak for this fraction of the run (fast.ai's)
 
 # The pretraining recipe (chapter 06 explains each number).
 PRETRAIN_WEIGHT_DECAY = 5e-5    # on conv/linear weights only (param_groups)
@@ -128,17 +132,22 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training set.
-        optimizer: ``"sgd"`` (with momentum) or ``"adamw"``.
+        optimizer: ``"sgd"`` (with momentum), ``"adamw"``, ``"lion"`` or ``"lamb"``
+            (:mod:`imagenet_book.optim`).
         lr: peak learning rate, reached after warmup, for the global batch (the new layers'
             rate when a backbone learns at ``backbone_lr_scale`` times it).
         weight_decay: L2 penalty on weights; biases and norm-layer weights get none.
-        momentum: SGD momentum (AdamW: beta1).
+        momentum: SGD momentum (AdamW, Lion, LAMB: beta1).
+        nesterov: SGD with Nesterov's momentum (the gradient taken after the momentum's step).
         warmup_epochs: linear warmup from 0, in epochs (fractions allowed).
         warmup_steps: the same in optimizer steps; overrides ``warmup_epochs`` when given.
         warmup_fraction: the same as a fraction of all the run's steps (at least one step);
             overrides ``warmup_epochs`` when given (``warmup_steps`` wins over both).
-        schedule: after warmup, ``"cosine"`` (half cosine to 0) or ``"onecycle"`` (straight
-            line to 0: with warmup, the triangular one-cycle policy).
+        schedule: after warmup, ``"cosine"`` (half cosine to 0), ``"onecycle"`` (straight
+            line to 0: with warmup, the triangular one-cycle policy) or ``"flatcos"`` (flat at
+            the peak until :data:`FLAT_FRACTION` of the run, then half a cosine to 0).
+        decay_norm_and_bias: weight decay on every parameter, biases and norm weights included
+            (the textbook way); ``False`` (default): :func:`param_groups`' rule.
         label_smoothing: ``eps`` of the classification loss (target ``(1 - eps) * onehot + eps / C``).
         ema_decay: keep an exponential moving average of the weights with this decay (e.g.
             ``0.999``), evaluated each epoch beside the weights; ``None``: no EMA.
@@ -156,11 +165,13 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    nesterov: bool = False
     warmup_epochs: float = 0.0
     warmup_steps: int | None = None
     warmup_fraction: float | None = None
     schedule: str = "cosine"
     label_smoothing: float = 0.0
+    decay_norm_and_bias: bool = False
     ema_decay: float | None = None
     grad_clip: float | None = None
     backbone_lr_scale: float = 1.0
@@ -168,10 +179,10 @@ class TrainConfig:
     img_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adamw"):
-            raise RecipeError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "onecycle"):
-            raise RecipeError(f"schedule must be 'cosine' or 'onecycle', got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise RecipeError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for key in ("epochs", "batch_size", "img_size"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -181,10 +192,11 @@ class TrainConfig:
 # ------------------------------------------------------------------------------- parameter groups
 
 
-def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(net: nn.Module, weight_decay: float, *, decay_all: bool = False) -> list[dict[str, Any]]:
     """Two parameter groups: weights of convolutions and linear layers (``ndim >= 2``) decay;
     biases and normalisation weights (``ndim <= 1``) do not: a BatchNorm scale or a bias that
     shrinks towards 0 is not a simpler function, the decay only fights the layer.
+    ``decay_all=True``: both groups decay (the textbook recipe, for comparison).
 
     Returns:
         ``[{"params": [...], "weight_decay": weight_decay}, {"params": [...], "weight_decay": 0.0}]``
@@ -194,7 +206,7 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """
     params = [p for p in net.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": weight_decay if decay_all else 0.0}]
 
 
 def finetune_param_groups(net: nn.Module, *, lr: float, backbone_lr_scale: float = BACKBONE_LR_SCALE,
@@ -243,14 +255,20 @@ def finetune_param_groups(net: nn.Module, *, lr: float, backbone_lr_scale: float
 
 
 def make_optimizer(net: nn.Module | list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW at ``cfg.lr``, over :func:`param_groups` of ``net`` or over the
-    given parameter groups (a group's own ``"lr"`` wins over ``cfg.lr``).
+    """SGD with momentum (``cfg.nesterov``: Nesterov's), AdamW, Lion or LAMB at ``cfg.lr``, over
+    :func:`param_groups` of ``net`` or over the given parameter groups (a group's own ``"lr"``
+    wins over ``cfg.lr``). ``cfg.momentum`` is SGD's momentum, the others' beta1.
 
-    Taught in: chapters/06_pretraining.ipynb.
+    Taught in: chapters/06_pretraining.ipynb (Lion, LAMB: chapters/06_appendix_fast_recipe.ipynb).
     """
-    groups = param_groups(net, cfg.weight_decay) if isinstance(net, nn.Module) else net
+    groups = (param_groups(net, cfg.weight_decay, decay_all=cfg.decay_norm_and_bias)
+              if isinstance(net, nn.Module) else net)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "lion":
+        return Lion(groups, lr=cfg.lr, betas=(cfg.momentum, 0.99))
+    if cfg.optimizer == "lamb":
+        return Lamb(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
@@ -261,14 +279,20 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     """Multiplier of the peak learning rate for optimizer step ``step`` (0-based).
 
     Linear warmup ``(step + 1) / warmup_steps``, then from 1 down to 0 at ``total_steps``: half a
-    cosine (``"cosine"``) or a straight line (``"onecycle"``).
+    cosine (``"cosine"``), a straight line (``"onecycle"``), or flat at 1 until
+    :data:`FLAT_FRACTION` of ``total_steps`` and half a cosine from there (``"flatcos"``).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "flatcos":
+        start = max(warmup_steps, round(FLAT_FRACTION * total_steps))
+        if step < start:
+            return 1.0
+        warmup_steps = start
     t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+    return 0.5 * (1 + math.cos(math.pi * t)) if schedule in ("cosine", "flatcos") else 1.0 - t
 
 
 def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:

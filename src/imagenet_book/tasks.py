@@ -167,7 +167,7 @@ class Task:
                                          freeze_backbone=self.frozen_backbone)
         if isinstance(getattr(net, "backbone", None), nn.Module):
             net.backbone.requires_grad_(True)
-        return param_groups(net, config.weight_decay)
+        return param_groups(net, config.weight_decay, decay_all=config.decay_norm_and_bias)
 
     def train_mode(self, net: nn.Module) -> None:
         """``net.train()``; a frozen backbone stays in eval mode (its BatchNorm statistics too);

@@ -513,6 +513,10 @@ class FastLoader:
     seed gives the same batches (:meth:`set_epoch` picks the epoch, e.g. to resume).
     ``preload=True`` copies the whole uint8 cache to the device once (CUDA, when it fits).
 
+    **Progressive resizing**: ``sizes=(96, 112, 128, ...)`` gives epoch ``e`` crops of side
+    ``sizes[e]`` (the last one for every later epoch) instead of ``out_size``: the early epochs
+    see small images and cost less, the last ones train at the final size.
+
     ``views=V`` (training) yields ``(X_1, ..., X_V, y)``: ``V`` views of the same ``B`` images,
     each with its own crop, flip and colour draws; ``photometric`` adds colour distortion
     (:class:`Photometric`) after the crop, before normalisation. SimCLR's batches are
@@ -541,13 +545,16 @@ class FastLoader:
                  scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  flip: bool = True, crop_fraction: float = 0.875, mean: tuple[float, ...] = IMAGENET_MEAN,
                  std: tuple[float, ...] = IMAGENET_STD, preload: bool = False, views: int = 1,
-                 photometric: Photometric | None = None) -> None:
+                 photometric: Photometric | None = None, sizes: tuple[int, ...] | None = None) -> None:
         if views < 1 or (views > 1 and not train):
             raise RecipeError(f"FastLoader's views must be >= 1, and several views need train=True (random "
                               f"crops); got views={views}, train={train}.")
         self.cache, self.batch_size, self.train, self.seed = cache, batch_size, train, seed
         self.views, self.photometric = views, photometric if train else None
         self.out_size = out_size or cache.size
+        if sizes is not None and (not sizes or not all(isinstance(k, int) and k >= 1 for k in sizes)):
+            raise RecipeError(f"FastLoader's sizes must be image sides >= 1, one per epoch; got {sizes!r}.")
+        self.sizes = tuple(sizes) if sizes else None
         self.device = torch.device(device)
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last = train if drop_last is None else drop_last
@@ -588,6 +595,8 @@ class FastLoader:
         gather = self._transfer if gather is None else gather
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
         g = torch.Generator().manual_seed(seed)
+        if self.sizes is not None:
+            self.out_size = self.sizes[min(self.epoch, len(self.sizes) - 1)]
         self.epoch += 1
         n, size = len(self.cache), self.cache.size
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
@@ -631,7 +640,7 @@ class FastLoader:
         """The next buffer of the CPU ring, first ``n`` images (None on a GPU: allocate)."""
         if self.device.type != "cpu":
             return None
-        if not self._ring:
+        if not self._ring or self._ring[0].shape[-1] != self.out_size:  # first use, or a new size
             shape = (self.views * self.batch_size, self.cache.images.shape[1], self.out_size, self.out_size)
             self._ring = [torch.empty(shape) for _ in range(self.RING)]
         buffer = self._ring[self._produced % self.RING]

@@ -9,6 +9,13 @@ outputs. What is left out: the ResNeXt / wide / dilated options (``groups``, ``w
 Like torchvision, the bottleneck puts its stride on the 3x3 convolution ("ResNet v1.5"), not on
 the first 1x1 convolution as in the original paper.
 
+Two options are the "ResNet-D" tweaks of He et al. (2019, "Bag of Tricks for Image Classification
+with Convolutional Neural Networks"), taught with the fast recipe: ``deep_stem=True`` replaces
+the 7x7 stem convolution by three 3x3 convolutions (32, 32, 64 channels; the first with stride 2),
+and ``avg_down=True`` makes the downsampling shortcut average-pool 2x2 before a stride-1 1x1
+convolution, instead of a stride-2 1x1 convolution that ignores three pixels out of four.
+``resnet18d`` / ``resnet50d`` turn both on (the layout of timm's models of the same names).
+
 One option is ours: ``small_input=True`` swaps the ImageNet stem (7x7 convolution with stride 2,
 then a 3x3 max-pool with stride 2: 224 px become 56 px) for the CIFAR stem of He et al. (3x3
 convolution, stride 1, no max-pool), so that 32-64 px images are not shrunk to 8-16 px before
@@ -22,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet18d", "resnet34", "resnet50", "resnet50d"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -125,6 +132,10 @@ class ResNet(nn.Module):
             starts as the identity (Goyal et al., 2017); torchvision's option of the same name.
         small_input: CIFAR stem (3x3 convolution, stride 1, no max-pool) for 32-64 px images.
             With ``False`` (default) the network is exactly torchvision's.
+        deep_stem: ResNet-D's stem: ``conv1`` is three 3x3 convolutions (3 -> 32, stride 2;
+            32 -> 32; 32 -> 64) with BatchNorm and ReLU between them (``bn1`` follows as usual).
+        avg_down: ResNet-D's shortcut: ``downsample`` is ``AvgPool2d(2)`` (when the stage
+            strides), then a stride-1 1x1 convolution and BatchNorm.
 
     Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). The last stage works on
     (H/32, W/32) pixels (224 -> 7), or (H/8, W/8) with ``small_input`` (32 -> 4).
@@ -139,11 +150,18 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         zero_init_residual: bool = False,
         small_input: bool = False,
+        deep_stem: bool = False,
+        avg_down: bool = False,
     ) -> None:
         super().__init__()
         self.inplanes = 64  # channels entering the next block; _make_layer updates it
+        self.avg_down = avg_down
         if small_input:
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        elif deep_stem:
+            self.conv1 = nn.Sequential(
+                conv3x3(3, 32, stride=2), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+                conv3x3(32, 32), nn.BatchNorm2d(32), nn.ReLU(inplace=True), conv3x3(32, 64))
         else:
             self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -186,11 +204,17 @@ class ResNet(nn.Module):
         """
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            # The shortcut must match the main path's shape: a strided 1x1 projection.
-            downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * block.expansion, stride),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
+            # The shortcut must match the main path's shape: a strided 1x1 projection (ResNet-D:
+            # average 2x2 pixels first, so that every input pixel reaches the shortcut).
+            if self.avg_down:
+                pool = [nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False)] if stride != 1 else []
+                downsample = nn.Sequential(*pool, conv1x1(self.inplanes, planes * block.expansion),
+                                           nn.BatchNorm2d(planes * block.expansion))
+            else:
+                downsample = nn.Sequential(
+                    conv1x1(self.inplanes, planes * block.expansion, stride),
+                    nn.BatchNorm2d(planes * block.expansion),
+                )
         layers = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
@@ -237,3 +261,31 @@ def resnet50(
     Taught in: chapters/04_resnet.ipynb
     """
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input)
+
+
+def resnet18d(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """ResNet-18-D: ResNet-18 with the deep stem and the average-pooling shortcut (``ResNet``'s
+    ``deep_stem`` and ``avg_down``); 11,708,744 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb
+    """
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input,
+                  deep_stem=not small_input, avg_down=True)
+
+
+def resnet50d(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """ResNet-50-D: ResNet-50 with the deep stem and the average-pooling shortcut (``ResNet``'s
+    ``deep_stem`` and ``avg_down``); 25,576,264 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb
+    """
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input,
+                  deep_stem=not small_input, avg_down=True)

@@ -1,0 +1,309 @@
+"""A fast pretraining recipe, built one lever at a time: the ablation of chapter 06's appendix.
+
+Chapter 06 pretrains with a sound but plain recipe. What does a *good* recipe buy in a fixed,
+small budget (5 epochs of Imagenette at 128 px)? This module answers it by measurement:
+
+* :class:`Recipe` holds every setting a lever touches; :data:`TEXTBOOK` is the recipe a textbook
+  gives (torchvision's ResNet-18, random-resized crops of 8-100% of the image and flips, SGD
+  with Nesterov momentum, the one-cycle schedule peaking at 0.4, batch 64, label smoothing 0.1,
+  weight decay on every parameter, float32);
+* :data:`LADDER` lists the levers in the order they are added, each on top of the previous one
+  (decided before any run, and never from the validation split): mixed precision and
+  channels-last memory, no weight decay on BatchNorm and biases, zero-initialised last BatchNorm
+  of each block, milder crops, the ResNet-D network, a deeper ResNet-50-D, progressive resizing,
+  an exponential moving average (EMA) of the weights, test-time flips, and a test-time resolution
+  that matches the crops' apparent object size; the last rung is :func:`final_recipe`;
+* :data:`SIDE` lists levers measured *instead of* a choice of the ladder (another schedule, other
+  optimizers, no label smoothing), each on top of the final recipe, not carried forward;
+* :func:`train_recipe` trains one recipe with the book's one loop (:func:`imagenet_book.engine.fit`)
+  on the book's fast loader and evaluates it four ways (plain, flipped, larger, both);
+* :func:`ablation` runs the ladder and the side rows and returns one row per lever: what the
+  ``fast-recipe`` reference run (:mod:`imagenet_book.reference`) records.
+
+Every choice is fixed before the runs, so the validation split is only ever measured, never
+tuned on. One seed per row: differences below about a point are within the noise of a single
+5-epoch run (the chapter says so).
+
+Taught in: chapters/06_appendix_fast_recipe.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import engine, pretrain
+from .data.fast import fast_loader
+from .data.imagenet import DataSource
+from .recipe import TrainConfig
+
+__all__ = ["FlipAverage", "LADDER", "Lever", "Recipe", "SIDE", "TEXTBOOK", "TEST_SIZE_FACTOR", "ablation",
+           "final_recipe", "progressive_sizes", "recipe_config", "run_key", "train_recipe"]
+
+TEST_SIZE_FACTOR = 1.25   # test at this times the training side, on the whole stored square (FixRes's point)
+PROGRESSIVE_START = 0.75  # progressive resizing: the first epochs at this fraction of the final side ...
+PROGRESSIVE_RAMP = 0.6    # ... growing linearly to the full side at this fraction of the run
+EMA_TIME_FRACTION = 0.1   # the EMA averages over about this fraction of the run's steps
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every setting the levers touch (the sizes, epochs/img_size/batch_size, are given apart).
+
+    Attributes:
+        arch: a name of :data:`imagenet_book.pretrain.ARCHS`.
+        zero_init_residual: the last BatchNorm of every block starts at 0.
+        crop_scale: area fractions of the random-resized crops.
+        optimizer, lr, nesterov, weight_decay, schedule, warmup_fraction, label_smoothing,
+            decay_norm_and_bias: as in :class:`~imagenet_book.recipe.TrainConfig`.
+        mixed_precision: bf16 autocast and channels-last memory where the device supports them
+            (the engine's automatic choice: on CUDA; on a CPU it changes nothing).
+        progressive: progressive resizing (:func:`progressive_sizes`).
+        ema: evaluate an EMA of the weights (:data:`EMA_TIME_FRACTION`).
+        test_flip: average the logits of each test image and its mirror image.
+        test_size: test at :data:`TEST_SIZE_FACTOR` times the training side, on the whole stored
+            square, instead of the centre 87.5% at the training side.
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+
+    arch: str = "resnet18"
+    zero_init_residual: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    optimizer: str = "sgd"
+    lr: float = 0.4
+    nesterov: bool = True
+    weight_decay: float = 5e-5
+    decay_norm_and_bias: bool = True
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.25
+    label_smoothing: float = 0.1
+    mixed_precision: bool = False
+    progressive: bool = False
+    ema: bool = False
+    test_flip: bool = False
+    test_size: bool = False
+
+    def training_key(self) -> dict[str, Any]:
+        """The settings that change the trained weights (the test-time ones do not)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("test_flip", "test_size")}
+
+
+TEXTBOOK = Recipe()
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One row of the ablation: ``name``, what it does (``what``) and the settings it changes."""
+
+    name: str
+    what: str
+    changes: dict[str, Any]
+
+
+LADDER: tuple[Lever, ...] = (
+    Lever("textbook", "ResNet-18, crops 8-100%, SGD Nesterov, one-cycle to 0.4, batch 64, label smoothing 0.1, "
+                      "decay on all, fp32", {}),
+    Lever("mixed-precision", "bf16 autocast + channels_last (GPU)", {"mixed_precision": True}),
+    Lever("no-decay-bn-bias", "no weight decay on BatchNorm and biases", {"decay_norm_and_bias": False}),
+    Lever("zero-init", "last BatchNorm of each block starts at 0", {"zero_init_residual": True}),
+    Lever("mild-crops", "crops of 35-100% of the image", {"crop_scale": (0.35, 1.0)}),
+    Lever("resnet-d", "ResNet-18-D: deep stem, average-pool shortcut", {"arch": "resnet18d"}),
+    Lever("resnet50-d", "ResNet-50-D: bottleneck blocks, 3-4-6-3", {"arch": "resnet50d"}),
+    Lever("progressive", "progressive resizing, 75% -> 100% of the side", {"progressive": True}),
+    Lever("ema", "evaluate an EMA of the weights", {"ema": True}),
+    Lever("test-flip", "average the test image and its mirror", {"test_flip": True}),
+    Lever("test-size", f"test at {TEST_SIZE_FACTOR:g}x the side, whole image", {"test_size": True}),
+)
+
+SIDE: tuple[Lever, ...] = (
+    Lever("flat-cosine", "instead of one-cycle: flat at the peak, then cosine", {"schedule": "flatcos"}),
+    Lever("lion", "instead of SGD: Lion, lr 3e-4, decay 0.1", {"optimizer": "lion", "lr": 3e-4, "weight_decay": 0.1}),
+    Lever("lamb", "instead of SGD: LAMB, lr 5e-3, decay 0.01", {"optimizer": "lamb", "lr": 5e-3, "weight_decay": 0.01}),
+    Lever("no-label-smoothing", "instead of 0.1: no label smoothing", {"label_smoothing": 0.0}),
+    Lever("peak-lr-0.2", "instead of 0.4: a peak rate of 0.2", {"lr": 0.2}),
+)
+
+
+def final_recipe() -> Recipe:
+    """The last rung of :data:`LADDER`: :data:`TEXTBOOK` with every lever applied.
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+    recipe = TEXTBOOK
+    for lever in LADDER:
+        recipe = dataclasses.replace(recipe, **lever.changes)
+    return recipe
+
+
+def progressive_sizes(img_size: int, epochs: int) -> tuple[int, ...]:
+    """The side of each epoch's crops: :data:`PROGRESSIVE_START` of ``img_size`` at first, growing
+    linearly to ``img_size`` at :data:`PROGRESSIVE_RAMP` of the run, rounded to multiples of 8
+    (5 epochs at 128 px: ``(96, 112, 120, 128, 128)``).
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+    ramp = max(1.0, PROGRESSIVE_RAMP * (epochs - 1))
+    fractions = [PROGRESSIVE_START + (1 - PROGRESSIVE_START) * min(1.0, e / ramp) for e in range(epochs)]
+    return tuple(max(8, min(img_size, 8 * round(img_size * f / 8))) for f in fractions)
+
+
+def recipe_config(recipe: Recipe, *, epochs: int, steps_per_epoch: int, batch_size: int,
+                  img_size: int) -> TrainConfig:
+    """The engine's :class:`~imagenet_book.recipe.TrainConfig` for ``recipe`` (the EMA's decay
+    follows the run's length: it averages over :data:`EMA_TIME_FRACTION` of the steps).
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+    ema = 1 - 1 / max(2.0, EMA_TIME_FRACTION * epochs * steps_per_epoch) if recipe.ema else None
+    return TrainConfig(epochs=epochs, optimizer=recipe.optimizer, lr=recipe.lr, nesterov=recipe.nesterov,
+                       momentum=0.9, weight_decay=recipe.weight_decay, schedule=recipe.schedule,
+                       warmup_fraction=recipe.warmup_fraction, label_smoothing=recipe.label_smoothing,
+                       decay_norm_and_bias=recipe.decay_norm_and_bias, ema_decay=ema,
+                       batch_size=batch_size, img_size=img_size)
+
+
+class FlipAverage(nn.Module):
+    """Test-time flips: the mean of ``net``'s logits for each image and its mirror image.
+
+    Shapes: float (N, 3, H, W) -> float logits (N, C).
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * (self.net(x) + self.net(x.flip(3)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_size: int,
+                 data: str = "imagenette", source: DataSource | None = None, progress: bool = False,
+                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train ``recipe`` for ``epochs`` at ``img_size`` with :func:`imagenet_book.engine.fit` on the
+    profile's ``data`` (the book's fast loader), then evaluate it on the whole val split four ways.
+
+    Returns:
+        ``{"top1", "top1_flip", "top1_size", "top1_flip_size"}`` (accuracies in ``[0, 1]``: plain
+        centre crops at ``img_size``; test-time flips; the whole stored square at
+        ``TEST_SIZE_FACTOR * img_size``; both), ``"top5"`` (plain), ``"train_s"`` (the loop's
+        seconds, data loading included), ``"eval_s"``, ``"sizes"`` (each epoch's side),
+        ``"train"``/``"val"`` (images), ``"data"`` (the source's description), ``"amp"``.
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+    sizes = progressive_sizes(img_size, epochs) if recipe.progressive else (img_size,) * epochs
+    on_gpu = torch.device(cfg.device).type == "cuda"  # the decoded images then live in GPU memory
+    options = {"scale": recipe.crop_scale, "sizes": sizes if recipe.progressive else None, "preload": on_gpu}
+    source, train_loader, _ = pretrain.make_loaders(cfg, data, img_size=img_size, batch_size=batch_size,
+                                                    source=source, progress=progress, train_options=options)
+    device, test_side = train_loader.device, round(TEST_SIZE_FACTOR * img_size)
+    val_loader, big_loader = (
+        fast_loader(cfg, "val", source=source, img_size=side, batch_size=batch_size, crop_fraction=fraction,
+                    store_size=train_loader.cache.size, device=device, preload=on_gpu, progress=progress,
+                    train=False)
+        for side, fraction in ((img_size, 0.875), (test_side, 1.0)))
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+    net = pretrain.build_model(recipe.arch, source.num_classes, zero_init_residual=recipe.zero_init_residual)
+    config = recipe_config(recipe, epochs=epochs, steps_per_epoch=len(train_loader), batch_size=batch_size,
+                           img_size=img_size)
+    amp = None if recipe.mixed_precision else "fp32"
+    channels_last = None if recipe.mixed_precision else False
+    if log is not None:
+        log(f"fast recipe: {recipe.arch}, {len(train_loader.cache)} images x {epochs} epochs at {list(sizes)} px, "
+            f"{config.optimizer} peak {config.lr:g} ({config.schedule}), device {device}")
+    _sync(device)
+    t0 = time.perf_counter()
+    history = engine.fit(net, train_loader, None, config, device=device, amp=amp, channels_last=channels_last,
+                         progress=progress)
+    _sync(device)
+    train_s = time.perf_counter() - t0
+    model = history.ema.module if history.ema is not None else net
+    found: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for key, wrapped, loader in (("top1", model, val_loader), ("top1_flip", FlipAverage(model), val_loader),
+                                 ("top1_size", model, big_loader),
+                                 ("top1_flip_size", FlipAverage(model), big_loader)):
+        metrics = engine.evaluate(wrapped.to(device), loader, device, amp=amp, channels_last=channels_last)
+        found[key] = float(metrics["top1"])
+        if key == "top1":
+            found["top5"] = float(metrics["top5"])
+    _sync(device)
+    found.update(train_s=round(train_s, 2), eval_s=round(time.perf_counter() - t0, 2), sizes=list(sizes),
+                 train=len(train_loader.cache), val=len(val_loader.cache), data=source.description,
+                 amp=str(engine._amp_dtype(amp, device)).replace("torch.", ""),
+                 train_loss=history.epochs[-1].get("train_loss") if history.epochs else math.nan)
+    if log is not None:
+        log(f"fast recipe: top-1 {found['top1']:.4f} (flip {found['top1_flip']:.4f}, {test_side} px "
+            f"{found['top1_size']:.4f}, both {found['top1_flip_size']:.4f}); {train_s:.1f} s of training")
+    return found
+
+
+def run_key(recipe: Recipe) -> str:
+    """A short name for the training run of ``recipe`` (its arch and a hash of its training
+    settings): recipes that differ only at test time share it.
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+    digest = hashlib.sha1(json.dumps(recipe.training_key(), sort_keys=True).encode()).hexdigest()[:10]
+    return f"{recipe.arch}-{digest}"
+
+
+def _metric_key(recipe: Recipe) -> str:
+    return "top1" + ("_flip" if recipe.test_flip else "") + ("_size" if recipe.test_size else "")
+
+
+def ablation(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str = "imagenette",
+             levers: tuple[Lever, ...] = LADDER, side: tuple[Lever, ...] = SIDE,
+             run: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+             log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+    """The ablation: one row per lever of ``levers`` (each on top of the previous), then one per
+    lever of ``side`` (each on top of the whole ladder, not carried forward).
+
+    Runs with the same training settings are trained once (a test-time lever only re-reads the
+    previous run's other evaluation). ``run(key, make)`` may keep finished runs (the reference
+    run's resumable store); default: train every time.
+
+    Returns:
+        Rows ``{"run": lever name, "metric": "top1", "value", "epochs", "img_size", "what",
+        "carried" (True for the ladder), "arch", "train_s", "top5"}``, in order.
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+    done: dict[str, dict[str, Any]] = {}
+
+    def measure(recipe: Recipe) -> dict[str, Any]:
+        key = run_key(recipe)
+        if key not in done:
+            make = lambda: train_recipe(cfg, recipe, epochs=epochs, img_size=img_size,  # noqa: E731
+                                        batch_size=batch_size, data=data, log=log)
+            done[key] = run(key, make) if run is not None else make()
+        return done[key]
+
+    rows, recipe = [], TEXTBOOK
+    for carried, group in ((True, levers), (False, side)):
+        top = recipe
+        for lever in group:
+            this = dataclasses.replace(top if not carried else recipe, **lever.changes)
+            found = measure(this)
+            rows.append({"run": lever.name, "metric": "top1", "value": found[_metric_key(this)],
+                         "epochs": epochs, "img_size": img_size, "what": lever.what, "carried": carried,
+                         "arch": this.arch, "train_s": found["train_s"], "top5": found["top5"]})
+            if carried:
+                recipe = this
+    return rows

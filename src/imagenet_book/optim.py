@@ -1,0 +1,120 @@
+"""Two optimizers PyTorch does not ship, written out so they can be read: Lion and LAMB.
+
+Both are studied as levers of the fast pretraining recipe (chapter 06's appendix), beside SGD with
+(Nesterov) momentum and AdamW, which ``torch.optim`` has. :func:`imagenet_book.recipe.make_optimizer`
+builds any of them by name from a :class:`~imagenet_book.recipe.TrainConfig`.
+
+* **Lion** (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"): the update is the
+  *sign* of an interpolation between the momentum and the gradient, so every weight moves by
+  exactly ``lr`` per step (plus decoupled weight decay); a second, slower momentum is kept::
+
+      u = sign(beta1 * m + (1 - beta1) * g)
+      w <- w - lr * (u + weight_decay * w)
+      m <- beta2 * m + (1 - beta2) * g
+
+  Steps of size ``lr`` in every coordinate are larger than Adam's, so Lion's rate is 3-10x
+  smaller than AdamW's, and its weight decay as much larger.
+* **LAMB** (You et al., 2020, "Large Batch Optimization for Deep Learning"): Adam's update (with
+  decoupled weight decay added to it) rescaled per tensor by the *trust ratio*
+  ``||w|| / ||update||``, so that every layer moves by the same fraction of its own size::
+
+      m <- beta1 * m + (1 - beta1) * g;   v <- beta2 * v + (1 - beta2) * g^2   (bias-corrected)
+      r = m / (sqrt(v) + eps) + weight_decay * w
+      w <- w - lr * (||w|| / ||r||) * r     (ratio 1 when either norm is 0)
+
+Both follow ``torch.optim.Optimizer``'s contract (parameter groups, ``state_dict``), so the engine
+checkpoints and resumes them like SGD.
+
+Taught in: chapters/06_appendix_fast_recipe.ipynb.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+__all__ = ["Lamb", "Lion"]
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion: ``w <- w - lr * (sign(beta1 * m + (1 - beta1) * g) + weight_decay * w)``, then
+    ``m <- beta2 * m + (1 - beta2) * g`` (see the module's docstring).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: the step of every coordinate (typically 3-10x smaller than AdamW's rate).
+        betas: ``(beta1, beta2)``: the interpolation of the update and the momentum's decay.
+        weight_decay: decoupled, multiplied by ``lr``.
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0) -> None:
+        if lr <= 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Lion needs lr > 0 and betas in [0, 1); got lr={lr}, betas={betas}.")
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                update = m.lerp(p.grad, 1 - beta1).sign_()
+                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"])
+                m.lerp_(p.grad, 1 - beta2)
+        return loss
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB: Adam's bias-corrected update plus decoupled weight decay, scaled per tensor by the
+    trust ratio ``||w|| / ||update||`` (see the module's docstring).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: peak rate (the fraction of a tensor's norm it moves per step, at trust ratio 1).
+        betas, eps: Adam's.
+        weight_decay: added to the update before the trust ratio (decoupled from the gradient).
+
+    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0) -> None:
+        if lr <= 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"LAMB needs lr > 0 and betas in [0, 1); got lr={lr}, betas={betas}.")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]))
+                if group["weight_decay"]:
+                    update.add_(p, alpha=group["weight_decay"])
+                w_norm, u_norm = p.norm(), update.norm()
+                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                p.sub_(update * (group["lr"] * trust))
+        return loss

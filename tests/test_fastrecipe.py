@@ -1,0 +1,194 @@
+"""The fast pretraining recipe (``imagenet_book.fastrecipe``) and the levers it is built from: Lion
+and LAMB against their update rules, the flat-then-cosine schedule, weight decay on every
+parameter, ResNet-D, progressive resizing in the fast loader, test-time flips, the ablation's rows,
+and the ``fast-recipe`` reference run on a real-format tree."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from imagenet_book import fastrecipe, reference, results
+from imagenet_book.data.fast import FastLoader, ImageCache
+from imagenet_book.models import resnet18, resnet18d, resnet50d
+from imagenet_book.optim import Lamb, Lion
+from imagenet_book.recipe import FLAT_FRACTION, RecipeError, TrainConfig, lr_factor, make_optimizer, param_groups
+
+from test_reference import _imagenette_tree, tiny  # noqa: F401  (the fixture; tests/ is on sys.path)
+
+
+def _one_step(opt_cls, w0, g, **kw):
+    w = nn.Parameter(w0.clone())
+    opt = opt_cls([w], **kw)
+    w.grad = g.clone()
+    opt.step()
+    return w.detach(), opt
+
+
+def test_lion_moves_every_weight_by_the_rate_times_the_sign():
+    torch.manual_seed(0)
+    w0, g1, g2 = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    lr, wd, (b1, b2) = 0.01, 0.1, (0.9, 0.99)
+    w, opt = _one_step(Lion, w0, g1, lr=lr, betas=(b1, b2), weight_decay=wd)
+    m = torch.zeros_like(w0)
+    expected = w0 * (1 - lr * wd) - lr * torch.sign(b1 * m + (1 - b1) * g1)
+    torch.testing.assert_close(w, expected)
+    m = b2 * m + (1 - b2) * g1
+    # A second step uses the momentum kept in the state (and survives a state_dict round trip).
+    p = opt.param_groups[0]["params"][0]
+    again = Lion([p], lr=lr, betas=(b1, b2), weight_decay=wd)
+    again.load_state_dict(opt.state_dict())
+    p.grad = g2.clone()
+    again.step()
+    torch.testing.assert_close(p.detach(), expected * (1 - lr * wd) - lr * torch.sign(b1 * m + (1 - b1) * g2))
+
+
+def test_lamb_scales_adams_update_by_the_trust_ratio():
+    torch.manual_seed(1)
+    w0, g = torch.randn(4, 6), torch.randn(4, 6)
+    lr, wd, (b1, b2), eps = 0.05, 0.01, (0.9, 0.999), 1e-6
+    w, _ = _one_step(Lamb, w0, g, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    m_hat, v_hat = (1 - b1) * g / (1 - b1), (1 - b2) * g * g / (1 - b2)
+    r = m_hat / (v_hat.sqrt() + eps) + wd * w0
+    torch.testing.assert_close(w, w0 - lr * (w0.norm() / r.norm()) * r)
+    # A zero tensor (a fresh bias) has no norm to be a fraction of: trust ratio 1.
+    b, _ = _one_step(Lamb, torch.zeros(3), torch.ones(3), lr=lr)
+    torch.testing.assert_close(b, torch.full((3,), -lr), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="LAMB needs lr > 0"):
+        Lamb([nn.Parameter(torch.zeros(1))], lr=0)
+
+
+def test_flat_cosine_stays_at_the_peak_then_anneals_to_zero():
+    total, warmup = 120, 5
+    f = [lr_factor(s, total, warmup, "flatcos") for s in range(total + 1)]
+    assert f[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    start = round(FLAT_FRACTION * total)
+    assert all(v == 1.0 for v in f[warmup:start + 1])
+    assert all(a >= b for a, b in zip(f[start:], f[start + 1:])) and f[-1] == pytest.approx(0.0, abs=1e-12)
+    assert start == 90 and f[105] == pytest.approx(0.5)  # half way through the cosine
+    with pytest.raises(RecipeError, match="schedule must be one of"):
+        TrainConfig(schedule="step")
+
+
+def test_textbook_decay_reaches_norms_and_biases_and_nesterov_is_passed_on():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    book = param_groups(net, 1e-4)
+    textbook = param_groups(net, 1e-4, decay_all=True)
+    assert [g["weight_decay"] for g in book] == [1e-4, 0.0]
+    assert [g["weight_decay"] for g in textbook] == [1e-4, 1e-4]
+    assert [len(g["params"]) for g in book] == [len(g["params"]) for g in textbook] == [2, 4]
+    opt = make_optimizer(net, TrainConfig(nesterov=True, decay_norm_and_bias=True, weight_decay=0.5))
+    assert opt.defaults["nesterov"] and all(g["weight_decay"] == 0.5 for g in opt.param_groups)
+    assert isinstance(make_optimizer(net, TrainConfig(optimizer="lion", lr=1e-4)), Lion)
+    with pytest.raises(RecipeError, match="optimizer must be one of"):
+        TrainConfig(optimizer="adagrad")
+
+
+def test_resnet_d_has_the_deep_stem_and_the_pooling_shortcut():
+    net = resnet18d(num_classes=10)
+    assert [m.kernel_size for m in net.conv1 if isinstance(m, nn.Conv2d)] == [(3, 3)] * 3
+    assert net.conv1[0].stride == (2, 2) and net.conv1[-1].out_channels == 64
+    shortcut = net.layer2[0].downsample
+    assert isinstance(shortcut[0], nn.AvgPool2d) and shortcut[1].stride == (1, 1)
+    assert not isinstance(net.layer1[0].downsample, nn.Sequential) or len(net.layer1[0].downsample) == 2
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert sum(p.numel() for p in resnet50d().parameters()) == 25_576_264  # timm's resnet50d
+    # The default ResNet is untouched: torchvision's keys and shapes.
+    plain = resnet18()
+    assert isinstance(plain.conv1, nn.Conv2d) and plain.layer2[0].downsample[0].stride == (2, 2)
+
+
+def _cache(n=12, side=20):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+    return ImageCache(images, torch.arange(n) % 3, ["a", "b", "c"], path=None, size=side)
+
+
+def test_progressive_resizing_changes_the_side_per_epoch_and_resumes_on_its_epoch():
+    assert fastrecipe.progressive_sizes(128, 5) == (96, 112, 120, 128, 128)
+    assert fastrecipe.progressive_sizes(64, 1) == (48,) and fastrecipe.progressive_sizes(32, 3)[-1] == 32
+    loader = FastLoader(_cache(), 4, sizes=(8, 12, 16))
+    seen = []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        seen.append({tuple(X.shape[-2:]) for X, _ in loader})
+    assert seen == [{(8, 8)}, {(12, 12)}, {(16, 16)}, {(16, 16)}]
+    with pytest.raises(RecipeError, match="sizes must be image sides"):
+        FastLoader(_cache(), 4, sizes=(8, 0))
+
+
+def test_test_time_flips_average_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(5))
+    x = torch.randn(2, 3, 8, 8)
+    net(x)
+    torch.testing.assert_close(fastrecipe.FlipAverage(net)(x), (net(x) + net(x.flip(3))) / 2)
+    symmetric = x + x.flip(3)
+    torch.testing.assert_close(fastrecipe.FlipAverage(net)(symmetric), net(symmetric))
+
+
+def test_the_ladder_starts_at_the_textbook_recipe_and_applies_every_lever():
+    t = fastrecipe.TEXTBOOK
+    assert (t.arch, t.lr, t.schedule, t.nesterov, t.label_smoothing, t.crop_scale) == \
+        ("resnet18", 0.4, "onecycle", True, 0.1, (0.08, 1.0))
+    assert t.decay_norm_and_bias and not t.mixed_precision
+    names = [lever.name for lever in fastrecipe.LADDER + fastrecipe.SIDE]
+    assert len(names) == len(set(names)) and names[0] == "textbook"
+    final = fastrecipe.final_recipe()
+    later: set[str] = set()  # a setting a later lever changes again (resnet-d -> resnet50-d)
+    for lever in reversed(fastrecipe.LADDER):
+        assert all(getattr(final, k) == v for k, v in lever.changes.items() if k not in later), lever.name
+        later |= set(lever.changes)
+    # Test-time levers share the training run; training levers do not.
+    flipped = dataclasses.replace(final, test_flip=False, test_size=False)
+    assert fastrecipe.run_key(flipped) == fastrecipe.run_key(final)
+    assert fastrecipe.run_key(dataclasses.replace(final, lr=0.2)) != fastrecipe.run_key(final)
+    cfg = fastrecipe.recipe_config(final, epochs=5, steps_per_epoch=148, batch_size=64, img_size=128)
+    assert cfg.ema_decay == pytest.approx(1 - 1 / 74) and cfg.schedule == "onecycle"
+    assert fastrecipe.recipe_config(t, epochs=5, steps_per_epoch=148, batch_size=64, img_size=128).ema_decay is None
+
+
+def test_the_ablation_gives_one_row_per_lever_and_trains_each_recipe_once(smoke_cfg):
+    trained = []
+
+    def run(key, make):
+        trained.append(key)
+        return make()
+
+    side = fastrecipe.SIDE[:1]
+    rows = fastrecipe.ablation(smoke_cfg, epochs=1, img_size=16, batch_size=16, side=side, run=run, log=None)
+    assert [r["run"] for r in rows] == [lever.name for lever in fastrecipe.LADDER + side]
+    assert [r["carried"] for r in rows] == [True] * len(fastrecipe.LADDER) + [False] * len(side)
+    assert all(r["metric"] == "top1" and 0.0 <= r["value"] <= 1.0 and (r["epochs"], r["img_size"]) == (1, 16)
+               for r in rows)
+    assert len(trained) == len(set(trained)) == len(fastrecipe.LADDER) - 2 + len(side)  # two test-time rows
+    by = {r["run"]: r for r in rows}
+    assert by["test-flip"]["train_s"] == by["ema"]["train_s"] == by["test-size"]["train_s"]
+    assert by["resnet50-d"]["arch"] == "resnet50d" and by["textbook"]["arch"] == "resnet18"
+
+
+def test_fast_recipe_reference_records_the_ladder_and_the_end_to_end_time(tiny, tmp_path, monkeypatch):  # noqa: F811
+    _imagenette_tree(tiny.data_root, train=2, val=1)
+    monkeypatch.setattr(reference, "FAST", {"epochs": 1, "img_size": 24, "batch_size": 10})
+    ladder = tuple(lever for lever in fastrecipe.LADDER if lever.name in ("textbook", "mild-crops", "test-flip"))
+    monkeypatch.setattr(fastrecipe, "LADDER", ladder)
+    monkeypatch.setattr(fastrecipe, "SIDE", ())
+    out = tmp_path / "results"
+    reference.run_reference(tiny, ["fast-recipe"], folder=out, log=lambda _: None)
+    result = results.read_result("fast-recipe", out)
+    assert result["chapter"] == "chapters/06_appendix_fast_recipe.ipynb"
+    assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 20, "val": 10}
+    assert [r["run"] for r in result["rows"]] == ["textbook", "mild-crops", "test-flip"]
+    assert all(r["epochs"] == 1 and r["img_size"] == 24 for r in result["rows"])
+    extra = result["extra"]
+    assert extra["end_to_end_s"] >= extra["train_s"] > 0 and extra["file_types"] == {".JPEG": 30}
+    assert extra["final_top1"] == result["rows"][-1]["value"]
+    # Resumed from the kept runs: nothing trains again, the rows are the same.
+    monkeypatch.setattr(fastrecipe, "train_recipe", lambda *a, **k: pytest.fail("trained again"))
+    reference.run_reference(tiny, ["fast-recipe"], folder=out, force=True, log=lambda _: None)
+    assert results.read_result("fast-recipe", out)["rows"] == result["rows"]
+    assert math.isfinite(result["wall_s"])
