@@ -9,7 +9,8 @@
 # It uses: .gpudata/ (the packed Imagenette), .whl/*.whl (packages the machine lacks, installed into
 # /tmp/site), and, if present, .gpuruns/ (the finished runs of an earlier call that was cut off, so
 # that it resumes). It writes into $OUT: fast-recipe.json (the result), log.txt, device.txt and
-# runs.tgz (every finished run: carry it back as .gpuruns to resume). BUDGET_S bounds the run; the
+# runs.tgz (every finished run: carry it back as .gpuruns to resume), then input-pipeline.{txt,json}
+# (bench/input_pipeline.py on the same data, at most INPUT_BENCH_S seconds; 0 skips it). BUDGET_S bounds the run; the
 # files are written either way. The same script runs on a CPU (IMAGENET_BOOK_DEVICE=cpu), where
 # the 5-epoch runs take hours: give it a small BUDGET_S to check the plumbing.
 set -u
@@ -41,5 +42,10 @@ timeout "$BUDGET_S" $PY -m imagenet_book reference fast-recipe --out "$OUT" --no
 rc=${PIPESTATUS[0]}
 echo "exit $rc after $($PY -c "import time; print(round(time.time() - $t0, 1))") s (process start to end, imports included)" \
   | tee -a "$OUT/log.txt"
-tar czf "$OUT/runs.tgz" -C "$runs" .
+(cd "$runs" && find . -name '*.json' | tar czf "$OUT/runs.tgz" -T -)
+# Then, bounded by INPUT_BENCH_S: the input pipelines on this machine (textbook loader vs the fast loader).
+if [ "${INPUT_BENCH_S:-90}" -gt 0 ]; then
+  timeout "${INPUT_BENCH_S:-90}" $PY bench/input_pipeline.py --img-size 128 --batch-size 64 --seconds 3 --repeats 2 \
+    --json "$OUT/input-pipeline.json" 2>&1 | tee "$OUT/input-pipeline.txt"
+fi
 exit "$rc"
