@@ -3,10 +3,12 @@
 # machine lent through the workplace's device tool, which reaches no network and has torch but
 # not every dependency of the package.
 #
-#   python tools/pack_imagenette.py ../shared/data/imagenette2-160 .gpudata   # once, here (~51 MB)
+#   python tools/pack_imagenette.py ../shared/data/imagenette2-160 .gpudata --zip   # once, here (~51 MB)
+#   mkdir -p .gpupack && mv .gpudata/imagenette2-160.zip .gpupack/ && cp .gpudata/PACKED.json .gpupack/
 #   OUT=/some/dir IMAGENET_BOOK_COMMIT=$(git rev-parse HEAD) bash bench/fast_recipe_device.sh
 #
-# It uses: .gpudata/ (the packed Imagenette), .whl/*.whl (packages the machine lacks, installed into
+# It uses: .gpupack/imagenette2-160.zip (the packed Imagenette, extracted to /tmp/gpudata; else the
+# folder .gpudata/ itself), .whl/*.whl (packages the machine lacks, installed into
 # /tmp/site), and, if present, .gpuruns/ (the finished runs of an earlier call that was cut off, so
 # that it resumes). It writes into $OUT: fast-recipe.json (the result), log.txt, device.txt and
 # runs.tgz (every finished run: carry it back as .gpuruns to resume), then input-pipeline.{txt,json}
@@ -25,6 +27,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export IMAGENET_BOOK_PROFILE=full IMAGENET_BOOK_DATA="$ROOT/.gpudata"
+if [ -f .gpupack/imagenette2-160.zip ]; then
+  $PY -m zipfile -e .gpupack/imagenette2-160.zip /tmp/gpudata && cp .gpupack/PACKED.json /tmp/gpudata/ \
+    && export IMAGENET_BOOK_DATA=/tmp/gpudata
+fi
 export IMAGENET_BOOK_CACHE=${IMAGENET_BOOK_CACHE:-/tmp/ibcache}
 runs="$IMAGENET_BOOK_CACHE/reference/fast-recipe"
 mkdir -p "$runs" "$OUT"
@@ -34,7 +40,7 @@ if [ -d .gpuruns ]; then cp -r .gpuruns/. "$runs/"; fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0)); print('cpus', __import__('os').cpu_count())"
-  cat .gpudata/PACKED.json 2>/dev/null
+  cat "$IMAGENET_BOOK_DATA/PACKED.json" 2>/dev/null
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 t0=$(date +%s.%N)

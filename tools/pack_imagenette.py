@@ -7,13 +7,18 @@ exactly those squares, re-encoded as WebP, in Imagenette's layout::
 
     python tools/pack_imagenette.py ../shared/data/imagenette2-160 .gpudata --side 160 --quality 70
 
-gives ``.gpudata/imagenette2-160/{train,val}/<wnid>/<name>.webp`` (about 54 MB at quality 70) and
+gives ``.gpudata/imagenette2-160/{train,val}/<wnid>/<name>.webp`` (about 51 MB at quality 70) and
 ``.gpudata/PACKED.json`` (what was done, and the mean PSNR of the re-encoding against the squares
 the fast loader decodes from the JPEGs). The book's data rule reads the copy like the release
 (``IMAGENET_BOOK_DATA=.gpudata``); the ``fast-recipe`` result counts its ``.webp`` files, so a run
 on the copy says so. The copy is lossy: it is for timing and ablations on a machine that has no
 other way to get the data, never a replacement for the release. Keep it out of git (the repository
 must not hold the dataset's images).
+
+``--zip`` also stores the folder in one uncompressed ``imagenette2-160.zip`` beside it (a
+transfer of 13,394 small files costs a disk block each; one archive does not): carry only the
+archive and ``PACKED.json``, and extract it on the other machine (``bench/fast_recipe_device.sh``
+does).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import io
 import json
 import math
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder to write imagenette2-160/ and PACKED.json into")
     parser.add_argument("--side", type=int, default=160, help="stored square side (the fast loader's)")
     parser.add_argument("--quality", type=int, default=70, help="WebP quality (0-100)")
+    parser.add_argument("--zip", action="store_true", help="also write imagenette2-160.zip (stored, one file)")
     args = parser.parse_args(argv)
     files = sorted(p for split in ("train", "val") for p in (args.source / split).glob("*/*")
                    if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"source": args.source.name, "images": len(files), "side": args.side, "format": "WEBP",
                "quality": args.quality, "bytes": int(sum(sizes)), "mean_psnr_db": round(float(np.mean(psnr)), 2)}
     (args.out / "PACKED.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if args.zip:
+        with zipfile.ZipFile(args.out / "imagenette2-160.zip", "w", zipfile.ZIP_STORED) as archive:
+            for _, dst in jobs:
+                archive.write(dst, dst.relative_to(args.out).as_posix())
     print(json.dumps(summary))
     return 0
 
