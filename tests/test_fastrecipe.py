@@ -180,7 +180,7 @@ def test_fast_recipe_reference_records_the_ladder_and_the_end_to_end_time(tiny, 
     out = tmp_path / "results"
     reference.run_reference(tiny, ["fast-recipe"], folder=out, log=lambda _: None)
     result = results.read_result("fast-recipe", out)
-    assert result["chapter"] == "chapters/06_appendix_fast_recipe.ipynb"
+    assert result["chapter"] == "chapters/A2_fast_recipe.ipynb"
     assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 20, "val": 10}
     assert [r["run"] for r in result["rows"]] == ["textbook", "mild-crops", "test-flip"]
     assert all(r["epochs"] == 1 and r["img_size"] == 24 for r in result["rows"])

@@ -24,7 +24,7 @@ Every choice is fixed before the runs, so the validation split is only ever meas
 tuned on. One seed per row: differences below about a point are within the noise of a single
 5-epoch run (the chapter says so).
 
-Taught in: chapters/06_appendix_fast_recipe.ipynb.
+Taught in: chapters/A2_fast_recipe.ipynb.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .data.imagenet import DataSource
 from .recipe import TrainConfig
 
 __all__ = ["FlipAverage", "LADDER", "Lever", "Recipe", "SIDE", "TEXTBOOK", "TEST_SIZE_FACTOR", "ablation",
-           "final_recipe", "progressive_sizes", "recipe_config", "run_key", "train_recipe"]
+           "ablation_table", "final_recipe", "progressive_sizes", "recipe_config", "rung", "run_key", "train_recipe"]
 
 TEST_SIZE_FACTOR = 1.25   # test at this times the training side, on the whole stored square (FixRes's point)
 PROGRESSIVE_START = 0.75  # progressive resizing: the first epochs at this fraction of the final side ...
@@ -72,7 +72,7 @@ class Recipe:
         test_size: test at :data:`TEST_SIZE_FACTOR` times the training side, on the whole stored
             square, instead of the centre 87.5% at the training side.
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
 
     arch: str = "resnet18"
@@ -133,15 +133,30 @@ SIDE: tuple[Lever, ...] = (
 )
 
 
+def rung(name: str) -> Recipe:
+    """The recipe at the rung ``name`` of :data:`LADDER`: :data:`TEXTBOOK` with that lever and
+    every lever before it applied.
+
+    Raises:
+        ValueError: no lever of the ladder has that name (the message lists them).
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    names = [lever.name for lever in LADDER]
+    if name not in names:
+        raise ValueError(f"No rung {name!r} in the ladder. Choose one of: {', '.join(names)}.")
+    recipe = TEXTBOOK
+    for lever in LADDER[:names.index(name) + 1]:
+        recipe = dataclasses.replace(recipe, **lever.changes)
+    return recipe
+
+
 def final_recipe() -> Recipe:
     """The last rung of :data:`LADDER`: :data:`TEXTBOOK` with every lever applied.
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
-    recipe = TEXTBOOK
-    for lever in LADDER:
-        recipe = dataclasses.replace(recipe, **lever.changes)
-    return recipe
+    return rung(LADDER[-1].name)
 
 
 def progressive_sizes(img_size: int, epochs: int) -> tuple[int, ...]:
@@ -149,7 +164,7 @@ def progressive_sizes(img_size: int, epochs: int) -> tuple[int, ...]:
     linearly to ``img_size`` at :data:`PROGRESSIVE_RAMP` of the run, rounded to multiples of 8
     (5 epochs at 128 px: ``(96, 112, 120, 128, 128)``).
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
     ramp = max(1.0, PROGRESSIVE_RAMP * (epochs - 1))
     fractions = [PROGRESSIVE_START + (1 - PROGRESSIVE_START) * min(1.0, e / ramp) for e in range(epochs)]
@@ -161,7 +176,7 @@ def recipe_config(recipe: Recipe, *, epochs: int, steps_per_epoch: int, batch_si
     """The engine's :class:`~imagenet_book.recipe.TrainConfig` for ``recipe`` (the EMA's decay
     follows the run's length: it averages over :data:`EMA_TIME_FRACTION` of the steps).
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
     ema = 1 - 1 / max(2.0, EMA_TIME_FRACTION * epochs * steps_per_epoch) if recipe.ema else None
     return TrainConfig(epochs=epochs, optimizer=recipe.optimizer, lr=recipe.lr, nesterov=recipe.nesterov,
@@ -176,7 +191,7 @@ class FlipAverage(nn.Module):
 
     Shapes: float (N, 3, H, W) -> float logits (N, C).
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -205,7 +220,7 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
         seconds, data loading included), ``"eval_s"``, ``"sizes"`` (each epoch's side),
         ``"train"``/``"val"`` (images), ``"data"`` (the source's description), ``"amp"``.
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
     sizes = progressive_sizes(img_size, epochs) if recipe.progressive else (img_size,) * epochs
     on_gpu = torch.device(cfg.device).type == "cuda"  # the decoded images then live in GPU memory
@@ -258,7 +273,7 @@ def run_key(recipe: Recipe) -> str:
     """A short name for the training run of ``recipe`` (its arch and a hash of its training
     settings): recipes that differ only at test time share it.
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
     digest = hashlib.sha1(json.dumps(recipe.training_key(), sort_keys=True).encode()).hexdigest()[:10]
     return f"{recipe.arch}-{digest}"
@@ -280,10 +295,11 @@ def ablation(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str
     run's resumable store); default: train every time.
 
     Returns:
-        Rows ``{"run": lever name, "metric": "top1", "value", "epochs", "img_size", "what",
-        "carried" (True for the ladder), "arch", "train_s", "top5"}``, in order.
+        One dict per lever, in order, with the keys ``run`` (the lever's name), ``metric``
+        (``"top1"``), ``value``, ``epochs``, ``img_size``, ``what``, ``carried`` (True for the
+        ladder), ``arch``, ``train_s`` and ``top5``.
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
     done: dict[str, dict[str, Any]] = {}
 
@@ -307,3 +323,22 @@ def ablation(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str
             if carried:
                 recipe = this
     return rows
+
+
+def ablation_table(result: dict[str, Any]) -> str:
+    """A recorded ablation (the ``fast-recipe`` result) as a Markdown table: each lever, what it
+    changes, top-1, its change (a ladder rung against the rung before it; a side lever against
+    the whole ladder's last rung) and the training seconds of its run.
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    lines = ["| lever | what it changes | top-1 | change | training s |", "|---|---|---:|---:|---:|"]
+    previous, last = None, [r for r in result["rows"] if r["carried"]][-1]["value"]
+    for row in result["rows"]:
+        base = previous if row["carried"] else last
+        change = "" if base is None else f"{100 * (row['value'] - base):+.1f}"
+        lines.append(f"| {row['run']}{'' if row['carried'] else ' (side)'} | {row['what']} | "
+                     f"{100 * row['value']:.1f}% | {change} | {row['train_s']:.1f} |")
+        if row["carried"]:
+            previous = row["value"]
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ builds any of them by name from a :class:`~imagenet_book.recipe.TrainConfig`.
 Both follow ``torch.optim.Optimizer``'s contract (parameter groups, ``state_dict``), so the engine
 checkpoints and resumes them like SGD.
 
-Taught in: chapters/06_appendix_fast_recipe.ipynb.
+Taught in: chapters/A2_fast_recipe.ipynb.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Lion(torch.optim.Optimizer):
         betas: ``(beta1, beta2)``: the interpolation of the update and the momentum's decay.
         weight_decay: decoupled, multiplied by ``lr``.
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
@@ -84,7 +84,7 @@ class Lamb(torch.optim.Optimizer):
         betas, eps: Adam's.
         weight_decay: added to the update before the trust ratio (decoupled from the gradient).
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb.
+    Taught in: chapters/A2_fast_recipe.ipynb.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

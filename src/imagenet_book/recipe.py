@@ -259,7 +259,7 @@ def make_optimizer(net: nn.Module | list[dict[str, Any]], cfg: TrainConfig) -> t
     :func:`param_groups` of ``net`` or over the given parameter groups (a group's own ``"lr"``
     wins over ``cfg.lr``). ``cfg.momentum`` is SGD's momentum, the others' beta1.
 
-    Taught in: chapters/06_pretraining.ipynb (Lion, LAMB: chapters/06_appendix_fast_recipe.ipynb).
+    Taught in: chapters/06_pretraining.ipynb (Lion, LAMB: chapters/A2_fast_recipe.ipynb).
     """
     groups = (param_groups(net, cfg.weight_decay, decay_all=cfg.decay_norm_and_bias)
               if isinstance(net, nn.Module) else net)

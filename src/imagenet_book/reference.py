@@ -513,7 +513,7 @@ def fast_recipe(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     final = runs.get(fastrecipe.run_key(fastrecipe.final_recipe()), end_to_end, log)
     rows = fastrecipe.ablation(cfg, **FAST, levers=fastrecipe.LADDER, side=fastrecipe.SIDE,
                                run=lambda key, make: runs.get(key, make, log), log=log)
-    return {"chapter": "chapters/06_appendix_fast_recipe.ipynb", "wall_s": runs.seconds,
+    return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
             "data": {"name": f"real Imagenette ({classification_source(cfg, 'imagenette').name})", "real": True,
                      "train": final["train"], "val": final["val"]},
             "rows": rows,

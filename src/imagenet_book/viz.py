@@ -20,8 +20,8 @@ from PIL import Image
 from . import results
 from .data.voc_classes import voc_palette
 
-__all__ = ["colorize_mask", "data_efficiency_plot", "figure_explorer", "filters_figure", "image_grid",
-           "overlay_mask", "result_bars", "stage_probe_plot"]
+__all__ = ["ablation_plot", "colorize_mask", "data_efficiency_plot", "figure_explorer", "filters_figure",
+           "image_grid", "overlay_mask", "result_bars", "stage_probe_plot"]
 
 
 def _as_array(image) -> np.ndarray:
@@ -183,6 +183,34 @@ def result_bars(result: dict) -> plt.Figure:
     for i, r in enumerate(rows[::-1]):
         ax.text(r["value"], i, f" {r['value']:.3f}", va="center", fontsize=8)
     ax.set(xlabel=f"{metric} on the evaluation images", xlim=(0, 1))
+    _provenance_title(fig, result)
+    return fig
+
+
+def ablation_plot(result: dict, target: float | None = None) -> plt.Figure:
+    """A recorded ablation (``fast-recipe``): top-1 after each rung of the ladder (a line, each
+    lever added on top of the ones above it), the side levers as separate points beside the last
+    rung, and a dashed ``target`` line if given.
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.4), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    ladder = [i for i, r in enumerate(rows) if r["carried"]]
+    ax.plot([100 * rows[i]["value"] for i in ladder], y[ladder], "o-", color="tab:blue", label="ladder (cumulative)")
+    side = [i for i, r in enumerate(rows) if not r["carried"]]
+    if side:
+        ax.plot([100 * rows[i]["value"] for i in side], y[side], "s", color="tab:orange",
+                label="side lever (instead of a choice of the ladder's last rung)")
+        ax.axvline(100 * rows[ladder[-1]]["value"], color="tab:blue", lw=0.8, ls=":")
+    for yi, r in zip(y, rows):
+        ax.text(100 * r["value"], yi, f"  {100 * r['value']:.1f}", va="center", fontsize=8)
+    if target is not None:
+        ax.axvline(100 * target, color="gray", ls="--", lw=1, label=f"target {100 * target:.1f}%")
+    ax.set_yticks(y, [r["run"] for r in rows])
+    ax.set(xlabel=f"top-1 (%) on the whole val split, {rows[0]['epochs']} epochs at {rows[0]['img_size']} px")
+    ax.legend(fontsize=7, loc="upper right")
     _provenance_title(fig, result)
     return fig
 

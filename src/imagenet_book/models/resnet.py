@@ -271,7 +271,7 @@ def resnet18d(
 
     Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb
+    Taught in: chapters/A2_fast_recipe.ipynb
     """
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input,
                   deep_stem=not small_input, avg_down=True)
@@ -285,7 +285,7 @@ def resnet50d(
 
     Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
 
-    Taught in: chapters/06_appendix_fast_recipe.ipynb
+    Taught in: chapters/A2_fast_recipe.ipynb
     """
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input,
                   deep_stem=not small_input, avg_down=True)
