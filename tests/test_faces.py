@@ -219,6 +219,7 @@ def test_verify_folds_rotates_eigenfaces_over_the_standin(smoke_cfg, standin):
     assert row["run"] == "eigenfaces" and row["metric"] == "accuracy" and row["value"] == result.mean
     assert row["std"] == pytest.approx(torch.tensor(result.accuracies).std().item())
     assert "stand-in" in result.caption and "Eigenfaces (20 components of grey 32 px" in result.caption
+    assert result.embedding.startswith("Eigenfaces (20 components of grey 32 px") and result.embedding in result.caption
 
 
 def test_verify_folds_features_and_finetune_from_a_tiny_checkpoint(smoke_cfg, standin, pretrained):

@@ -203,6 +203,7 @@ def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_p
     assert result["data"]["real"] is True and result["data"]["val"] == 5 * 6
     rows = {r["run"]: r for r in result["rows"]}
     assert set(rows) == {"eigenfaces", "features", "finetune", "scratch"}
+    assert rows["eigenfaces"]["embedding"].startswith("Eigenfaces (") and "ArcFace" in rows["finetune"]["embedding"]
     for row in rows.values():
         assert row["metric"] == "accuracy" and len(row["folds"]) == 5
         assert row["value"] == pytest.approx(sum(row["folds"]) / 5) and row["std"] >= 0

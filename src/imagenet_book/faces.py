@@ -576,7 +576,8 @@ class VerificationResult:
     standard deviation, and :attr:`sem` is LFW's standard error); ``roc``, the ROC of all held-out
     scores together; ``description``, the data (:attr:`LFWSource.description`); ``caption``, one
     line for figures (method, backbone, sizes, data, profile); ``settings``, the sizes and recipe
-    used; ``seconds``, the wall time.
+    used; ``seconds``, the wall time; ``embedding``, what made the embedding, in words (the
+    Eigenfaces' settings, or the backbone and how it was trained; the caption holds it too).
 
     Taught in: chapters/11_self_supervised.ipynb.
     """
@@ -590,6 +591,7 @@ class VerificationResult:
     caption: str
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    embedding: str = ""
 
     @property
     def accuracies(self) -> list[float]:
@@ -766,7 +768,7 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
     result = VerificationResult(
         method, results, float(accs.mean()), float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, pooled,
         source.description, f"profile {cfg.profile.name}: {what} at {img_size} px, {len(results)} rotations, on the "
-        f"{source.description}", settings, time.perf_counter() - t0)
+        f"{source.description}", settings, time.perf_counter() - t0, what)
     say(f"verify {method}: {result.mean:.4f} +- {result.std:.4f} over {len(results)} folds ({result.seconds:.0f} s)")
     return result
 

@@ -474,7 +474,7 @@ def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                                      folds=[f.number for f in source.folds], **FACES, log=log)
             roc = res.roc
             step = max(1, len(roc.fpr) // 200)  # enough points to draw it
-            return {"row": res.row(), "backbone": res.caption.split(": ", 1)[1].split(" at ")[0],
+            return {"row": res.row(), "backbone": res.embedding,
                     "roc": {"fpr": [round(float(v), 4) for v in roc.fpr[::step]],
                             "tpr": [round(float(v), 4) for v in roc.tpr[::step]]},
                     "people": [f.train_people for f in res.folds]}
