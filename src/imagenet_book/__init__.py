@@ -9,11 +9,12 @@ The package is the source of truth for what the chapters build: each public func
 docstring names the chapter that teaches it.
 """
 
-from . import (augment, compress, data, engine, errors, faces, files, finetune, imagenet1k, losses, metrics, models,
-               pretrain, probe, recipe, reference, results, search, selfsup, speed, tasks, viz, zoo)
+from . import (augment, compress, data, engine, errors, faces, fastrecipe, files, finetune, imagenet1k, losses, metrics,
+               models, optim, pretrain, probe, recipe, reference, results, search, selfsup, speed, tasks, viz, zoo)
 from .runtime import PROFILES, Profile, Setup, SetupError, seed_everything, start
 
-__all__ = ["PROFILES", "Profile", "Setup", "SetupError", "augment", "compress", "data", "engine", "errors",
-           "faces", "files", "finetune", "imagenet1k", "losses", "metrics", "models", "pretrain", "probe", "recipe",
-           "reference", "results", "search", "seed_everything", "selfsup", "speed", "start", "tasks", "viz", "zoo"]
+__all__ = ["PROFILES", "Profile", "Setup", "SetupError", "augment", "compress", "data", "engine", "errors", "faces",
+           "fastrecipe", "files", "finetune", "imagenet1k", "losses", "metrics", "models", "optim", "pretrain",
+           "probe", "recipe", "reference", "results", "search", "seed_everything", "selfsup", "speed", "start",
+           "tasks", "viz", "zoo"]
 __version__ = "0.1.0"
