@@ -210,3 +210,24 @@ def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_p
     roc = result["extra"]["roc"]["finetune"]
     assert roc["fpr"][0] == 0.0 and len(roc["fpr"]) == len(roc["tpr"])
     assert str(tmp_path) not in json.dumps(result)
+
+
+def test_make_reference_leaves_gpu_sized_experiments_out_on_a_cpu_unless_named(tiny, tmp_path, monkeypatch):
+    """All experiments on a CPU: fast-recipe (hours there) is left out with a line saying how to run
+    it; named, it runs. The experiments' bodies are replaced by recorders (the real ones take hours)."""
+    ran = []
+
+    def experiment(name):
+        def run(cfg, log):
+            ran.append(name)
+            return {"chapter": "chapters/06_pretraining.ipynb", "data": {"name": "x", "real": True, "train": 1,
+                                                                          "val": 1},
+                    "rows": [{"run": "scratch", "metric": "top1", "value": 0.5}]}
+        return run
+
+    monkeypatch.setattr(reference, "EXPERIMENTS", {n: experiment(n) for n in ("pretrain-imagenette", "fast-recipe")})
+    said = []
+    reference.run_reference(tiny, folder=tmp_path / "r", log=said.append)
+    assert ran == ["pretrain-imagenette"] and any("fast-recipe: left out on CPU" in line for line in said)
+    reference.run_reference(tiny, ["fast-recipe"], folder=tmp_path / "r", log=said.append)
+    assert ran == ["pretrain-imagenette", "fast-recipe"]

@@ -60,7 +60,8 @@ from .errors import BookError
 from .files import save_atomically
 from .recipe import ADAMW_LR, TrainConfig
 
-__all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "FACES", "FAST", "PRETRAIN", "ReferenceRunError", "SEEDS",
+__all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "FACES", "FAST", "GPU_EXPERIMENTS", "PRETRAIN",
+           "ReferenceRunError", "SEEDS",
            "SEGMENT", "SIMCLR", "STAGE_PROBE", "SUPERVISED", "TRANSFER_SEEDS", "TRANSFER_SIZES", "VOC",
            "chapter_backbone", "reference_backbone", "run_reference"]
 
@@ -547,9 +548,15 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
 }
 
 
+#: Experiments sized for a GPU: ``make reference`` (all experiments) leaves them out on a CPU,
+#: where they would take many hours; named explicitly, they run anywhere.
+GPU_EXPERIMENTS = ("fast-recipe",)
+
+
 def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Path | None = None,
                   force: bool = False, log: Callable[[str], None] = print) -> list[Path]:
-    """Run the reference experiments ``names`` (default: all, in order) and record each.
+    """Run the reference experiments ``names`` (default: all, in order, but those of
+    :data:`GPU_EXPERIMENTS` only on a GPU) and record each.
 
     Args:
         cfg: from ``imagenet_book.start()``; its data root must hold the real data; its device
@@ -572,6 +579,10 @@ def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Pat
     cfg = _reference_cfg(cfg)
     out_folder = Path(folder) if folder is not None else results.results_folder()
     written, commit = [], _commit()  # the code the runs start with
+    if not names and torch.device(cfg.device).type != "cuda":
+        log(f"reference: {', '.join(GPU_EXPERIMENTS)}: left out on {_device_name(cfg)} (sized for a GPU; "
+            f"`python -m imagenet_book reference {GPU_EXPERIMENTS[0]}` runs it here anyway)")
+        names = [name for name in EXPERIMENTS if name not in GPU_EXPERIMENTS]
     for name in names or list(EXPERIMENTS):
         if not force and results.read_result(name, out_folder) is not None:
             log(f"reference: {name}: recorded already ({out_folder / (name + '.json')}; --force runs it again)")
