@@ -192,3 +192,24 @@ def test_fast_recipe_reference_records_the_ladder_and_the_end_to_end_time(tiny, 
     reference.run_reference(tiny, ["fast-recipe"], folder=out, force=True, log=lambda _: None)
     assert results.read_result("fast-recipe", out)["rows"] == result["rows"]
     assert math.isfinite(result["wall_s"])
+
+
+def test_rungs_table_and_plot_of_a_recorded_ablation(tmp_path):
+    assert fastrecipe.rung("textbook") == fastrecipe.TEXTBOOK
+    assert fastrecipe.rung("zero-init").zero_init_residual and not fastrecipe.rung("zero-init").progressive
+    with pytest.raises(ValueError, match="No rung 'mixup'.*textbook, mixed-precision"):
+        fastrecipe.rung("mixup")
+    rows = [{"run": name, "metric": "top1", "value": v, "epochs": 5, "img_size": 128, "what": name, "carried": c,
+             "arch": "resnet18", "train_s": 1.0, "top5": 0.9}
+            for name, v, c in (("textbook", 0.70, True), ("zero-init", 0.74, True), ("lion", 0.76, False))]
+    path = results.write_result("fast-recipe", chapter="chapters/A2_fast_recipe.ipynb", command="make reference",
+                                commit="abc", device="cpu", data={"name": "x", "real": True, "train": 1, "val": 1},
+                                rows=rows, wall_s=1.0, folder=tmp_path)
+    recorded = results.read_result("fast-recipe", path.parent)
+    table = fastrecipe.ablation_table(recorded).splitlines()
+    assert len(table) == 2 + 3 and "| 70.0% |  |" in table[2]
+    assert "| 74.0% | +4.0 |" in table[3] and "lion (side)" in table[4] and "| 76.0% | +2.0 |" in table[4]
+    from imagenet_book import viz
+
+    fig = viz.ablation_plot(recorded, target=0.875)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["textbook", "zero-init", "lion"]
