@@ -78,8 +78,11 @@ ERROR_TEXT = ("Traceback (most recent call last)", "Error displaying widget", "E
               "Could not render content")
 # Markup that should have been rendered (a directive or role shown as text means a parser
 # mismatch, for example autodoc output read as Markdown).
+# Unrendered markup in a page's prose; the last pattern is a Markdown table left as text ("---" may
+# be typeset as a dash).
 RAW_MARKUP = re.compile(r"^\.\. [a-z:]+::|:(func|class|mod|meth|data|exc|attr|doc|ref|cite|numref):`"
-                        r"|\{cite[a-z:]*\}`|```\{|\|\s*:?-{3,}:?\s*\|", re.M)  # the last: a Markdown table as text
+                        r"|\{cite[a-z:]*\}`|```\{"
+                        r"|\|\s*:?(-{3,}|\u2014)[-\u2014]*:?\s*\|", re.M)
 # Explorers must not route figures through an Output widget (widgets.interact, interactive,
 # interactive_output and Output all do).
 OUTPUT_WIDGET = re.compile(r"\b(interact|interactive|interactive_output|interact_manual)\s*\(|\bOutput\s*\(")
