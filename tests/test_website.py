@@ -77,9 +77,8 @@ KNOWN_PAGE_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
 ERROR_TEXT = ("Traceback (most recent call last)", "Error displaying widget", "Error rendering output",
               "Could not render content")
 # Markup that should have been rendered (a directive or role shown as text means a parser
-# mismatch, for example autodoc output read as Markdown).
-# Unrendered markup in a page's prose; the last pattern is a Markdown table left as text ("---" may
-# be typeset as a dash).
+# mismatch, for example autodoc output read as Markdown; the last pattern is a Markdown table left
+# as text, whose "---" Sphinx may have typeset as dashes).
 RAW_MARKUP = re.compile(r"^\.\. [a-z:]+::|:(func|class|mod|meth|data|exc|attr|doc|ref|cite|numref):`"
                         r"|\{cite[a-z:]*\}`|```\{"
                         r"|\|\s*:?(-{3,}|\u2014)[-\u2014]*:?\s*\|", re.M)
