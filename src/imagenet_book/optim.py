@@ -37,7 +37,27 @@ import torch
 __all__ = ["Lamb", "Lion"]
 
 
-class Lion(torch.optim.Optimizer):
+class _TensorByTensor(torch.optim.Optimizer):
+    """``step()`` for optimizers written one tensor at a time: the closure, then
+    ``self._update(p, group)`` for every parameter that has a gradient."""
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+
+class Lion(_TensorByTensor):
     """Lion: ``w <- w - lr * (sign(beta1 * m + (1 - beta1) * g) + weight_decay * w)``, then
     ``m <- beta2 * m + (1 - beta2) * g`` (see the module's docstring).
 
@@ -56,25 +76,15 @@ class Lion(torch.optim.Optimizer):
             raise ValueError(f"Lion needs lr > 0 and betas in [0, 1); got lr={lr}, betas={betas}.")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
-                update = m.lerp(p.grad, 1 - beta1).sign_()
-                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"])
-                m.lerp_(p.grad, 1 - beta2)
-        return loss
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        m = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+        update = m.lerp(p.grad, 1 - beta1).sign_()
+        p.mul_(1 - group["lr"] * group["weight_decay"]).add_(update, alpha=-group["lr"])
+        m.lerp_(p.grad, 1 - beta2)
 
 
-class Lamb(torch.optim.Optimizer):
+class Lamb(_TensorByTensor):
     """LAMB: Adam's bias-corrected update plus decoupled weight decay, scaled per tensor by the
     trust ratio ``||w|| / ||update||`` (see the module's docstring).
 
@@ -93,28 +103,18 @@ class Lamb(torch.optim.Optimizer):
             raise ValueError(f"LAMB needs lr > 0 and betas in [0, 1); got lr={lr}, betas={betas}.")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1
-                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]))
-                if group["weight_decay"]:
-                    update.add_(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.sub_(update * (group["lr"] * trust))
-        return loss
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        state["step"] += 1
+        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+        m.lerp_(p.grad, 1 - beta1)
+        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]))
+        if group["weight_decay"]:
+            update.add_(p, alpha=group["weight_decay"])
+        w_norm, u_norm = p.norm(), update.norm()
+        trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+        p.sub_(update * (group["lr"] * trust))
