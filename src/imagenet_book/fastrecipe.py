@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from . import engine, pretrain
+from .speed import sync
 from .data.fast import fast_loader
 from .data.imagenet import DataSource
 from .recipe import TrainConfig
@@ -202,11 +203,6 @@ class FlipAverage(nn.Module):
         return 0.5 * (self.net(x) + self.net(x.flip(3)))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_size: int,
                  data: str = "imagenette", source: DataSource | None = None, progress: bool = False,
                  log: Callable[[str], None] | None = print) -> dict[str, Any]:
@@ -242,11 +238,11 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
     if log is not None:
         log(f"fast recipe: {recipe.arch}, {len(train_loader.cache)} images x {epochs} epochs at {list(sizes)} px, "
             f"{config.optimizer} peak {config.lr:g} ({config.schedule}), device {device}")
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     history = engine.fit(net, train_loader, None, config, device=device, amp=amp, channels_last=channels_last,
                          progress=progress)
-    _sync(device)
+    sync(device)
     train_s = time.perf_counter() - t0
     model = history.ema.module if history.ema is not None else net
     found: dict[str, Any] = {}
@@ -258,7 +254,7 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
         found[key] = float(metrics["top1"])
         if key == "top1":
             found["top5"] = float(metrics["top5"])
-    _sync(device)
+    sync(device)
     found.update(train_s=round(train_s, 2), eval_s=round(time.perf_counter() - t0, 2), sizes=list(sizes),
                  train=len(train_loader.cache), val=len(val_loader.cache), data=source.description,
                  amp=str(engine._amp_dtype(amp, device)).replace("torch.", ""),
@@ -311,11 +307,10 @@ def ablation(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str
             done[key] = run(key, make) if run is not None else make()
         return done[key]
 
-    rows, recipe = [], TEXTBOOK
+    rows, recipe = [], TEXTBOOK  # recipe: the ladder so far (the side levers go on its last rung)
     for carried, group in ((True, levers), (False, side)):
-        top = recipe
         for lever in group:
-            this = dataclasses.replace(top if not carried else recipe, **lever.changes)
+            this = dataclasses.replace(recipe, **lever.changes)
             found = measure(this)
             rows.append({"run": lever.name, "metric": "top1", "value": found[_metric_key(this)],
                          "epochs": epochs, "img_size": img_size, "what": lever.what, "carried": carried,
