@@ -512,22 +512,22 @@ def fast_recipe(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
             shutil.rmtree(cold, ignore_errors=True)
 
     final = runs.get(fastrecipe.run_key(fastrecipe.final_recipe()), end_to_end, log)
+    source = classification_source(cfg, "imagenette")
     rows = fastrecipe.ablation(cfg, **FAST, levers=fastrecipe.LADDER, side=fastrecipe.SIDE,
                                run=lambda key, make: runs.get(key, make, log), log=log)
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
-            "data": {"name": f"real Imagenette ({classification_source(cfg, 'imagenette').name})", "real": True,
+            "data": {"name": f"real Imagenette ({source.name})", "real": True,
                      "train": final["train"], "val": final["val"]},
             "rows": rows,
             "extra": {"end_to_end_s": final["end_to_end_s"], "train_s": final["train_s"],
                       "eval_s": final["eval_s"], "sizes": final["sizes"], "amp": final["amp"],
                       "final_top1": final["top1_flip_size"], "final_top5": final["top5"],
-                      "file_types": _file_types(cfg)}}
+                      "file_types": _file_types(source)}}
 
 
-def _file_types(cfg: Any) -> dict[str, int]:
+def _file_types(source: Any) -> dict[str, int]:
     """How many of the training and validation images are of each file type (``.JPEG`` for the
     release; ``.webp`` for the copy ``tools/pack_imagenette.py`` makes to travel to a GPU machine)."""
-    source = classification_source(cfg, "imagenette")
     suffixes = [Path(path).suffix for split in ("train", "val")
                 for path, _ in load_classification(source, split).samples]
     return {kind: suffixes.count(kind) for kind in sorted(set(suffixes))}
