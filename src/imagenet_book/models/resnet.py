@@ -134,8 +134,9 @@ class ResNet(nn.Module):
             With ``False`` (default) the network is exactly torchvision's.
         deep_stem: ResNet-D's stem: ``conv1`` is three 3x3 convolutions (3 -> 32, stride 2;
             32 -> 32; 32 -> 64) with BatchNorm and ReLU between them (``bn1`` follows as usual).
-        avg_down: ResNet-D's shortcut: ``downsample`` is ``AvgPool2d(2)`` (when the stage
-            strides), then a stride-1 1x1 convolution and BatchNorm.
+        avg_down: ResNet-D's shortcut: ``downsample`` is ``AvgPool2d(2)`` (an identity when the
+            stage does not stride), then a stride-1 1x1 convolution and BatchNorm: timm's layout,
+            so a timm ``resnet18d``/``resnet50d`` state_dict loads with ``strict=True``.
 
     Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). The last stage works on
     (H/32, W/32) pixels (224 -> 7), or (H/8, W/8) with ``small_input`` (32 -> 4).
@@ -207,8 +208,8 @@ class ResNet(nn.Module):
             # The shortcut must match the main path's shape: a strided 1x1 projection (ResNet-D:
             # average 2x2 pixels first, so that every input pixel reaches the shortcut).
             if self.avg_down:
-                pool = [nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False)] if stride != 1 else []
-                downsample = nn.Sequential(*pool, conv1x1(self.inplanes, planes * block.expansion),
+                pool = nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if stride != 1 else nn.Identity()
+                downsample = nn.Sequential(pool, conv1x1(self.inplanes, planes * block.expansion),
                                            nn.BatchNorm2d(planes * block.expansion))
             else:
                 downsample = nn.Sequential(
