@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fast-recipe reference run (issue 16) on a machine given a copy of the working tree: a GPU
+# The fast-recipe reference runs (issue 16) on a machine given a copy of the working tree: a GPU
 # machine lent through the workplace's device tool, which reaches no network and has torch but
 # not every dependency of the package.
 #
@@ -7,10 +7,12 @@
 #   mkdir -p .gpupack && mv .gpudata/imagenette2-160.zip .gpupack/ && cp .gpudata/PACKED.json .gpupack/
 #   OUT=/some/dir IMAGENET_BOOK_COMMIT=$(git rev-parse HEAD) bash bench/fast_recipe_device.sh
 #
+# EXPERIMENTS names the reference experiments to run, in order (default: fast-recipe; the search
+# is fast-recipe-search).
 # It uses: .gpupack/imagenette2-160.zip (the packed Imagenette, extracted to /tmp/gpudata; else the
 # folder .gpudata/ itself), .whl/*.whl (packages the machine lacks, installed into
 # /tmp/site), and, if present, .gpuruns/ (the finished runs of an earlier call that was cut off, so
-# that it resumes). It writes into $OUT: fast-recipe.json (the result), log.txt, device.txt and
+# that it resumes). It writes into $OUT: <experiment>.json (each result), log.txt, device.txt and
 # runs.tgz (every finished run: carry it back as .gpuruns to resume), then input-pipeline.{txt,json}
 # (bench/input_pipeline.py on the same data, at most INPUT_BENCH_S seconds; 0 skips it). BUDGET_S bounds the run; the
 # files are written either way. The same script runs on a CPU (IMAGENET_BOOK_DEVICE=cpu), where
@@ -32,7 +34,8 @@ if [ -f .gpupack/imagenette2-160.zip ]; then
     && export IMAGENET_BOOK_DATA=/tmp/gpudata
 fi
 export IMAGENET_BOOK_CACHE=${IMAGENET_BOOK_CACHE:-/tmp/ibcache}
-runs="$IMAGENET_BOOK_CACHE/reference/fast-recipe"
+EXPERIMENTS=${EXPERIMENTS:-fast-recipe}
+runs="$IMAGENET_BOOK_CACHE/reference"
 mkdir -p "$runs" "$OUT"
 if [ -d .gpuruns ]; then cp -r .gpuruns/. "$runs/"; fi
 {
@@ -44,7 +47,8 @@ if [ -d .gpuruns ]; then cp -r .gpuruns/. "$runs/"; fi
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 t0=$(date +%s.%N)
-timeout "$BUDGET_S" $PY -m imagenet_book reference fast-recipe --out "$OUT" --no-progress 2>&1 | tee "$OUT/log.txt"
+# shellcheck disable=SC2086  # EXPERIMENTS is a list of names
+timeout "$BUDGET_S" $PY -m imagenet_book reference $EXPERIMENTS --out "$OUT" --no-progress 2>&1 | tee "$OUT/log.txt"
 rc=${PIPESTATUS[0]}
 echo "exit $rc after $($PY -c "import time; print(round(time.time() - $t0, 1))") s (process start to end, imports included)" \
   | tee -a "$OUT/log.txt"

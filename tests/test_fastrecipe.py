@@ -213,3 +213,99 @@ def test_rungs_table_and_plot_of_a_recorded_ablation(tmp_path):
 
     fig = viz.ablation_plot(recorded, target=0.875)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["textbook", "zero-init", "lion"]
+
+
+def _numbered_cache(counts):
+    """An ImageCache whose image i is filled with the value i (so a split can be traced back)."""
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone()
+    return ImageCache(images, labels, [f"c{c}" for c in range(len(counts))], path=__import__("pathlib").Path("x"),
+                      size=4)
+
+
+def test_holdout_split_holds_out_a_share_of_every_class_disjoint_and_repeatable():
+    cache = _numbered_cache([20, 10, 2])
+    fit, held = fastrecipe.holdout_split(cache, 0.1, seed=0)
+    assert torch.bincount(held.labels).tolist() == [2, 1, 1]  # round(10%), at least one, never all
+    assert torch.bincount(fit.labels).tolist() == [18, 9, 1]
+    ids = lambda part: part.images[:, 0, 0, 0].tolist()  # noqa: E731
+    assert sorted(ids(fit) + ids(held)) == list(range(32)) and not set(ids(fit)) & set(ids(held))
+    assert all(cache.labels[i] == label for i, label in zip(ids(held), held.labels.tolist()))
+    assert ids(fastrecipe.holdout_split(cache, 0.1, seed=0)[1]) == ids(held)
+    assert any(ids(fastrecipe.holdout_split(cache, 0.1, seed=s)[1]) != ids(held) for s in (1, 2, 3))
+    with pytest.raises(ValueError, match="Class 'c1' .* has 1 training image"):
+        fastrecipe.holdout_split(_numbered_cache([5, 1]), 0.1)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+        fastrecipe.holdout_split(cache, 1.0)
+
+
+def test_use_activation_replaces_every_relu_and_keeps_the_weights():
+    torch.manual_seed(0)
+    net = resnet18d(num_classes=10).eval()
+    relus = sum(isinstance(m, nn.ReLU) for m in net.modules())
+    x, keys = torch.randn(2, 3, 64, 64), list(net.state_dict())
+    before = net(x)
+    assert fastrecipe.use_activation(net, "relu") is net and torch.equal(net(x), before)
+    fastrecipe.use_activation(net, "mish")
+    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
+    assert sum(isinstance(m, nn.Mish) for m in net.modules()) == relus > 10
+    assert list(net.state_dict()) == keys and not torch.allclose(net(x), before)
+    with pytest.raises(ValueError, match="Unknown activation 'gelu'.*relu, mish, silu"):
+        fastrecipe.use_activation(net, "gelu")
+
+
+def test_training_on_a_holdout_scores_held_out_training_images_not_val(smoke_cfg):
+    full = fastrecipe.train_recipe(smoke_cfg, fastrecipe.TEXTBOOK, epochs=1, img_size=16, batch_size=8, log=None)
+    held = fastrecipe.train_recipe(smoke_cfg, fastrecipe.TEXTBOOK, epochs=1, img_size=16, batch_size=8,
+                                   holdout=0.25, log=None)
+    assert (full["evaluated_on"], held["evaluated_on"]) == ("val", "holdout")
+    assert held["train"] + held["val"] == full["train"] and 0 < held["val"] < full["train"] // 2
+
+
+def test_search_keeps_each_stages_best_held_out_option_and_trains_each_recipe_once(smoke_cfg):
+    trained = []
+
+    def run(key, make):
+        trained.append(key)
+        return make()
+
+    stages = (fastrecipe.STAGES[2], fastrecipe.STAGES[-1])  # crops (4 trainings), test-time (none more)
+    found = fastrecipe.search(smoke_cfg, epochs=1, img_size=16, batch_size=8, stages=stages, holdout=0.25,
+                              run=run, log=None)
+    rows = found["rows"]
+    assert [r["stage"] for r in rows] == ["crops"] * 4 + ["test-time"] * 4
+    assert all(r["metric"] == "holdout_top1" and r["run"] == f"{r['stage']}: {r['option']}" for r in rows)
+    assert len(trained) == len(set(trained)) == 4 and all(k.startswith("holdout-") for k in trained)
+    for stage in ("crops", "test-time"):
+        tried = [r for r in rows if r["stage"] == stage]
+        values = [r["value"] for r in tried]
+        assert [r["chosen"] for r in tried] == [i == values.index(max(values)) for i in range(len(values))]
+    picked = {r["stage"]: r["option"] for r in rows if r["chosen"]}
+    recipe = found["recipe"]
+    assert f"{round(100 * recipe.crop_scale[0])}-100%" == picked["crops"]
+    test_time = {"plain": (False, False), "flips": (True, False), "1.25x size": (False, True), "both": (True, True)}
+    assert (recipe.test_flip, recipe.test_size) == test_time[picked["test-time"]]
+    assert (recipe.arch, recipe.optimizer, recipe.mixed_precision) == ("resnet18", "sgd", True)  # the start
+
+
+def test_fast_recipe_search_reference_records_the_search_and_one_val_measurement(tiny, tmp_path,  # noqa: F811
+                                                                                 monkeypatch):
+    _imagenette_tree(tiny.data_root, train=2, val=1)
+    monkeypatch.setattr(reference, "FAST", {"epochs": 1, "img_size": 24, "batch_size": 10})
+    monkeypatch.setattr(fastrecipe, "STAGES", (fastrecipe.STAGES[1], fastrecipe.STAGES[-1]))
+    out = tmp_path / "results"
+    reference.run_reference(tiny, ["fast-recipe-search"], folder=out, log=lambda _: None)
+    result = results.read_result("fast-recipe-search", out)
+    assert result["chapter"] == "chapters/A2_fast_recipe.ipynb"
+    assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 20, "val": 10}
+    runs = [r["run"] for r in result["rows"]]
+    assert runs[:2] == ["zero-init: off", "zero-init: on"] and runs[-2:] == ["textbook", "searched"]
+    assert result["extra"]["held_out"] == 10 and result["extra"]["end_to_end_s"] > 0
+    chosen = {r["stage"]: r["option"] for r in result["rows"] if r.get("chosen")}
+    assert result["extra"]["recipe"]["zero_init_residual"] == (chosen["zero-init"] == "on")
+    table = fastrecipe.search_table(result)
+    assert "| zero-init |" in table and "| searched (val) |" in table and table.count("**") == 4
+    # Resumed from the kept runs: nothing trains again, the rows are the same.
+    monkeypatch.setattr(fastrecipe, "train_recipe", lambda *a, **k: pytest.fail("trained again"))
+    reference.run_reference(tiny, ["fast-recipe-search"], folder=out, force=True, log=lambda _: None)
+    assert results.read_result("fast-recipe-search", out)["rows"] == result["rows"]

@@ -213,8 +213,9 @@ def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_p
 
 
 def test_make_reference_leaves_gpu_sized_experiments_out_on_a_cpu_unless_named(tiny, tmp_path, monkeypatch):
-    """All experiments on a CPU: fast-recipe (hours there) is left out with a line saying how to run
-    it; named, it runs. The experiments' bodies are replaced by recorders (the real ones take hours)."""
+    """All experiments on a CPU: fast-recipe and fast-recipe-search (hours there) are left out with a
+    line saying how to run them; named, they run. The experiments' bodies are replaced by recorders
+    (the real ones take hours)."""
     ran = []
 
     def experiment(name):
@@ -225,9 +226,12 @@ def test_make_reference_leaves_gpu_sized_experiments_out_on_a_cpu_unless_named(t
                     "rows": [{"run": "scratch", "metric": "top1", "value": 0.5}]}
         return run
 
-    monkeypatch.setattr(reference, "EXPERIMENTS", {n: experiment(n) for n in ("pretrain-imagenette", "fast-recipe")})
+    names = ("pretrain-imagenette", "fast-recipe", "fast-recipe-search")
+    monkeypatch.setattr(reference, "EXPERIMENTS", {n: experiment(n) for n in names})
     said = []
     reference.run_reference(tiny, folder=tmp_path / "r", log=said.append)
-    assert ran == ["pretrain-imagenette"] and any("fast-recipe: left out on CPU" in line for line in said)
-    reference.run_reference(tiny, ["fast-recipe"], folder=tmp_path / "r", log=said.append)
-    assert ran == ["pretrain-imagenette", "fast-recipe"]
+    assert ran == ["pretrain-imagenette"]
+    assert any("fast-recipe, fast-recipe-search: left out on CPU" in line
+               and "reference fast-recipe fast-recipe-search` runs them" in line for line in said)
+    reference.run_reference(tiny, ["fast-recipe-search"], folder=tmp_path / "r", log=said.append)
+    assert ran == ["pretrain-imagenette", "fast-recipe-search"]

@@ -18,11 +18,16 @@ small budget (5 epochs of Imagenette at 128 px)? This module answers it by measu
 * :func:`train_recipe` trains one recipe with the book's one loop (:func:`imagenet_book.engine.fit`)
   on the book's fast loader and evaluates it four ways (plain, flipped, larger, both);
 * :func:`ablation` runs the ladder and the side rows and returns one row per lever: what the
-  ``fast-recipe`` reference run (:mod:`imagenet_book.reference`) records.
+  ``fast-recipe`` reference run (:mod:`imagenet_book.reference`) records;
+* :func:`search` *chooses* a recipe instead of fixing it beforehand, one :class:`Stage` (a lever
+  and its options, :data:`STAGES`) at a time, each option scored on held-out *training* images
+  (:func:`holdout_split`), never on the validation split; the chosen recipe is then trained on
+  the whole training split and measured once on val: the ``fast-recipe-search`` reference run.
 
-Every choice is fixed before the runs, so the validation split is only ever measured, never
-tuned on. One seed per row: differences below about a point are within the noise of a single
-5-epoch run (the chapter says so).
+In the ladder every choice is fixed before the runs, and in the search every choice is made on
+held-out training images, so the validation split is only ever measured, never tuned on. One
+seed per row: differences below about a point are within the noise of a single 5-epoch run (the
+chapter says so).
 
 Taught in: chapters/A2_fast_recipe.ipynb.
 """
@@ -42,17 +47,24 @@ from torch import Tensor, nn
 
 from . import engine, pretrain
 from .speed import sync
-from .data.fast import fast_loader
+from .data.fast import FastLoader, ImageCache, fast_loader
 from .data.imagenet import DataSource
 from .recipe import TrainConfig
 
-__all__ = ["FlipAverage", "LADDER", "Lever", "Recipe", "SIDE", "TEXTBOOK", "TEST_SIZE_FACTOR", "ablation",
-           "ablation_table", "final_recipe", "progressive_sizes", "recipe_config", "rung", "run_key", "train_recipe"]
+__all__ = ["ACTIVATIONS", "FlipAverage", "HOLDOUT_FRACTION", "LADDER", "Lever", "Recipe", "SEARCH_START", "SIDE",
+           "STAGES", "Stage", "TEXTBOOK", "TEST_SIZE_FACTOR", "ablation", "ablation_table", "final_recipe",
+           "holdout_split", "progressive_sizes", "recipe_config", "rung", "run_key", "search", "search_table",
+           "train_recipe", "use_activation"]
 
 TEST_SIZE_FACTOR = 1.25   # test at this times the training side, on the whole stored square (FixRes's point)
 PROGRESSIVE_START = 0.75  # progressive resizing: the first epochs at this fraction of the final side ...
 PROGRESSIVE_RAMP = 0.6    # ... growing linearly to the full side at this fraction of the run
 EMA_TIME_FRACTION = 0.1   # the EMA averages over about this fraction of the run's steps
+HOLDOUT_FRACTION = 0.1    # the search scores its options on this share of each training class
+
+#: The activation functions a recipe may put in place of every ReLU (none has parameters, so the
+#: state_dict keys stay the same).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "mish": nn.Mish, "silu": nn.SiLU}
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Recipe:
 
     Attributes:
         arch: a name of :data:`imagenet_book.pretrain.ARCHS`.
+        activation: a name of :data:`ACTIVATIONS`, put in place of every ReLU (:func:`use_activation`).
         zero_init_residual: the last BatchNorm of every block starts at 0.
         crop_scale: area fractions of the random-resized crops.
         optimizer, lr, nesterov, weight_decay, schedule, warmup_fraction, label_smoothing,
@@ -77,6 +90,7 @@ class Recipe:
     """
 
     arch: str = "resnet18"
+    activation: str = "relu"
     zero_init_residual: bool = False
     crop_scale: tuple[float, float] = (0.08, 1.0)
     optimizer: str = "sgd"
@@ -187,6 +201,60 @@ def recipe_config(recipe: Recipe, *, epochs: int, steps_per_epoch: int, batch_si
                        batch_size=batch_size, img_size=img_size)
 
 
+def use_activation(net: nn.Module, name: str) -> nn.Module:
+    """``net`` with every ``nn.ReLU`` module replaced by a new :data:`ACTIVATIONS` ``[name]`` (in
+    place; also returned). Mish, ``x * tanh(softplus(x))``, and SiLU, ``x * sigmoid(x)``, are smooth
+    and let a little of the negative side through.
+
+    Raises:
+        ValueError: an unknown name (the message lists them).
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}. Choose one of: {', '.join(ACTIVATIONS)}.")
+    if name != "relu":
+        for module in list(net.modules()):
+            for child, layer in module.named_children():
+                if isinstance(layer, nn.ReLU):
+                    setattr(module, child, ACTIVATIONS[name]())
+    return net
+
+
+def holdout_split(cache: ImageCache, fraction: float = HOLDOUT_FRACTION,
+                  seed: int = 0) -> tuple[ImageCache, ImageCache]:
+    """Split a decoded training split into ``(fit, held_out)``: ``round(fraction * n)`` images of
+    each class (at least one, and never all of them), drawn with ``seed``, are held out. The two
+    parts are disjoint and together are the whole split; each keeps the classes' label order.
+
+    This is how a recipe is chosen without the validation split: train on ``fit``, score on
+    ``held_out`` (the :func:`search`).
+
+    Raises:
+        ValueError: ``fraction`` not in (0, 1), or a class with fewer than 2 images (nothing to hold out).
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"The held-out fraction must be in (0, 1), got {fraction!r}.")
+    generator, held = torch.Generator().manual_seed(seed), []
+    for label, name in enumerate(cache.classes):
+        index = (cache.labels == label).nonzero().flatten()
+        if len(index) < 2:
+            raise ValueError(f"Class {name!r} of {cache.path} has {len(index)} training image(s): a held-out "
+                             f"split needs at least 2 per class. Use more training images per class.")
+        keep = min(len(index) - 1, max(1, round(fraction * len(index))))
+        held.append(index[torch.randperm(len(index), generator=generator)[:keep]])
+    out = torch.zeros(len(cache), dtype=torch.bool)
+    out[torch.cat(held)] = True
+
+    def part(mask: Tensor) -> ImageCache:
+        index = mask.nonzero().flatten()
+        return dataclasses.replace(cache, images=cache.images[index], labels=cache.labels[index])
+
+    return part(~out), part(out)
+
+
 class FlipAverage(nn.Module):
     """Test-time flips: the mean of ``net``'s logits for each image and its mirror image.
 
@@ -204,39 +272,56 @@ class FlipAverage(nn.Module):
 
 
 def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_size: int,
-                 data: str = "imagenette", source: DataSource | None = None, progress: bool = False,
-                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                 data: str = "imagenette", source: DataSource | None = None, holdout: float = 0.0,
+                 progress: bool = False, log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Train ``recipe`` for ``epochs`` at ``img_size`` with :func:`imagenet_book.engine.fit` on the
     profile's ``data`` (the book's fast loader), then evaluate it on the whole val split four ways.
+
+    ``holdout > 0``: train on the training split less a held-out share of each class
+    (:func:`holdout_split` with that fraction) and evaluate on the held-out images instead of val
+    (how :func:`search` scores its options).
 
     Returns:
         ``{"top1", "top1_flip", "top1_size", "top1_flip_size"}`` (accuracies in ``[0, 1]``: plain
         centre crops at ``img_size``; test-time flips; the whole stored square at
         ``TEST_SIZE_FACTOR * img_size``; both), ``"top5"`` (plain), ``"train_s"`` (the loop's
         seconds, data loading included), ``"eval_s"``, ``"sizes"`` (each epoch's side),
-        ``"train"``/``"val"`` (images), ``"data"`` (the source's description), ``"amp"``.
+        ``"train"``/``"val"`` (images trained on / evaluated on), ``"evaluated_on"`` (``"val"`` or
+        ``"holdout"``), ``"data"`` (the source's description), ``"amp"``.
 
     Taught in: chapters/A2_fast_recipe.ipynb.
     """
     sizes = progressive_sizes(img_size, epochs) if recipe.progressive else (img_size,) * epochs
     on_gpu = torch.device(cfg.device).type == "cuda"  # the decoded images then live in GPU memory
-    options = {"scale": recipe.crop_scale, "sizes": sizes if recipe.progressive else None, "preload": on_gpu}
+    options = {"scale": recipe.crop_scale, "sizes": sizes if recipe.progressive else None,
+               "preload": on_gpu and not holdout}
     source, train_loader, _ = pretrain.make_loaders(cfg, data, img_size=img_size, batch_size=batch_size,
                                                     source=source, progress=progress, train_options=options)
     device, test_side = train_loader.device, round(TEST_SIZE_FACTOR * img_size)
-    val_loader, big_loader = (
-        fast_loader(cfg, "val", source=source, img_size=side, batch_size=batch_size, crop_fraction=fraction,
-                    store_size=train_loader.cache.size, device=device, preload=on_gpu, progress=progress,
-                    train=False)
-        for side, fraction in ((img_size, 0.875), (test_side, 1.0)))
+    if holdout:
+        fit, held = holdout_split(train_loader.cache, holdout)
+        train_loader = FastLoader(fit, batch_size, out_size=img_size, device=device, seed=cfg.seed,
+                                  **{**options, "preload": on_gpu})
+
+        def evaluation(side: int, fraction: float) -> FastLoader:
+            return FastLoader(held, batch_size, train=False, out_size=side, crop_fraction=fraction, device=device,
+                              preload=on_gpu)
+    else:
+        def evaluation(side: int, fraction: float) -> FastLoader:
+            return fast_loader(cfg, "val", source=source, img_size=side, batch_size=batch_size,
+                               crop_fraction=fraction, store_size=train_loader.cache.size, device=device,
+                               preload=on_gpu, progress=progress, train=False)
+    val_loader, big_loader = (evaluation(side, fraction) for side, fraction in ((img_size, 0.875), (test_side, 1.0)))
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     net = pretrain.build_model(recipe.arch, source.num_classes, zero_init_residual=recipe.zero_init_residual)
+    use_activation(net, recipe.activation)
     config = recipe_config(recipe, epochs=epochs, steps_per_epoch=len(train_loader), batch_size=batch_size,
                            img_size=img_size)
     amp = None if recipe.mixed_precision else "fp32"
     channels_last = None if recipe.mixed_precision else False
     if log is not None:
-        log(f"fast recipe: {recipe.arch}, {len(train_loader.cache)} images x {epochs} epochs at {list(sizes)} px, "
+        log(f"fast recipe: {recipe.arch} ({recipe.activation}), {len(train_loader.cache)} images x {epochs} epochs "
+            f"at {list(sizes)} px, "
             f"{config.optimizer} peak {config.lr:g} ({config.schedule}), device {device}")
     sync(device)
     t0 = time.perf_counter()
@@ -257,11 +342,12 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
     sync(device)
     found.update(train_s=round(train_s, 2), eval_s=round(time.perf_counter() - t0, 2), sizes=list(sizes),
                  train=len(train_loader.cache), val=len(val_loader.cache), data=source.description,
+                 evaluated_on="holdout" if holdout else "val",
                  amp=str(engine._amp_dtype(amp, device)).replace("torch.", ""),
                  train_loss=history.epochs[-1].get("train_loss") if history.epochs else math.nan)
     if log is not None:
-        log(f"fast recipe: top-1 {found['top1']:.4f} (flip {found['top1_flip']:.4f}, {test_side} px "
-            f"{found['top1_size']:.4f}, both {found['top1_flip_size']:.4f}); {train_s:.1f} s of training")
+        log(f"fast recipe: {found['evaluated_on']} top-1 {found['top1']:.4f} (flip {found['top1_flip']:.4f}, "
+            f"{test_side} px {found['top1_size']:.4f}, both {found['top1_flip_size']:.4f}); {train_s:.1f} s training")
     return found
 
 
@@ -336,4 +422,137 @@ def ablation_table(result: dict[str, Any]) -> str:
                      f"{100 * row['value']:.1f}% | {change} | {row['train_s']:.1f} |")
         if row["carried"]:
             previous = row["value"]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the :func:`search`: a lever (``name``, the question it asks: ``what``) and its
+    ``options``, each a :class:`Lever` whose ``changes`` set every setting the stage decides."""
+
+    name: str
+    what: str
+    options: tuple[Lever, ...]
+
+
+def _options(*named: tuple[str, dict[str, Any]]) -> tuple[Lever, ...]:
+    return tuple(Lever(name, name, changes) for name, changes in named)
+
+
+def _sgd(lr: float) -> dict[str, Any]:
+    return {"optimizer": "sgd", "lr": lr, "weight_decay": 5e-5}
+
+
+#: Where the search starts: the textbook recipe with mixed precision and channels-last on, a
+#: speed lever (on a GPU; it changes nothing on a CPU) kept in every run.
+SEARCH_START = dataclasses.replace(TEXTBOOK, mixed_precision=True)
+
+#: The search's stages, in order, and their options (the first option of a stage that changes
+#: nothing keeps the recipe so far). Fixed before any run, like the ladder; the search only
+#: chooses among them, on held-out training images. Optimizers come with a rate and decay each
+#: (Lion's rate 3-10x below AdamW's and its decay as much above, as its authors advise).
+STAGES: tuple[Stage, ...] = (
+    Stage("decay", "weight decay on BatchNorm and biases too?",
+          _options(("on all", {"decay_norm_and_bias": True}), ("not on BN/bias", {"decay_norm_and_bias": False}))),
+    Stage("zero-init", "last BatchNorm of each block starts at 0?",
+          _options(("off", {"zero_init_residual": False}), ("on", {"zero_init_residual": True}))),
+    Stage("crops", "area of the random-resized crops",
+          _options(*((f"{round(100 * s)}-100%", {"crop_scale": (s, 1.0)}) for s in (0.08, 0.25, 0.35, 0.5)))),
+    Stage("network", "which network",
+          _options(("ResNet-18", {"arch": "resnet18"}), ("ResNet-18-D", {"arch": "resnet18d"}),
+                   ("ResNet-50-D", {"arch": "resnet50d"}))),
+    Stage("activation", "ReLU or a smooth activation",
+          _options(("ReLU", {"activation": "relu"}), ("Mish", {"activation": "mish"}))),
+    Stage("optimizer", "optimizer, peak rate and weight decay",
+          _options(("SGD 0.4", _sgd(0.4)), ("SGD 0.2", _sgd(0.2)), ("SGD 0.1", _sgd(0.1)),
+                   ("Lion 3e-4, decay 0.1", {"optimizer": "lion", "lr": 3e-4, "weight_decay": 0.1}),
+                   ("Lion 1e-4, decay 0.3", {"optimizer": "lion", "lr": 1e-4, "weight_decay": 0.3}),
+                   ("AdamW 3e-3, decay 0.01", {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01}))),
+    Stage("schedule", "one-cycle or flat-then-cosine",
+          _options(("one-cycle", {"schedule": "onecycle"}), ("flat-cosine", {"schedule": "flatcos"}))),
+    Stage("progressive", "progressive resizing?",
+          _options(("off", {"progressive": False}), ("on", {"progressive": True}))),
+    Stage("label-smoothing", "label smoothing",
+          _options(("0.1", {"label_smoothing": 0.1}), ("0", {"label_smoothing": 0.0}))),
+    Stage("ema", "evaluate an EMA of the weights?", _options(("off", {"ema": False}), ("on", {"ema": True}))),
+    Stage("test-time", "test-time flips and size (no training: the same run evaluated four ways)",
+          _options(("plain", {"test_flip": False, "test_size": False}),
+                   ("flips", {"test_flip": True, "test_size": False}),
+                   (f"{TEST_SIZE_FACTOR:g}x size", {"test_flip": False, "test_size": True}),
+                   ("both", {"test_flip": True, "test_size": True}))),
+)
+
+
+def search(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str = "imagenette",
+           stages: tuple[Stage, ...] = STAGES, start: Recipe = SEARCH_START, holdout: float = HOLDOUT_FRACTION,
+           run: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+           log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Choose a recipe without the validation split: a greedy search, one stage at a time.
+
+    From ``start``, each stage of ``stages`` tries every one of its options on top of the recipe
+    chosen so far, each trained on the training split less ``holdout`` of every class and scored
+    (top-1) on those held-out images (:func:`train_recipe` with ``holdout``); the best option is
+    kept (on a tie, the earlier one) and the next stage starts from it. Options with the same
+    training settings are trained once (test-time options re-read a run's other evaluations).
+    ``run(key, make)`` may keep finished runs (the reference run's resumable store).
+
+    Greedy means each lever is chosen given the ones before it, not jointly; and the held-out
+    images are few (about ``holdout`` of the split): a difference of a point or two may be noise.
+
+    Returns:
+        ``{"recipe": the chosen Recipe, "rows": one dict per option tried, in order, with
+        "run" ("stage: option"), "metric" ("holdout_top1"), "value", "epochs", "img_size",
+        "stage", "option", "chosen" (True for each stage's pick), "arch", "train_s",
+        "held_out" (images scored)}``.
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    done: dict[str, dict[str, Any]] = {}
+
+    def measure(recipe: Recipe) -> dict[str, Any]:
+        key = f"holdout-{run_key(recipe)}"
+        if key not in done:
+            make = lambda: train_recipe(cfg, recipe, epochs=epochs, img_size=img_size,  # noqa: E731
+                                        batch_size=batch_size, data=data, holdout=holdout, log=log)
+            done[key] = run(key, make) if run is not None else make()
+        return done[key]
+
+    rows: list[dict[str, Any]] = []
+    recipe = start
+    for stage in stages:
+        tried = []
+        for option in stage.options:
+            this = dataclasses.replace(recipe, **option.changes)
+            found = measure(this)
+            tried.append((this, {"run": f"{stage.name}: {option.name}", "metric": "holdout_top1",
+                                 "value": found[_metric_key(this)], "epochs": epochs, "img_size": img_size,
+                                 "stage": stage.name, "option": option.name, "chosen": False, "arch": this.arch,
+                                 "train_s": found["train_s"], "held_out": found["val"]}))
+        best = max(range(len(tried)), key=lambda i: (tried[i][1]["value"], -i))
+        tried[best][1]["chosen"] = True
+        recipe = tried[best][0]
+        rows.extend(row for _, row in tried)
+        if log is not None:
+            scores = ", ".join(f"{r['option']} {100 * r['value']:.1f}" for _, r in tried)
+            log(f"search: {stage.name}: {tried[best][1]['option']} ({scores})")
+    return {"recipe": recipe, "rows": rows}
+
+
+def search_table(result: dict[str, Any]) -> str:
+    """A recorded search (the ``fast-recipe-search`` result) as a Markdown table: each stage, its
+    options with their held-out top-1 (the chosen one in bold), then the chosen recipe measured
+    once on val beside the textbook recipe.
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    lines = ["| stage | options: held-out top-1 (chosen in bold) |", "|---|---|"]
+    stages: dict[str, list[str]] = {}
+    for row in result["rows"]:
+        if row["metric"] == "holdout_top1":
+            cell = f"{row['option']} {100 * row['value']:.1f}%"
+            stages.setdefault(row["stage"], []).append(f"**{cell}**" if row["chosen"] else cell)
+    lines += [f"| {stage} | {'; '.join(cells)} |" for stage, cells in stages.items()]
+    for row in result["rows"]:
+        if row["metric"] == "top1":
+            lines.append(f"| {row['run']} (val) | {100 * row['value']:.1f}% top-1 on the validation split |")
     return "\n".join(lines)

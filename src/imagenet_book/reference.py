@@ -20,6 +20,8 @@ their own live run at the profile's budget.
 * ``fast-recipe`` (chapter 06's appendix): the fast pretraining recipe's ablation
   (:func:`imagenet_book.fastrecipe.ablation`) at :data:`FAST` sizes, one row per lever, and the
   final recipe's end-to-end wall time from the image files (decoding included);
+* ``fast-recipe-search`` (the same appendix): a recipe chosen stage by stage on held-out training
+  images (:func:`imagenet_book.fastrecipe.search`), then measured once on val beside the textbook;
 * ``backbone-stages`` (chapter 06): what a backbone learned: its first-layer filters, and a linear
   probe on each stage's features (``layer1`` .. ``layer4``) for the multi-label task, for a random
   ResNet-18, the book's Imagenette backbone and the ImageNet-1k network.
@@ -493,26 +495,32 @@ def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
 
 
 
+def _cold_run(cfg: Any, recipe: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """``recipe`` trained at :data:`FAST` sizes from a cold cache (an empty one, removed after), its
+    time end to end (the images decoded from their files included) in ``"end_to_end_s"``."""
+    cold = Path(tempfile.mkdtemp(prefix="fast-recipe-cold-", dir=cfg.cache_root))
+    try:
+        t0 = time.perf_counter()
+        found = fastrecipe.train_recipe(dataclasses.replace(cfg, cache_root=cold), recipe, **FAST, log=log)
+        return {**found, "end_to_end_s": round(time.perf_counter() - t0, 2)}
+    finally:
+        shutil.rmtree(cold, ignore_errors=True)
+
+
+def _needs_real_imagenette(cfg: Any, experiment: str) -> Any:
+    if not pretrain.uses_real_data(cfg, "imagenette"):
+        raise ReferenceRunError(f"{experiment} needs the real Imagenette (imagenette2-160/) under the data root: "
+                                "point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    return classification_source(cfg, "imagenette")
+
+
 def fast_recipe(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """The fast recipe's ablation on the real Imagenette at :data:`FAST` sizes; first the final
     recipe from a cold cache, timed end to end (the images decoded from their files included)."""
-    if not pretrain.uses_real_data(cfg, "imagenette"):
-        raise ReferenceRunError("fast-recipe needs the real Imagenette (imagenette2-160/) under the data root: "
-                                "point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    source = _needs_real_imagenette(cfg, "fast-recipe")
     runs = _Runs(cfg, "fast-recipe")
-
-    def end_to_end() -> dict[str, Any]:
-        cold = Path(tempfile.mkdtemp(prefix="fast-recipe-cold-", dir=cfg.cache_root))  # start from the files
-        try:
-            t0 = time.perf_counter()
-            found = fastrecipe.train_recipe(dataclasses.replace(cfg, cache_root=cold), fastrecipe.final_recipe(),
-                                            **FAST, log=log)
-            return {**found, "end_to_end_s": round(time.perf_counter() - t0, 2)}
-        finally:
-            shutil.rmtree(cold, ignore_errors=True)
-
-    final = runs.get(fastrecipe.run_key(fastrecipe.final_recipe()), end_to_end, log)
-    source = classification_source(cfg, "imagenette")
+    final_recipe = fastrecipe.final_recipe()
+    final = runs.get(fastrecipe.run_key(final_recipe), lambda: _cold_run(cfg, final_recipe, log), log)
     rows = fastrecipe.ablation(cfg, **FAST, levers=fastrecipe.LADDER, side=fastrecipe.SIDE,
                                run=lambda key, make: runs.get(key, make, log), log=log)
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
@@ -522,6 +530,32 @@ def fast_recipe(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
             "extra": {"end_to_end_s": final["end_to_end_s"], "train_s": final["train_s"],
                       "eval_s": final["eval_s"], "sizes": final["sizes"], "amp": final["amp"],
                       "final_top1": final["top1_flip_size"], "final_top5": final["top5"],
+                      "file_types": _file_types(source)}}
+
+
+def fast_recipe_search(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """A recipe chosen on held-out training images (:func:`imagenet_book.fastrecipe.search`) at
+    :data:`FAST` sizes, then trained on the whole training split from a cold cache, timed end to
+    end, and measured once on val, beside the textbook recipe trained and measured the same way."""
+    source = _needs_real_imagenette(cfg, "fast-recipe-search")
+    runs = _Runs(cfg, "fast-recipe-search")
+    found = fastrecipe.search(cfg, **FAST, stages=fastrecipe.STAGES, start=fastrecipe.SEARCH_START,
+                              run=lambda key, make: runs.get(key, make, log), log=log)
+    chosen, rows = found["recipe"], found["rows"]
+    final = runs.get(f"val-{fastrecipe.run_key(chosen)}", lambda: _cold_run(cfg, chosen, log), log)
+    textbook = runs.get(f"val-{fastrecipe.run_key(fastrecipe.TEXTBOOK)}",
+                        lambda: fastrecipe.train_recipe(cfg, fastrecipe.TEXTBOOK, **FAST, log=log), log)
+    metric = "top1" + ("_flip" if chosen.test_flip else "") + ("_size" if chosen.test_size else "")
+    for name, run, key in (("textbook", textbook, "top1"), ("searched", final, metric)):
+        rows.append({"run": name, "metric": "top1", "value": run[key], "top5": run["top5"], "epochs": FAST["epochs"],
+                     "img_size": FAST["img_size"], "train_s": run["train_s"]})
+    return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
+            "data": {"name": f"real Imagenette ({source.name})", "real": True,
+                     "train": final["train"], "val": final["val"]},
+            "rows": rows,
+            "extra": {"recipe": dataclasses.asdict(chosen), "holdout_fraction": fastrecipe.HOLDOUT_FRACTION,
+                      "held_out": rows[0]["held_out"], "end_to_end_s": final["end_to_end_s"],
+                      "train_s": final["train_s"], "sizes": final["sizes"], "amp": final["amp"],
                       "file_types": _file_types(source)}}
 
 
@@ -543,6 +577,7 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
     "voc-segmentation": voc_segmentation,
     "backbone-stages": backbone_stages,
     "fast-recipe": fast_recipe,
+    "fast-recipe-search": fast_recipe_search,
     "selfsup-imagenette": selfsup_imagenette,
     "lfw-verification": lfw_verification,
 }
@@ -550,7 +585,7 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
 
 #: Experiments sized for a GPU: ``make reference`` (all experiments) leaves them out on a CPU,
 #: where they would take many hours; named explicitly, they run anywhere.
-GPU_EXPERIMENTS = ("fast-recipe",)
+GPU_EXPERIMENTS = ("fast-recipe", "fast-recipe-search")
 
 
 def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Path | None = None,
@@ -581,7 +616,7 @@ def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Pat
     written, commit = [], _commit()  # the code the runs start with
     if not names and torch.device(cfg.device).type != "cuda":
         log(f"reference: {', '.join(GPU_EXPERIMENTS)}: left out on {_device_name(cfg)} (sized for a GPU; "
-            f"`python -m imagenet_book reference {GPU_EXPERIMENTS[0]}` runs it here anyway)")
+            f"`python -m imagenet_book reference {' '.join(GPU_EXPERIMENTS)}` runs them here anyway)")
         names = [name for name in EXPERIMENTS if name not in GPU_EXPERIMENTS]
     for name in names or list(EXPERIMENTS):
         if not force and results.read_result(name, out_folder) is not None:
