@@ -439,8 +439,13 @@ def _options(*named: tuple[str, dict[str, Any]]) -> tuple[Lever, ...]:
     return tuple(Lever(name, name, changes) for name, changes in named)
 
 
-def _sgd(lr: float) -> dict[str, Any]:
-    return {"optimizer": "sgd", "lr": lr, "weight_decay": 5e-5}
+#: The optimizers the search tries, each with its peak rate and weight decay.
+_OPTIMIZERS: dict[str, dict[str, Any]] = {
+    **{f"SGD {lr:g}": {"optimizer": "sgd", "lr": lr, "weight_decay": 5e-5} for lr in (0.4, 0.2, 0.1)},
+    "Lion 3e-4, decay 0.1": {"optimizer": "lion", "lr": 3e-4, "weight_decay": 0.1},
+    "Lion 1e-4, decay 0.3": {"optimizer": "lion", "lr": 1e-4, "weight_decay": 0.3},
+    "AdamW 3e-3, decay 0.01": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+}
 
 
 #: Where the search starts: the textbook recipe with mixed precision and channels-last on, a
@@ -448,7 +453,9 @@ def _sgd(lr: float) -> dict[str, Any]:
 SEARCH_START = dataclasses.replace(TEXTBOOK, mixed_precision=True)
 
 #: The search's stages, in order, and their options (the first option of a stage that changes
-#: nothing keeps the recipe so far). Fixed before any run, like the ladder; the search only
+#: nothing keeps the recipe so far). A greedy search chooses the network before the optimizer, so
+#: a network that needs another rate never gets it: the "deeper network" stage gives ResNet-50-D
+#: its own rates, on top of everything chosen by then. Fixed before any run, like the ladder; the search only
 #: chooses among them, on held-out training images. Optimizers come with a rate and decay each
 #: (Lion's rate 3-10x below AdamW's and its decay as much above, as its authors advise).
 STAGES: tuple[Stage, ...] = (
@@ -463,11 +470,7 @@ STAGES: tuple[Stage, ...] = (
                    ("ResNet-50-D", {"arch": "resnet50d"}))),
     Stage("activation", "ReLU or a smooth activation",
           _options(("ReLU", {"activation": "relu"}), ("Mish", {"activation": "mish"}))),
-    Stage("optimizer", "optimizer, peak rate and weight decay",
-          _options(("SGD 0.4", _sgd(0.4)), ("SGD 0.2", _sgd(0.2)), ("SGD 0.1", _sgd(0.1)),
-                   ("Lion 3e-4, decay 0.1", {"optimizer": "lion", "lr": 3e-4, "weight_decay": 0.1}),
-                   ("Lion 1e-4, decay 0.3", {"optimizer": "lion", "lr": 1e-4, "weight_decay": 0.3}),
-                   ("AdamW 3e-3, decay 0.01", {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01}))),
+    Stage("optimizer", "optimizer, peak rate and weight decay", _options(*_OPTIMIZERS.items())),
     Stage("schedule", "one-cycle or flat-then-cosine",
           _options(("one-cycle", {"schedule": "onecycle"}), ("flat-cosine", {"schedule": "flatcos"}))),
     Stage("progressive", "progressive resizing?",
@@ -475,6 +478,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("label-smoothing", "label smoothing",
           _options(("0.1", {"label_smoothing": 0.1}), ("0", {"label_smoothing": 0.0}))),
     Stage("ema", "evaluate an EMA of the weights?", _options(("off", {"ema": False}), ("on", {"ema": True}))),
+    Stage("deeper network", "a deeper network with its own rate (chosen together: greedy stages cannot)",
+          _options(("as chosen", {}), *((f"ResNet-50-D, {name}", {"arch": "resnet50d", **_OPTIMIZERS[name]})
+                                        for name in ("SGD 0.4", "SGD 0.2", "SGD 0.1", "AdamW 3e-3, decay 0.01")))),
     Stage("test-time", "test-time flips and size (no training: the same run evaluated four ways)",
           _options(("plain", {"test_flip": False, "test_size": False}),
                    ("flips", {"test_flip": True, "test_size": False}),
