@@ -506,10 +506,10 @@ def search(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str =
     images are few (about ``holdout`` of the split): a difference of a point or two may be noise.
 
     Returns:
-        ``{"recipe": the chosen Recipe, "rows": one dict per option tried, in order, with
-        "run" ("stage: option"), "metric" ("holdout_top1"), "value", "epochs", "img_size",
-        "stage", "option", "chosen" (True for each stage's pick), "arch", "train_s",
-        "held_out" (images scored)}``.
+        A dict: ``recipe``, the chosen :class:`Recipe`; ``rows``, one dict per option tried, in
+        order, with the keys ``run`` (``"stage: option"``), ``metric`` (``"holdout_top1"``),
+        ``value``, ``epochs``, ``img_size``, ``stage``, ``option``, ``chosen`` (True for each
+        stage's pick), ``arch``, ``train_s`` and ``held_out`` (the images scored).
 
     Taught in: chapters/A2_fast_recipe.ipynb.
     """
