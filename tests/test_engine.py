@@ -23,6 +23,7 @@ from engine_worker import NUM_CLASSES, SmallCNN, make_data  # noqa: E402
 
 from imagenet_book.engine import (  # noqa: E402
     BatchLoader,
+    amp_dtype,
     Callback,
     EarlyStopping,
     CheckpointError,
@@ -385,3 +386,10 @@ def test_no_weight_decay_on_norm_layers_and_biases():
             is_weight = isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight"
             assert id(p) in (decay if is_weight else no_decay), (type(module).__name__, name)
     assert len(decay) + len(no_decay) == len(list(net.parameters()))
+
+
+def test_amp_dtype_is_float32_on_a_cpu_unless_forced_and_rejects_unknown_settings():
+    assert amp_dtype(None, "cpu") is None and amp_dtype("fp32", "cuda") is None and amp_dtype(False, "cuda") is None
+    assert amp_dtype("bf16", "cpu") is torch.bfloat16 and amp_dtype("fp16", "cpu") is torch.float16
+    with pytest.raises(ValueError, match="amp must be None .* got 'int8'"):
+        amp_dtype("int8", "cpu")

@@ -66,7 +66,7 @@ from .recipe import TrainConfig, lr_factor, make_optimizer, make_scheduler, para
 from .tasks import Classification, Task, World, all_sum
 
 __all__ = ["BatchLoader", "Callback", "CheckpointError", "EMA", "EarlyStopping", "History", "Resumable",
-           "TrainConfig", "World", "destroy_distributed", "evaluate", "fit", "init_distributed",
+           "TrainConfig", "World", "amp_dtype", "destroy_distributed", "evaluate", "fit", "init_distributed",
            "load_checkpoint", "lr_factor", "make_optimizer", "make_scheduler", "param_groups",
            "plain_values", "world"]
 
@@ -345,8 +345,18 @@ def _shard(batch: Sequence[Any], here: World, even: bool) -> tuple[Any, ...]:
 # ------------------------------------------------------------------------------- devices
 
 
-def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
-    """None (auto), 'bf16', 'fp16', 'fp32' or False -> the autocast dtype (None: fp32)."""
+def amp_dtype(amp: str | bool | None, device: str | torch.device) -> torch.dtype | None:
+    """The floating-point type the loop computes in on ``device`` for the setting ``amp`` (see
+    :func:`fit`): ``None`` (automatic) gives bf16 on CUDA GPUs that have it, fp16 on other CUDA GPUs
+    and ``None`` (float32, no autocast) elsewhere; ``"bf16"``, ``"fp16"``, ``"fp32"`` or ``False``
+    force one.
+
+    Raises:
+        ValueError: any other setting.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    device = torch.device(device)
     if amp is None:
         if device.type != "cuda":
             return None
@@ -364,7 +374,7 @@ def autocast(device: str | torch.device, amp: str | bool | None = None) -> Any:
     Taught in: chapters/10_practice.ipynb.
     """
     device = torch.device(device)
-    dtype = _amp_dtype(amp, device)
+    dtype = amp_dtype(amp, device)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -730,7 +740,7 @@ def evaluate(net: nn.Module, loader: Iterable, device: str | torch.device | None
         net = net.module
     task = task if task is not None else Classification()
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    amp_dtype, here = _amp_dtype(amp, device), world()
+    dtype, here = amp_dtype(amp, device), world()
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     was_training = net.training
     net.eval()
@@ -741,7 +751,7 @@ def evaluate(net: nn.Module, loader: Iterable, device: str | torch.device | None
         if batch_len(batch) == 0:
             continue
         with _explain_oom("evaluation", size, here), \
-                torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             meter.update(net, batch)
     net.train(was_training)
     return meter.compute(here)
@@ -838,7 +848,7 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", here.local_rank)
-        amp_dtype = _amp_dtype(amp, device)
+        dtype = amp_dtype(amp, device)
         channels_last = device.type == "cuda" if channels_last is None else channels_last
         net.to(device)
         if channels_last:
@@ -849,7 +859,7 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
         steps_per_epoch = len(train_loader)
         optimizer = make_optimizer(task.param_groups(net, cfg), cfg)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         ema = EMA(net, cfg.ema_decay) if cfg.ema_decay else None
         history = History(ema=ema)
         first_epoch, done, step, seen, epoch_s, elapsed = 0, 0, 0, 0, 0.0, 0.0
@@ -922,7 +932,7 @@ def fit(net: nn.Module, train_loader: Resumable | Iterable, val_loader: Iterable
                     batch = tuple(batch_transform(*batch))
                 lr = optimizer.param_groups[-1]["lr"]  # the new layers' rate when groups differ
                 with _explain_oom("training", size, here, cfg.lr):
-                    out = _train_step(model, task, batch, optimizer, scaler, device, amp_dtype,
+                    out = _train_step(model, task, batch, optimizer, scaler, device, dtype,
                                       cfg.grad_clip)
                 scheduler.step()
                 if ema is not None:

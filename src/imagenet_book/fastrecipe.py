@@ -343,7 +343,7 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
     found.update(train_s=round(train_s, 2), eval_s=round(time.perf_counter() - t0, 2), sizes=list(sizes),
                  train=len(train_loader.cache), val=len(val_loader.cache), data=source.description,
                  evaluated_on="holdout" if holdout else "val",
-                 amp=str(engine._amp_dtype(amp, device)).replace("torch.", ""),
+                 amp=str(engine.amp_dtype(amp, device)).replace("torch.", ""),
                  train_loss=history.epochs[-1].get("train_loss") if history.epochs else math.nan)
     if log is not None:
         log(f"fast recipe: {found['evaluated_on']} top-1 {found['top1']:.4f} (flip {found['top1_flip']:.4f}, "
