@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "interruption. Experiments, in order: pretrain-imagenette, "
                                    "voc-multilabel, voc-data-efficiency, voc-detection, "
                                    "voc-segmentation, backbone-stages, fast-recipe, "
-                                   "selfsup-imagenette, lfw-verification.")
+                                   "fast-recipe-search, selfsup-imagenette, lfw-verification. "
+                                   "fast-recipe and fast-recipe-search are sized for a GPU: on a "
+                                   "CPU they run only when named.")
     p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")
     p.add_argument("--force", action="store_true", help="run experiments whose results file exists again")
     p.add_argument("--out", metavar="DIR", help="results folder (default: book/results of this repository)")
