@@ -53,8 +53,8 @@ from .recipe import TrainConfig
 
 __all__ = ["ACTIVATIONS", "FlipAverage", "HOLDOUT_FRACTION", "LADDER", "Lever", "Recipe", "SEARCH_START", "SIDE",
            "STAGES", "Stage", "TEXTBOOK", "TEST_SIZE_FACTOR", "ablation", "ablation_table", "final_recipe",
-           "holdout_split", "progressive_sizes", "recipe_config", "rung", "run_key", "search", "search_table",
-           "train_recipe", "use_activation"]
+           "holdout_split", "metric_key", "progressive_sizes", "recipe_config", "rung", "run_key", "search",
+           "search_table", "train_recipe", "use_activation"]
 
 TEST_SIZE_FACTOR = 1.25   # test at this times the training side, on the whole stored square (FixRes's point)
 PROGRESSIVE_START = 0.75  # progressive resizing: the first epochs at this fraction of the final side ...
@@ -361,8 +361,32 @@ def run_key(recipe: Recipe) -> str:
     return f"{recipe.arch}-{digest}"
 
 
-def _metric_key(recipe: Recipe) -> str:
+def metric_key(recipe: Recipe) -> str:
+    """The key of :func:`train_recipe`'s result that ``recipe``'s test-time levers read:
+    ``"top1"``, ``"top1_flip"``, ``"top1_size"`` or ``"top1_flip_size"``.
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
     return "top1" + ("_flip" if recipe.test_flip else "") + ("_size" if recipe.test_size else "")
+
+
+def _measurer(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str, holdout: float,
+              run: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None,
+              log: Callable[[str], None] | None) -> Callable[[Recipe], dict[str, Any]]:
+    """``measure(recipe)``: :func:`train_recipe`'s result for ``recipe``, trained once per training
+    key (:func:`run_key`, ``"holdout-"`` first when scored on held-out images) and kept through
+    ``run(key, make)`` when given."""
+    done: dict[str, dict[str, Any]] = {}
+
+    def measure(recipe: Recipe) -> dict[str, Any]:
+        key = f"{'holdout-' if holdout else ''}{run_key(recipe)}"
+        if key not in done:
+            make = lambda: train_recipe(cfg, recipe, epochs=epochs, img_size=img_size,  # noqa: E731
+                                        batch_size=batch_size, data=data, holdout=holdout, log=log)
+            done[key] = run(key, make) if run is not None else make()
+        return done[key]
+
+    return measure
 
 
 def ablation(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str = "imagenette",
@@ -383,22 +407,14 @@ def ablation(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str
 
     Taught in: chapters/A2_fast_recipe.ipynb.
     """
-    done: dict[str, dict[str, Any]] = {}
-
-    def measure(recipe: Recipe) -> dict[str, Any]:
-        key = run_key(recipe)
-        if key not in done:
-            make = lambda: train_recipe(cfg, recipe, epochs=epochs, img_size=img_size,  # noqa: E731
-                                        batch_size=batch_size, data=data, log=log)
-            done[key] = run(key, make) if run is not None else make()
-        return done[key]
-
+    measure = _measurer(cfg, epochs=epochs, img_size=img_size, batch_size=batch_size, data=data, holdout=0.0,
+                        run=run, log=log)
     rows, recipe = [], TEXTBOOK  # recipe: the ladder so far (the side levers go on its last rung)
     for carried, group in ((True, levers), (False, side)):
         for lever in group:
             this = dataclasses.replace(recipe, **lever.changes)
             found = measure(this)
-            rows.append({"run": lever.name, "metric": "top1", "value": found[_metric_key(this)],
+            rows.append({"run": lever.name, "metric": "top1", "value": found[metric_key(this)],
                          "epochs": epochs, "img_size": img_size, "what": lever.what, "carried": carried,
                          "arch": this.arch, "train_s": found["train_s"], "top5": found["top5"]})
             if carried:
@@ -455,8 +471,8 @@ SEARCH_START = dataclasses.replace(TEXTBOOK, mixed_precision=True)
 #: The search's stages, in order, and their options (the first option of a stage that changes
 #: nothing keeps the recipe so far). A greedy search chooses the network before the optimizer, so
 #: a network that needs another rate never gets it: the "deeper network" stage gives ResNet-50-D
-#: its own rates, on top of everything chosen by then. Fixed before any run, like the ladder; the search only
-#: chooses among them, on held-out training images. Optimizers come with a rate and decay each
+#: its own rates, on top of everything chosen by then. Fixed before any run, like the ladder; the
+#: search only chooses among them, on held-out training images. Optimizers come with a rate and decay each
 #: (Lion's rate 3-10x below AdamW's and its decay as much above, as its authors advise).
 STAGES: tuple[Stage, ...] = (
     Stage("decay", "weight decay on BatchNorm and biases too?",
@@ -513,16 +529,8 @@ def search(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str =
 
     Taught in: chapters/A2_fast_recipe.ipynb.
     """
-    done: dict[str, dict[str, Any]] = {}
-
-    def measure(recipe: Recipe) -> dict[str, Any]:
-        key = f"holdout-{run_key(recipe)}"
-        if key not in done:
-            make = lambda: train_recipe(cfg, recipe, epochs=epochs, img_size=img_size,  # noqa: E731
-                                        batch_size=batch_size, data=data, holdout=holdout, log=log)
-            done[key] = run(key, make) if run is not None else make()
-        return done[key]
-
+    measure = _measurer(cfg, epochs=epochs, img_size=img_size, batch_size=batch_size, data=data, holdout=holdout,
+                        run=run, log=log)
     rows: list[dict[str, Any]] = []
     recipe = start
     for stage in stages:
@@ -531,7 +539,7 @@ def search(cfg: Any, *, epochs: int, img_size: int, batch_size: int, data: str =
             this = dataclasses.replace(recipe, **option.changes)
             found = measure(this)
             tried.append((this, {"run": f"{stage.name}: {option.name}", "metric": "holdout_top1",
-                                 "value": found[_metric_key(this)], "epochs": epochs, "img_size": img_size,
+                                 "value": found[metric_key(this)], "epochs": epochs, "img_size": img_size,
                                  "stage": stage.name, "option": option.name, "chosen": False, "arch": this.arch,
                                  "train_s": found["train_s"], "held_out": found["val"]}))
         best = max(range(len(tried)), key=lambda i: (tried[i][1]["value"], -i))

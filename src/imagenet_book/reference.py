@@ -545,8 +545,8 @@ def fast_recipe_search(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     final = runs.get(f"val-{fastrecipe.run_key(chosen)}", lambda: _cold_run(cfg, chosen, log), log)
     textbook = runs.get(f"val-{fastrecipe.run_key(fastrecipe.TEXTBOOK)}",
                         lambda: fastrecipe.train_recipe(cfg, fastrecipe.TEXTBOOK, **FAST, log=log), log)
-    metric = "top1" + ("_flip" if chosen.test_flip else "") + ("_size" if chosen.test_size else "")
-    for name, run, key in (("textbook", textbook, "top1"), ("searched", final, metric)):
+    for name, run, key in (("textbook", textbook, fastrecipe.metric_key(fastrecipe.TEXTBOOK)),
+                           ("searched", final, fastrecipe.metric_key(chosen))):
         rows.append({"run": name, "metric": "top1", "value": run[key], "top5": run["top5"], "epochs": FAST["epochs"],
                      "img_size": FAST["img_size"], "train_s": run["train_s"]})
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
