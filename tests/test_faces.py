@@ -232,8 +232,11 @@ def test_verify_folds_features_and_finetune_from_a_tiny_checkpoint(smoke_cfg, st
     fold = tuned.folds[0]
     assert fold.history is not None and len(fold.history.steps) == 1
     assert f"from {path.name}" in tuned.caption and tuned.settings["recipe"]["backbone_lr_scale"] == 0.1
+    # the book's fine-tuning rule: the pretrained BatchNorm statistics are kept (recipe.FREEZE_BN)
+    assert tuned.settings["freeze_bn"] is True and tuned.settings["margin"] == ib.recipe.ARC_MARGIN
     scratch = faces.verify_folds(cfg, "scratch", checkpoint=path, source=standin, folds=[1], max_steps=1)
     assert "(random) from scratch" in scratch.caption and scratch.settings["recipe"]["backbone_lr_scale"] == 1.0
+    assert scratch.settings["freeze_bn"] is False  # a random network has no statistics to keep
     with pytest.raises(ib.pretrain.PretrainedNotFoundError, match="No pretrained resnet18 checkpoint"):
         faces.verify_folds(cfg, "features", checkpoint=path.with_name("missing.pt"), source=standin)
     with pytest.raises(ValueError, match="method must be one of"):

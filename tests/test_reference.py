@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from imagenet_book import cli, reference, results, runtime
+from imagenet_book import cli, recipe, reference, results, runtime
 from imagenet_book.data import voc
 
 
@@ -207,6 +207,10 @@ def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_p
     for row in rows.values():
         assert row["metric"] == "accuracy" and len(row["folds"]) == 5
         assert row["value"] == pytest.approx(sum(row["folds"]) / 5) and row["std"] >= 0
+    # the trained rows say how they were trained: the rate, ArcFace's s and m, the kept BatchNorm statistics
+    assert rows["finetune"]["freeze_bn"] is True and rows["scratch"]["freeze_bn"] is False
+    assert rows["finetune"]["margin"] == recipe.ARC_MARGIN and rows["finetune"]["lr"] == recipe.FACE_LR
+    assert "lr" not in rows["features"] and "epochs" not in rows["eigenfaces"]
     roc = result["extra"]["roc"]["finetune"]
     assert roc["fpr"][0] == 0.0 and len(roc["fpr"]) == len(roc["tpr"])
     assert str(tmp_path) not in json.dumps(result)
