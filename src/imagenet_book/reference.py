@@ -484,12 +484,11 @@ def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                     "roc": {"fpr": [round(float(v), 4) for v in roc.fpr[::step]],
                             "tpr": [round(float(v), 4) for v in roc.tpr[::step]]},
                     "people": [f.train_people for f in res.folds],
-                    "recipe": ({"lr": res.settings["recipe"]["lr"], "scale": res.settings["scale"],
-                                "margin": res.settings["margin"], "freeze_bn": res.settings["freeze_bn"]}
-                               if "recipe" in res.settings else {})}
+                    "recipe": ({"epochs": res.settings["recipe"]["epochs"], "lr": res.settings["recipe"]["lr"],
+                                "scale": res.settings["scale"], "margin": res.settings["margin"],
+                                "freeze_bn": res.settings["freeze_bn"]} if "recipe" in res.settings else {})}
         out = runs.get(method, make, log)
         rows.append({**out["row"], "embedding": out["backbone"], "img_size": FACES["img_size"],
-                     **({"epochs": FACES["epochs"]} if method in ("finetune", "scratch") else {}),
                      **out.get("recipe", {})})
         rocs[method] = out["roc"]
         log(f"reference: lfw-verification {method}: {out['row']['value']:.4f} +- {out['row']['std']:.4f}")
