@@ -33,8 +33,10 @@ from imagenet_book.engine import (  # noqa: E402
     load_checkpoint,
     lr_factor,
     make_optimizer,
+    recompute_bn,
 )
 from imagenet_book.models import resnet18  # noqa: E402
+from imagenet_book.tasks import Classification  # noqa: E402
 
 WORKER = str(Path(__file__).parent / "engine_worker.py")
 STEPS_PER_EPOCH = 192 // 32  # the worker's training set and batch size
@@ -393,3 +395,73 @@ def test_amp_dtype_is_float32_on_a_cpu_unless_forced_and_rejects_unknown_setting
     assert amp_dtype("bf16", "cpu") is torch.bfloat16 and amp_dtype("fp16", "cpu") is torch.float16
     with pytest.raises(ValueError, match="amp must be None .* got 'int8'"):
         amp_dtype("int8", "cpu")
+
+
+# ------------------------------------------------------------------------------------ precise BatchNorm
+
+
+class _Backboned(nn.Module):
+    """A backbone with BatchNorm and a head with BatchNorm1d, as fine-tuned networks are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5))
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def _spoil(bn: nn.Module) -> None:
+    bn.running_mean.fill_(5.0), bn.running_var.fill_(100.0)
+
+
+def test_recompute_bn_replaces_moving_averages_by_plain_means_of_the_batches():
+    torch.manual_seed(0)
+    net = _Backboned()
+    bn2d, bn1d = net.backbone[1], net.head[3]
+    _spoil(bn2d), _spoil(bn1d)
+    batches = [torch.randn(8, 3, 6, 6) * 3 + 1, torch.randn(8, 3, 6, 6)]
+    assert recompute_bn(net, batches) == 2
+    with torch.no_grad():
+        conv = [net.backbone[0](X) for X in batches]
+    want_mean = torch.stack([a.mean((0, 2, 3)) for a in conv]).mean(0)
+    want_var = torch.stack([a.var((0, 2, 3)) for a in conv]).mean(0)  # unbiased, as BatchNorm keeps it
+    torch.testing.assert_close(bn2d.running_mean, want_mean)
+    torch.testing.assert_close(bn2d.running_var, want_var)
+    assert not net.training and bn2d.momentum == 0.1 and bn1d.momentum == 0.1
+    # evaluation mode now normalises each batch's conv outputs to (nearly) zero mean overall
+    with torch.no_grad():
+        out = torch.cat([net.backbone[1](a) for a in conv])
+    assert out.mean((0, 2, 3)).abs().max() < 0.2
+
+
+def test_recompute_bn_keeps_the_statistics_a_task_freezes():
+    torch.manual_seed(0)
+    net = _Backboned()
+    bn2d, bn1d = net.backbone[1], net.head[3]
+    _spoil(bn2d), _spoil(bn1d)
+    X = torch.randn(16, 3, 6, 6)
+    assert recompute_bn(net, [X], task=Classification(mode="finetune", freeze_bn=True)) == 1
+    assert torch.all(bn2d.running_mean == 5.0) and torch.all(bn2d.running_var == 100.0)  # the pretrained ones
+    with torch.no_grad():  # the head's statistics: of its inputs through the frozen backbone
+        z = net.head[:3](net.backbone.eval()(X))
+    torch.testing.assert_close(bn1d.running_mean, z.mean(0))
+    torch.testing.assert_close(bn1d.running_var, z.var(0))
+
+
+def test_recompute_bn_leaves_the_statistics_as_they_were_on_no_batches_or_an_error():
+    net = _Backboned()
+    bn2d = net.backbone[1]
+    _spoil(bn2d)
+
+    def failing():
+        yield torch.randn(8, 3, 6, 6)
+        raise OSError("disk gone")
+
+    with pytest.raises(ValueError, match="batches were empty"):
+        recompute_bn(net, [])
+    with pytest.raises(OSError, match="disk gone"):
+        recompute_bn(net, failing())
+    assert torch.all(bn2d.running_mean == 5.0) and torch.all(bn2d.running_var == 100.0)
+    assert bn2d.momentum == 0.1 and not net.training

@@ -237,10 +237,41 @@ def test_verify_folds_features_and_finetune_from_a_tiny_checkpoint(smoke_cfg, st
     scratch = faces.verify_folds(cfg, "scratch", checkpoint=path, source=standin, folds=[1], max_steps=1)
     assert "(random) from scratch" in scratch.caption and scratch.settings["recipe"]["backbone_lr_scale"] == 1.0
     assert scratch.settings["freeze_bn"] is False  # a random network has no statistics to keep
+    assert scratch.settings["precise_bn"] is True and tuned.settings["precise_bn"] is True
     with pytest.raises(ib.pretrain.PretrainedNotFoundError, match="No pretrained resnet18 checkpoint"):
         faces.verify_folds(cfg, "features", checkpoint=path.with_name("missing.pt"), source=standin)
     with pytest.raises(ValueError, match="method must be one of"):
         faces.verify_folds(cfg, "pca", source=standin)
+
+
+def test_trained_embeddings_recompute_the_batchnorm_statistics_training_moved(smoke_cfg, standin, pretrained):
+    """Precise BatchNorm after training (engine.recompute_bn): every layer of a scratch network, over
+    the training photos in near-equal batches; a fine-tune that keeps the backbone's statistics
+    recomputes only its embedding layer's, the backbone's stay as pretrained."""
+    cfg = _cpu(smoke_cfg)
+    path = pretrained("resnet18").checkpoint
+    rot = faces.rotation(standin, 1)
+    people = {p: i for i, p in enumerate(rot.train_people)}
+    images = lfw.load_faces(standin, rot.train_images, 32)
+    labels = torch.tensor([people[name] for name, _ in rot.train_images])
+    recipe = ib.recipe.face_recipe(1, 8, img_size=32)
+    batches = len(images) // 8
+
+    def train(method, precise_bn):
+        task = faces.MarginEmbedding(mode=method, freeze_bn=method == "finetune")
+        net, _ = faces._train_embedding(cfg, method, path, images, labels, len(people), recipe, task, 0,
+                                        max_steps=1, progress=False, precise_bn=precise_bn)
+        return {name: m for name, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    pretrained_state = faces.face_backbone(cfg, path).state_dict()
+    for name, bn in train("scratch", True).items():
+        assert bn.num_batches_tracked.item() == batches, name  # the one pass, nothing before it
+    assert all(bn.num_batches_tracked.item() == 2 for bn in train("scratch", False).values())  # imprint + 1 step
+    tuned = train("finetune", True)
+    assert tuned["head.3"].num_batches_tracked.item() == batches
+    for name, bn in tuned.items():
+        if name.startswith("backbone."):
+            torch.testing.assert_close(bn.running_mean, pretrained_state[name[len("backbone."):] + ".running_mean"])
 
 
 def test_the_local_profile_trains_one_rotation_and_scores_every_fold_without_training(smoke_cfg, standin, pretrained):

@@ -209,6 +209,7 @@ def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_p
         assert row["value"] == pytest.approx(sum(row["folds"]) / 5) and row["std"] >= 0
     # the trained rows say how they were trained: the rate, ArcFace's s and m, the kept BatchNorm statistics
     assert rows["finetune"]["freeze_bn"] is True and rows["scratch"]["freeze_bn"] is False
+    assert rows["finetune"]["precise_bn"] is True and rows["scratch"]["precise_bn"] is True
     assert rows["finetune"]["margin"] == recipe.ARC_MARGIN and rows["finetune"]["lr"] == recipe.FACE_LR
     assert "lr" not in rows["features"] and "epochs" not in rows["eigenfaces"]
     roc = result["extra"]["roc"]["finetune"]

@@ -68,7 +68,7 @@ from .tasks import Classification, Task, World, all_sum
 __all__ = ["BatchLoader", "Callback", "CheckpointError", "EMA", "EarlyStopping", "History", "Resumable",
            "TrainConfig", "World", "amp_dtype", "destroy_distributed", "evaluate", "fit", "init_distributed",
            "load_checkpoint", "lr_factor", "make_optimizer", "make_scheduler", "param_groups",
-           "plain_values", "world"]
+           "plain_values", "recompute_bn", "world"]
 
 FORMAT_VERSION = 2  # of the checkpoint dictionary; bump when its layout changes
 KEEP_CHECKPOINTS = 2  # the newest and the one before it (the fallback if the newest is damaged)
@@ -100,6 +100,69 @@ class EMA:
             else:
                 ema_v.copy_(v)
 
+
+
+@torch.no_grad()
+def recompute_bn(net: nn.Module, batches: Iterable[Tensor], *, task: Task | None = None) -> int:
+    """Precise BatchNorm: recompute the running statistics of the BatchNorm layers that training
+    moves, as plain means over ``batches``, with the network's final weights.
+
+    During training each BatchNorm layer keeps a moving average (``momentum`` 0.1) of its
+    batches' means and variances, computed while the weights were still changing: at a high rate
+    or after few steps the averages describe earlier weights, and in evaluation mode the layer
+    then normalises with statistics its inputs no longer have (a network trained from scratch
+    for a few hundred steps can map every image to nearly the same output). One pass over
+    training inputs in training mode, with ``momentum=None`` (a cumulative mean) and no
+    gradients, replaces them by the statistics the final weights produce (Wu & Johnson, 2021,
+    "Rethinking Batch in BatchNorm"). Nothing else changes: no weight moves.
+
+    Which layers: those that ``task.train_mode(net)`` leaves in training mode (default
+    :class:`~imagenet_book.tasks.Classification`, i.e. all of them); layers a task keeps frozen
+    (a probe's backbone, a fine-tune's ``freeze_bn``) keep their statistics.
+
+    Args:
+        net: the trained network; left in evaluation mode.
+        batches: float ``(B, ...)`` inputs as the network takes them (normalised, on its device),
+            e.g. the training images without augmentation, in batches of the training size.
+        task: the task the network was trained with.
+
+    Returns:
+        How many BatchNorm layers were recomputed.
+
+    Raises:
+        ValueError: ``batches`` is empty.
+
+    Taught in: chapters/11_self_supervised.ipynb.
+    """
+    if isinstance(net, nn.parallel.DistributedDataParallel):
+        net = net.module
+    (task if task is not None else Classification()).train_mode(net)
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # running_* become cumulative means of the batches' statistics
+
+    def put_back(restore: bool) -> None:
+        for m, (momentum, mean, var, count) in zip(layers, saved):
+            m.momentum = momentum
+            if restore:
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+        net.eval()
+
+    seen = 0
+    try:
+        for X in batches:
+            net(X)
+            seen += len(X)
+    except BaseException:  # the statistics as they were, not half recomputed
+        put_back(restore=True)
+        raise
+    put_back(restore=not seen)
+    if not seen:
+        raise ValueError("recompute_bn: the batches were empty; pass the training inputs.")
+    return len(layers)
 
 
 # ------------------------------------------------------------------------------- data

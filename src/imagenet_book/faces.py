@@ -23,6 +23,12 @@ protocol (:mod:`imagenet_book.data.lfw`), all through :func:`verify_folds`:
   class centres start imprinted from the photos (:func:`imprint_centres`);
 * ``"scratch"``: the same network from random weights, everything at one rate.
 
+After training, the BatchNorm statistics that training moved (all of scratch's; only the
+embedding layer's when fine-tuning keeps the backbone's) are recomputed over the training photos
+with the final weights (``precise_bn``, :func:`imagenet_book.engine.recompute_bn`): a network
+trained from random weights for a few hundred steps otherwise evaluates with running averages
+of weights it no longer has.
+
 **The protocol** (:func:`rotation`): for each fold in turn, train on the people of the other
 folds (every image of theirs on disk; never an image of a held-out person), choose the
 threshold that maximises the accuracy on training pairs (:func:`best_threshold`), and measure
@@ -639,7 +645,7 @@ def _pair_index(pairs: Sequence[FacePair], row: dict[tuple[str, int], int]) -> t
 
 def _train_embedding(cfg: Any, method: str, checkpoint: Any, images: Tensor, labels: Tensor, num_classes: int,
                      recipe: TrainConfig, task: MarginEmbedding, seed: int, *, max_steps: int | None,
-                     progress: bool) -> tuple[nn.Module, Any]:
+                     progress: bool, precise_bn: bool = True) -> tuple[nn.Module, Any]:
     torch.manual_seed(seed)  # the new layers' (and a scratch backbone's) weights
     net = FaceEmbedder(face_backbone(cfg, checkpoint, pretrained=method == "finetune"), num_classes).to(cfg.device)
     task.train_mode(net)
@@ -648,6 +654,10 @@ def _train_embedding(cfg: Any, method: str, checkpoint: Any, images: Tensor, lab
                          drop_last=True, device=cfg.device, transform_on_device=_Augment(net.input_mean, net.input_std))
     history = engine.fit(net, loader, None, recipe, task=task, device=cfg.device, progress=progress,
                          max_steps=max_steps)
+    if precise_bn:  # the statistics training moved, recomputed with the final weights
+        chunks = torch.arange(len(images)).tensor_split(max(1, len(images) // loader.batch_size))  # none of 1
+        engine.recompute_bn(net, (_normalise(images[i].to(cfg.device), net.input_mean, net.input_std)
+                                  for i in chunks), task=task)
     return net.eval(), history
 
 
@@ -657,7 +667,7 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
                  flip: bool = True, validation: bool = True, whiten: bool = False,
                  num_components: int = EIGEN_COMPONENTS,
                  scale: float = ARC_SCALE, margin: float = ARC_MARGIN, freeze_bn: bool = FREEZE_BN,
-                 max_steps: int | None = None, progress: bool = False,
+                 precise_bn: bool = True, max_steps: int | None = None, progress: bool = False,
                  log: Callable[[str], None] | None = None) -> VerificationResult:
     """Face verification with one embedding, rotated over the folds (LFW's protocol).
 
@@ -687,6 +697,9 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
         scale, margin: ArcFace's ``s`` and ``m``.
         freeze_bn: keep the pretrained backbone's BatchNorm statistics when fine-tuning
             (default :data:`~imagenet_book.recipe.FREEZE_BN`, as in chapters 07-10).
+        precise_bn: after training, recompute the BatchNorm statistics that training moved (all
+            of scratch's; the embedding layer's when the backbone's are kept) over the training
+            photos with the final weights (:func:`~imagenet_book.engine.recompute_bn`).
         max_steps: cut each training short (tests).
         progress: a bar per epoch. log: called with one line per step of the work.
 
@@ -740,7 +753,8 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
             labels = torch.tensor([people[name] for name, _ in rot.train_images], dtype=torch.int64)
             task = MarginEmbedding(mode=method, freeze_bn=keep_bn, scale=scale, margin=margin)
             net, history = _train_embedding(cfg, method, checkpoint, images[train_rows], labels, len(people),
-                                            recipe, task, cfg.seed + number, max_steps=max_steps, progress=progress)
+                                            recipe, task, cfg.seed + number, max_steps=max_steps, progress=progress,
+                                            precise_bn=precise_bn)
             backbone_name = _backbone_name(net.backbone)
             used = torch.tensor(sorted({row[k] for p in rot.threshold_pairs + rot.test.pairs for k in p.images}))
             part = embed(net, images[used], flip=flip, device=cfg.device)  # only the pairs' photos
@@ -767,7 +781,8 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
             "scratch": f"{backbone_name} from scratch with ArcFace"}[method]
     settings = {"img_size": img_size, "flip": flip, "folds": numbers, "validation": validation,
                 **({"whiten": whiten, "num_components": num_components} if method == "eigenfaces" else {}),
-                **({"recipe": asdict(recipe), "scale": scale, "margin": margin, "freeze_bn": keep_bn}
+                **({"recipe": asdict(recipe), "scale": scale, "margin": margin, "freeze_bn": keep_bn,
+                    "precise_bn": precise_bn}
                    if recipe is not None else {})}
     result = VerificationResult(
         method, results, float(accs.mean()), float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, pooled,

@@ -486,7 +486,8 @@ def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                     "people": [f.train_people for f in res.folds],
                     "recipe": ({"epochs": res.settings["recipe"]["epochs"], "lr": res.settings["recipe"]["lr"],
                                 "scale": res.settings["scale"], "margin": res.settings["margin"],
-                                "freeze_bn": res.settings["freeze_bn"]} if "recipe" in res.settings else {})}
+                                "freeze_bn": res.settings["freeze_bn"], "precise_bn": res.settings["precise_bn"]}
+                               if "recipe" in res.settings else {})}
         out = runs.get(method, make, log)
         rows.append({**out["row"], "embedding": out["backbone"], "img_size": FACES["img_size"],
                      **out.get("recipe", {})})
