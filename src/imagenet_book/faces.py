@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -223,13 +223,18 @@ def imprint_centres(net: FaceEmbedder, images: Tensor, labels: Tensor, *, batch_
     Taught in: chapters/11_self_supervised.ipynb.
     """
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    chunks = max(1, math.ceil(len(images) / batch_size))
     sums = torch.zeros_like(net.centres)
-    for index in torch.arange(len(images)).tensor_split(chunks):
-        X = _normalise(images[index].to(device), net.input_mean, net.input_std)
+    for index, X in _chunks(images, math.ceil(len(images) / batch_size), net, device):
         sums.index_add_(0, labels[index].to(sums.device), F.normalize(net(X).float(), dim=1))
     net.centres.copy_(F.normalize(sums, dim=1))
     return net.centres.detach()
+
+
+def _chunks(images: Tensor, count: int, net: nn.Module, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """``images`` in ``count`` (at least 1) near-equal consecutive chunks: ``(indices, the chunk
+    normalised for net, on device)``."""
+    for index in torch.arange(len(images)).tensor_split(max(1, count)):
+        yield index, _normalise(images[index].to(device), net.input_mean, net.input_std)
 
 
 class _Pooled(nn.Module):
@@ -655,9 +660,8 @@ def _train_embedding(cfg: Any, method: str, checkpoint: Any, images: Tensor, lab
     history = engine.fit(net, loader, None, recipe, task=task, device=cfg.device, progress=progress,
                          max_steps=max_steps)
     if precise_bn:  # the statistics training moved, recomputed with the final weights
-        chunks = torch.arange(len(images)).tensor_split(max(1, len(images) // loader.batch_size))  # none of 1
-        engine.recompute_bn(net, (_normalise(images[i].to(cfg.device), net.input_mean, net.input_std)
-                                  for i in chunks), task=task)
+        chunks = _chunks(images, len(images) // loader.batch_size, net, cfg.device)  # of batch_size or more: none of 1
+        engine.recompute_bn(net, (X for _, X in chunks), task=task)
     return net.eval(), history
 
 
