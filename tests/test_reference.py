@@ -167,7 +167,8 @@ def test_selfsup_compares_simclr_supervised_and_random_and_transfers(tiny, tmp_p
     monkeypatch.setattr(reference, "TRANSFER_SIZES", (4,))
     monkeypatch.setattr(reference, "TRANSFER_SEEDS", (0,))
     out = tmp_path / "results"
-    reference.run_reference(tiny, ["selfsup-imagenette"], folder=out, log=lambda _: None)
+    said: list[str] = []
+    reference.run_reference(tiny, ["selfsup-imagenette"], folder=out, log=said.append)
     result = results.read_result("selfsup-imagenette", out)
     assert result["chapter"] == "chapters/11_self_supervised.ipynb" and result["data"]["real"] is True
     assert result["data"]["train"] == 30 and result["data"]["val"] == 10
@@ -177,6 +178,10 @@ def test_selfsup_compares_simclr_supervised_and_random_and_transfers(tiny, tmp_p
     transfer = [r for r in result["rows"] if r["metric"] == "map"]
     assert {(r["run"], r["n_train"], r["seed"]) for r in transfer} == {("simclr-finetune", 4, 0),
                                                                       ("supervised-finetune", 4, 0)}
+    # Both narrow-source backbones are fine-tuned at one rate for all layers, and the rows say so.
+    assert reference.TRANSFER_LR_SCALE == 1.0 and all(r["backbone_lr_scale"] == 1.0 for r in transfer)
+    finetunes = [m for m in said if "/finetune:" in m and " epochs x " in m]
+    assert len(finetunes) == 2 and all("backbone lr x1," in m for m in finetunes)
     assert all(0.0 <= r["value"] <= 1.0 for r in result["rows"])
     near = result["extra"]["neighbours"]
     assert len(near["queries"]) == reference.NEIGHBOUR_QUERIES and all(q.startswith("val/") for q in near["queries"])
