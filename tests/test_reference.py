@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from imagenet_book import cli, recipe, reference, results, runtime
+from imagenet_book import cli, engine, pretrain, recipe, reference, results, runtime
 from imagenet_book.data import voc
 
 
@@ -191,6 +191,15 @@ def test_selfsup_compares_simclr_supervised_and_random_and_transfers(tiny, tmp_p
     assert str(tmp_path) not in json.dumps(result)
     # The SimCLR file loads as a backbone the fine-tuning chapters use (the transfer rows came from it).
     assert any(p.name.startswith("resnet18-simclr-imagenette") for p in (tiny.cache_root / "checkpoints").glob("*.pt"))
+    # Both pretrainings compute alike (an equal budget), as the record and their report lines say.
+    compute = reference.chapter11_compute(tiny, "resnet18")
+    assert result["extra"]["compute"] == compute and compute["channels_last"] is True
+    assert compute.get("amp") == ("bf16" if engine.bf16_is_fast(tiny.device) else None)
+    trained = [m for m in said if m.startswith("pretrain: ") and "peak lr" in m]
+    assert len(trained) == 2 and all(m.endswith(engine.compute_note(**compute)) for m in trained)
+    for path in (tiny.cache_root / "checkpoints").glob("resnet18-*imagenette*.pt"):
+        settings = pretrain.read_pretrained(path).settings
+        assert {k: settings.get(k) for k in compute} == compute, path.name
 
 
 def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_path, monkeypatch):
@@ -217,6 +226,10 @@ def test_lfw_verification_records_the_four_embeddings_over_the_folds(tiny, tmp_p
     assert rows["finetune"]["precise_bn"] is True and rows["scratch"]["precise_bn"] is True
     assert rows["finetune"]["margin"] == recipe.ARC_MARGIN and rows["finetune"]["lr"] == recipe.FACE_LR
     assert "lr" not in rows["features"] and "epochs" not in rows["eigenfaces"]
+    # the trained rows say how they computed: channels_last, float32 (EfficientNet-Lite0 is slower in bf16 on a CPU)
+    assert result["extra"]["compute"] == {"channels_last": True}
+    assert all(rows[m]["channels_last"] is True and "amp" not in rows[m] for m in ("finetune", "scratch"))
+    assert "channels_last" not in rows["features"]
     roc = result["extra"]["roc"]["finetune"]
     assert roc["fpr"][0] == 0.0 and len(roc["fpr"]) == len(roc["tpr"])
     assert str(tmp_path) not in json.dumps(result)

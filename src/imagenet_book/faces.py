@@ -650,7 +650,8 @@ def _pair_index(pairs: Sequence[FacePair], row: dict[tuple[str, int], int]) -> t
 
 def _train_embedding(cfg: Any, method: str, checkpoint: Any, images: Tensor, labels: Tensor, num_classes: int,
                      recipe: TrainConfig, task: MarginEmbedding, seed: int, *, max_steps: int | None,
-                     progress: bool, precise_bn: bool = True) -> tuple[nn.Module, Any]:
+                     progress: bool, precise_bn: bool = True, amp: str | None = None,
+                     channels_last: bool | None = None) -> tuple[nn.Module, Any]:
     torch.manual_seed(seed)  # the new layers' (and a scratch backbone's) weights
     net = FaceEmbedder(face_backbone(cfg, checkpoint, pretrained=method == "finetune"), num_classes).to(cfg.device)
     task.train_mode(net)
@@ -658,7 +659,7 @@ def _train_embedding(cfg: Any, method: str, checkpoint: Any, images: Tensor, lab
     loader = BatchLoader((images, labels), min(recipe.batch_size, len(images)), shuffle=True, seed=seed,
                          drop_last=True, device=cfg.device, transform_on_device=_Augment(net.input_mean, net.input_std))
     history = engine.fit(net, loader, None, recipe, task=task, device=cfg.device, progress=progress,
-                         max_steps=max_steps)
+                         max_steps=max_steps, amp=amp, channels_last=channels_last)
     if precise_bn:  # the statistics training moved, recomputed with the final weights
         chunks = _chunks(images, len(images) // loader.batch_size, net, cfg.device)  # of batch_size or more: none of 1
         engine.recompute_bn(net, (X for _, X in chunks), task=task)
@@ -671,7 +672,8 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
                  flip: bool = True, validation: bool = True, whiten: bool = False,
                  num_components: int = EIGEN_COMPONENTS,
                  scale: float = ARC_SCALE, margin: float = ARC_MARGIN, freeze_bn: bool = FREEZE_BN,
-                 precise_bn: bool = True, max_steps: int | None = None, progress: bool = False,
+                 precise_bn: bool = True, amp: str | None = None, channels_last: bool | None = None,
+                 max_steps: int | None = None, progress: bool = False,
                  log: Callable[[str], None] | None = None) -> VerificationResult:
     """Face verification with one embedding, rotated over the folds (LFW's protocol).
 
@@ -704,6 +706,8 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
         precise_bn: after training, recompute the BatchNorm statistics that training moved (all
             of scratch's; the embedding layer's when the backbone's are kept) over the training
             photos with the final weights (:func:`~imagenet_book.engine.recompute_bn`).
+        amp, channels_last: the precision and memory format of the training
+            (:func:`imagenet_book.engine.fit`; ``None``: its choice for the device).
         max_steps: cut each training short (tests).
         progress: a bar per epoch. log: called with one line per step of the work.
 
@@ -732,7 +736,8 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
     keys = source.images_of({p for f in source.folds for p in f.people})
     row = {k: i for i, k in enumerate(keys)}
     images = load_faces(source, keys, img_size)
-    say(f"verify {method}: {len(keys):,} photos at {img_size} px, folds {numbers}, {source.description}")
+    note = engine.compute_note(amp, channels_last) if recipe is not None else ""
+    say(f"verify {method}: {len(keys):,} photos at {img_size} px{note}, folds {numbers}, {source.description}")
     backbone_name = "-"
     features = None
     if method == "features":
@@ -758,7 +763,7 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
             task = MarginEmbedding(mode=method, freeze_bn=keep_bn, scale=scale, margin=margin)
             net, history = _train_embedding(cfg, method, checkpoint, images[train_rows], labels, len(people),
                                             recipe, task, cfg.seed + number, max_steps=max_steps, progress=progress,
-                                            precise_bn=precise_bn)
+                                            precise_bn=precise_bn, amp=amp, channels_last=channels_last)
             backbone_name = _backbone_name(net.backbone)
             used = torch.tensor(sorted({row[k] for p in rot.threshold_pairs + rot.test.pairs for k in p.images}))
             part = embed(net, images[used], flip=flip, device=cfg.device)  # only the pairs' photos
@@ -786,7 +791,8 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
     settings = {"img_size": img_size, "flip": flip, "folds": numbers, "validation": validation,
                 **({"whiten": whiten, "num_components": num_components} if method == "eigenfaces" else {}),
                 **({"recipe": asdict(recipe), "scale": scale, "margin": margin, "freeze_bn": keep_bn,
-                    "precise_bn": precise_bn}
+                    "precise_bn": precise_bn,
+                    **{k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}}
                    if recipe is not None else {})}
     result = VerificationResult(
         method, results, float(accs.mean()), float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, pooled,

@@ -89,7 +89,7 @@ from .errors import BookError
 from .files import check_writable, hold_lock, read_state, save_atomically
 from .models import resnet18, resnet18d, resnet34, resnet50, resnet50d
 
-__all__ = ["ARCHS", "DATASETS", "PretrainError", "PretrainResult", "PretrainedCheckpoint",
+__all__ = ["ARCHS", "COMPUTE", "DATASETS", "PretrainError", "PretrainResult", "PretrainedCheckpoint",
            "PretrainedNotFoundError", "METHODS", "build_model", "checkpoint_stem", "default_checkpoint",
            "default_sizes", "evaluate_checkpoint", "how_to_make", "load_pretrained", "make_loaders", "predict",
            "pretrain", "pretrain_recipe", "read_pretrained", "run_pretraining", "run_settings", "uses_real_data"]
@@ -173,10 +173,17 @@ def default_sizes(cfg: Any, method: str = "supervised") -> dict[str, Any]:
     return {"epochs": p.epochs, "img_size": p.img_size, "batch_size": p.batch_size, "max_steps": None}
 
 
+# How a run computes, named when given: ``amp`` and ``channels_last`` of :func:`imagenet_book.engine.fit`
+# (``None``: the engine's choice for the device). Another precision is another run, so another name.
+COMPUTE = ("amp", "channels_last")
+
+
 def _sizes(cfg: Any, method: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The sizes of ``given`` that differ from the profile's default run (``{}`` for the default run)."""
+    """The sizes of ``given`` that differ from the profile's default run (``{}`` for the default run),
+    and the :data:`COMPUTE` settings given."""
     default = default_sizes(cfg, method)
-    unknown = sorted(k for k, v in given.items() if v is not None and k not in default and k != "lr")
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in default and k != "lr"
+                     and k not in COMPUTE)
     if unknown:
         raise PretrainError(f"{', '.join(unknown)} is not a setting of {method} pretraining: leave it out "
                             f"(the settings of {method} runs: {', '.join(sorted(default))}, lr).")
@@ -185,6 +192,7 @@ def _sizes(cfg: Any, method: str, given: dict[str, Any]) -> dict[str, Any]:
     rule = (simclr_recipe if method == "simclr" else pretrain_recipe)(1, wanted["batch_size"]).lr
     if given.get("lr") is not None and not math.isclose(given["lr"], rule, rel_tol=1e-9):
         sizes["lr"] = float(given["lr"])  # the linear scaling rule's lr is not an override
+    sizes.update({k: given[k] for k in COMPUTE if given.get(k) is not None})
     return sizes
 
 
@@ -193,7 +201,8 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
                     epochs: int | None = None, img_size: int | None = None,
                     batch_size: int | None = None, lr: float | None = None,
                     max_steps: int | None = None, method: str = "supervised",
-                    temperature: float | None = None) -> str:
+                    temperature: float | None = None, amp: str | None = None,
+                    channels_last: bool | None = None) -> str:
     """The file-name stem of a pretraining run:
     ``"{arch}[-small_input][-{method}]-{data}-{profile}[-standin][-{hash}]"``.
 
@@ -214,6 +223,7 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
         epochs, img_size, batch_size, lr, max_steps: as given to :func:`pretrain`.
         method: a name of :data:`METHODS`; its default sizes are :func:`default_sizes`'.
         temperature: SimCLR's (``method="simclr"`` only).
+        amp, channels_last: how the run computes (:data:`COMPUTE`); ``None``: the engine's choice.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -221,7 +231,8 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
     real = uses_real_data(cfg, data) if real is None else real
     suffix = "-standin" if not real and data != "standin" else ""
     sizes = _sizes(cfg, method, dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
-                                     max_steps=max_steps, temperature=temperature))
+                                     max_steps=max_steps, temperature=temperature, amp=amp,
+                                     channels_last=channels_last))
     if sizes:
         digest = hashlib.sha1(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:8]
         suffix += f"-{digest}"
@@ -781,6 +792,7 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
              batch_size: int | None = None, lr: float | None = None, small_input: bool = False,
              out_dir: str | os.PathLike[str] | None = None, restart: bool = False,
              checkpoint_every: int | None = None, max_steps: int | None = None,
+             amp: str | None = None, channels_last: bool | None = None,
              progress: bool = True, log: Callable[[str], None] | None = print) -> PretrainResult:
     """Pretrain ``arch`` on the profile's ``data``; save the weights and the History.
 
@@ -808,6 +820,9 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
         checkpoint_every: also save a resumable checkpoint every this many steps (default: at
             the end of each epoch only).
         max_steps: stop after this many optimizer steps (the schedule still spans ``epochs``).
+        amp, channels_last: the precision and memory format of :func:`imagenet_book.engine.fit`
+            (``None``: its choice for the device: bf16 and channels_last on CUDA, float32 on a
+            CPU); given, they are part of the run's name and settings.
         progress: tqdm bars (decoding, each epoch).
         log: where the few lines of report go (``None``: silent).
 
@@ -824,7 +839,9 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
     Taught in: chapters/06_pretraining.ipynb.
     """
     _check_names(arch, data)
-    sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr, max_steps=max_steps)
+    sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr, max_steps=max_steps, amp=amp,
+                 channels_last=channels_last)
+    compute = {k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}
     img_size = img_size or cfg.profile.img_size
     batch_size = batch_size or cfg.profile.batch_size
     recipe = pretrain_recipe(epochs or cfg.profile.epochs, batch_size, lr=lr)
@@ -840,10 +857,11 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
         say(f"pretrain: {len(train_loader.cache)} train / {len(val_loader.cache)} val images, "
             f"{source.num_classes} classes; {model_id}, {n_params:,} parameters; epochs {recipe.epochs} x "
             f"{len(train_loader)} steps at batch {batch_size} ({world} process{'es' if world > 1 else ''}), "
-            f"peak lr {recipe.lr:g}; device {cfg.device}")
+            f"peak lr {recipe.lr:g}; device {cfg.device}{engine.compute_note(amp, channels_last)}")
         history = engine.fit(net, train_loader, val_loader, recipe, device=_loader_device(cfg),
                              checkpoint_dir=run_dir, checkpoint_every=checkpoint_every,
-                             resume="auto", progress=progress, max_steps=max_steps, arch=model_id)
+                             resume="auto", progress=progress, max_steps=max_steps, arch=model_id,
+                             amp=amp, channels_last=channels_last)
         last = history.epochs[-1]
         metrics = {"loss": last["val_loss"], "top1": last["val_top1"], "top5": last["val_top5"]}
         say(f"pretrain: val top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
@@ -854,7 +872,7 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
         cfg, data, arch, small_input=small_input, sizes=sizes, out_dir=out_dir, restart=restart, log=log,
         prepare=lambda: make_loaders(cfg, data, img_size=img_size, batch_size=batch_size, progress=progress),
         settings=lambda source: run_settings(cfg, arch, small_input, data, source, img_size, batch_size,
-                                             recipe, max_steps),
+                                             recipe, max_steps, **compute),
         train=train)
 
 

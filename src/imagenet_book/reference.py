@@ -66,7 +66,7 @@ __all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "FACES", "FAST", "G
            "ReferenceRunError", "SEEDS",
            "SEGMENT", "SIMCLR", "STAGE_PROBE", "SUPERVISED", "TRANSFER_LR_SCALE", "TRANSFER_SEEDS", "TRANSFER_SIZES",
            "VOC",
-           "chapter_backbone", "reference_backbone", "run_reference"]
+           "chapter11_compute", "chapter_backbone", "reference_backbone", "run_reference"]
 
 # The reference sizes (the numbers live here and nowhere else).
 # ResNet-18 on all of Imagenette. The peak lr is the one of the 10-epoch run measured in issue 13
@@ -98,6 +98,21 @@ NEIGHBOUR_QUERIES, NEIGHBOURS = 6, 5  # val images whose nearest training images
 # epoch (0.685) and fell to 0.655 by the sixth.
 # 96 px gave the features no more than 64 px.
 FACES = {"img_size": 64, "epochs": 8, "batch_size": 64}
+
+
+def chapter11_compute(cfg: Any, arch: str) -> dict[str, Any]:
+    """How chapter 11's trainings compute on ``cfg.device`` (:func:`imagenet_book.engine.fit`'s
+    ``amp`` and ``channels_last``), measured on the project's 2-core CPU (a Xeon with AMX;
+    bench/results/cpu-precision-2026-12-05-cpu.log): a training step of ResNet-18 at 64 px runs
+    1.65x as fast in bf16 autocast with channels_last as in float32 NCHW, and EfficientNet-Lite0
+    1.47x as fast in channels_last float32 (its depthwise convolutions are slower in bf16 there).
+    bf16 only where the hardware has it (:func:`~imagenet_book.engine.bf16_is_fast`); SimCLR's k-NN
+    after 3 epochs was 0.386 in bf16 and 0.367 in float32 (bench/results/simclr-bf16-check-2026-12-05-cpu.log).
+    Both settings go in the records.
+    """
+    if arch.startswith("resnet") and engine.bf16_is_fast(cfg.device):
+        return {"amp": "bf16", "channels_last": True}
+    return {"channels_last": True}
 # The fast recipe's budget (chapter 06's appendix): fast.ai's Imagenette leaderboard row, 5 epochs at 128 px.
 FAST = {"epochs": 5, "img_size": 128, "batch_size": 64}
 COMMAND = "make reference"
@@ -415,9 +430,12 @@ def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
         raise ReferenceRunError("selfsup-imagenette needs the real Imagenette (imagenette2-160/) under the "
                                 "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
     _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
-    ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **SIMCLR, checkpoint_every=100, progress=False,
+    compute = chapter11_compute(cfg, "resnet18")  # both backbones alike: an equal budget
+    ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **SIMCLR, **compute, checkpoint_every=100,
+                                  progress=False,
                                   log=log)
-    sup = pretrain.pretrain(cfg, "imagenette", "resnet18", **SUPERVISED, checkpoint_every=200, progress=False,
+    sup = pretrain.pretrain(cfg, "imagenette", "resnet18", **SUPERVISED, **compute, checkpoint_every=200,
+                            progress=False,
                             log=log)
     source, cache, val_loader = ssl.source, ssl.train_loader.cache, ssl.val_loader
     centre = FastLoader(cache, 256, train=False, out_size=SIMCLR["img_size"], device=cfg.device)
@@ -461,7 +479,8 @@ def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
             "data": {"name": f"real Imagenette ({source.name}); transfer: {_data_name(info['data'])}",
                      "real": True, "train": len(cache), "val": len(val_loader.cache)},
             "rows": rows,
-            "extra": {"simclr": {**SIMCLR, "temperature": ssl.settings.get("temperature"),
+            "extra": {"compute": compute,
+                      "simclr": {**SIMCLR, "temperature": ssl.settings.get("temperature"),
                                  "contrastive_top1": ssl.metrics.get("contrastive_top1")},
                       "supervised": SUPERVISED,
                       "transfer": {"data": _data_name(info["data"]), "train": info["train"], "val": info["val"],
@@ -481,10 +500,12 @@ def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                                 "(lfw-deepfunneled-5folds/ or lfw-py/): point IMAGENET_BOOK_DATA at them.")
     runs = _Runs(cfg, "lfw-verification")
     rows, rocs = [], {}
+    compute = chapter11_compute(cfg, "efficientnet_lite0")  # the ImageNet-1k network (finetune.IMAGENET1K)
     for method in faces.FACE_METHODS:
         def make() -> dict[str, Any]:
             res = faces.verify_folds(cfg, method, checkpoint=finetune.IMAGENET1K, source=source,
-                                     folds=[f.number for f in source.folds], **FACES, log=log)
+                                     folds=[f.number for f in source.folds], **FACES,
+                                     **(compute if method in ("finetune", "scratch") else {}), log=log)
             roc = res.roc
             step = max(1, len(roc.fpr) // 200)  # enough points to draw it
             return {"row": res.row(), "backbone": res.embedding,
@@ -493,7 +514,8 @@ def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                     "people": [f.train_people for f in res.folds],
                     "recipe": ({"epochs": res.settings["recipe"]["epochs"], "lr": res.settings["recipe"]["lr"],
                                 "scale": res.settings["scale"], "margin": res.settings["margin"],
-                                "freeze_bn": res.settings["freeze_bn"], "precise_bn": res.settings["precise_bn"]}
+                                "freeze_bn": res.settings["freeze_bn"], "precise_bn": res.settings["precise_bn"],
+                                **{k: res.settings[k] for k in pretrain.COMPUTE if k in res.settings}}
                                if "recipe" in res.settings else {})}
         out = runs.get(method, make, log)
         rows.append({**out["row"], "embedding": out["backbone"], "img_size": FACES["img_size"],
@@ -505,7 +527,7 @@ def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     return {"chapter": "chapters/11_self_supervised.ipynb", "wall_s": runs.seconds,
             "data": {"name": f"real LFW faces ({source.kind}: {len(source.folds)} folds, {pairs:,} pairs)",
                      "real": True, "train": images, "val": pairs},
-            "rows": rows, "extra": {"roc": rocs, "faces": FACES}}
+            "rows": rows, "extra": {"roc": rocs, "faces": FACES, "compute": compute}}
 
 
 

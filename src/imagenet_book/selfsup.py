@@ -59,8 +59,8 @@ from .engine import BatchLoader
 from .errors import BookError
 from .losses import contrastive_logits, nt_xent
 from .models.backbone import ResNetBackbone
-from .pretrain import (PretrainResult, build_model, default_sizes, make_loaders, predict, run_pretraining,
-                       run_settings)
+from .pretrain import (PretrainResult, build_model, default_sizes, make_loaders, predict,
+                       run_pretraining, run_settings)
 from .probe import extract_features
 from .recipe import (KNN_K, KNN_TEMPERATURE, PROBE_BATCH, PROBE_EPOCHS, SIMCLR_BLUR_P, SIMCLR_CROP_SCALE,
                      SIMCLR_GRAYSCALE_P, SIMCLR_HIDDEN, SIMCLR_HUE, SIMCLR_JITTER, SIMCLR_JITTER_P, SIMCLR_OUT,
@@ -484,7 +484,8 @@ def pretrain_simclr(cfg: Any, data: str = "imagenette", arch: str = "resnet18", 
                     epochs: int | None = None, img_size: int | None = None, batch_size: int | None = None,
                     lr: float | None = None, temperature: float | None = None, small_input: bool = False,
                     out_dir: str | os.PathLike[str] | None = None, restart: bool = False,
-                    checkpoint_every: int | None = None, max_steps: int | None = None, progress: bool = True,
+                    checkpoint_every: int | None = None, max_steps: int | None = None, amp: str | None = None,
+                    channels_last: bool | None = None, progress: bool = True,
                     log: Callable[[str], None] | None = print) -> PretrainResult:
     """Pretrain ``arch`` with SimCLR on the profile's ``data`` WITHOUT its labels; evaluate the
     frozen features (k-NN, linear probe); save a checkpoint the fine-tuning code loads.
@@ -519,8 +520,8 @@ def pretrain_simclr(cfg: Any, data: str = "imagenette", arch: str = "resnet18", 
         arch: a name of :data:`imagenet_book.pretrain.ARCHS`.
         epochs, img_size, batch_size, temperature: override the profile's SimCLR sizes.
         lr: peak learning rate; default ``SIMCLR_BASE_LR * batch_size / 256``.
-        small_input, out_dir, restart, checkpoint_every, max_steps, progress, log: as for
-            :func:`imagenet_book.pretrain.pretrain`.
+        small_input, out_dir, restart, checkpoint_every, max_steps, amp, channels_last, progress, log:
+            as for :func:`imagenet_book.pretrain.pretrain` (the frozen evaluation computes in float32).
 
     Returns:
         A :class:`~imagenet_book.pretrain.PretrainResult`: ``net`` is the ResNet with the probe
@@ -539,7 +540,8 @@ def pretrain_simclr(cfg: Any, data: str = "imagenette", arch: str = "resnet18", 
     default = default_sizes(cfg, "simclr")
     task = Contrastive(temperature=default["temperature"] if temperature is None else temperature)
     sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr, max_steps=max_steps,
-                 temperature=temperature)
+                 temperature=temperature, amp=amp, channels_last=channels_last)
+    compute = {k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}
     img_size = img_size or default["img_size"]
     batch_size = batch_size or default["batch_size"]
     recipe = replace(simclr_recipe(epochs or default["epochs"], batch_size, lr=lr), img_size=img_size)
@@ -556,7 +558,7 @@ def pretrain_simclr(cfg: Any, data: str = "imagenette", arch: str = "resnet18", 
                             temperature=task.temperature, photometric=asdict(views["photometric"]),
                             projection=[SIMCLR_HIDDEN, SIMCLR_OUT], val_images=SIMCLR_VAL_IMAGES,
                             evaluation={"knn_k": KNN_K, "knn_temperature": KNN_TEMPERATURE,
-                                        "probe": asdict(probe_recipe())})
+                                        "probe": asdict(probe_recipe())}, **compute)
 
     def train(source: Any, train_loader: FastLoader, val_loader: FastLoader, run_dir: Any,
               say: Callable[[str], None]) -> tuple[nn.Module, Any, dict[str, float]]:
@@ -570,10 +572,11 @@ def pretrain_simclr(cfg: Any, data: str = "imagenette", arch: str = "resnet18", 
             f"{model_id} + projection head, {sum(p.numel() for p in net.parameters()):,} parameters; epochs "
             f"{recipe.epochs} x {len(train_loader)} steps at batch {batch_size} ({2 * batch_size} views, "
             f"{world} process{'es' if world > 1 else ''}), peak lr {recipe.lr:g}, temperature "
-            f"{task.temperature:g}; device {device}")
+            f"{task.temperature:g}; device {device}{engine.compute_note(amp, channels_last)}")
         history = engine.fit(net, train_loader, views_val, recipe, task=task, device=device,
                              checkpoint_dir=run_dir, checkpoint_every=checkpoint_every, resume="auto",
-                             progress=progress, max_steps=max_steps, arch=f"simclr-{model_id}")
+                             progress=progress, max_steps=max_steps, arch=f"simclr-{model_id}", amp=amp,
+                             channels_last=channels_last)
         centre_train = FastLoader(train_loader.cache, batch_size, train=False, out_size=img_size, device=device)
         scores, fc = evaluate_frozen(net, centre_train, val_loader, num_classes=source.num_classes, seed=cfg.seed)
         last = history.epochs[-1]
