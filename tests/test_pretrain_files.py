@@ -136,24 +136,24 @@ def test_names_the_default_run_by_the_profile_and_other_sizes_by_a_hash(smoke):
     assert stems == [checkpoint_stem(cfg, "resnet18", "standin", **sizes) for sizes in others]
 
 
-def test_a_run_in_another_precision_has_a_name_and_settings_of_its_own(finished, smoke):
-    """bf16 autocast and channels_last (chapter 11's recorded runs): never the float32 run's file; the
-    run's settings, its report line and its saved weights' memory format say how it computed."""
+def test_a_run_in_another_precision_has_a_name_and_settings_of_its_own(finished, cache, smoke):
+    """`pretrain --amp bf16 --channels-last` (chapter 11's recorded runs): never the float32 run's file;
+    the run's settings, its report line and its saved weights' memory format say how it computed."""
     cfg = smoke()
     assert checkpoint_stem(cfg, "resnet18", "standin", amp=None, channels_last=None) == STEM
     names = {checkpoint_stem(cfg, "resnet18", "standin", max_steps=1, **c)
              for c in ({}, {"channels_last": True}, {"amp": "bf16", "channels_last": True})}
     assert len(names) == 3
-    said: list[str] = []
     before = _files(finished, STEM)
-    result = pretrain(cfg, "standin", out_dir=finished, max_steps=1, amp="bf16", channels_last=True,
-                      progress=False, log=said.append)
-    assert result.checkpoint.name == checkpoint_stem(cfg, "resnet18", "standin", max_steps=1, amp="bf16",
-                                                     channels_last=True) + ".pt"
+    done = _run("pretrain", "--data", "standin", "--max-steps", "1", "--amp", "bf16", "--channels-last",
+                "--out", str(finished), "--no-progress", cache=cache)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stem = checkpoint_stem(cfg, "resnet18", "standin", max_steps=1, amp="bf16", channels_last=True)
+    assert f"checkpoint: {finished / stem}.pt" in done.stdout
     assert _files(finished, STEM) == before  # the float32 run is untouched
-    saved = read_pretrained(result.checkpoint)
+    saved = read_pretrained(finished / f"{stem}.pt")
     assert saved.settings["amp"] == "bf16" and saved.settings["channels_last"] is True
-    assert any(m.endswith("(amp bf16, channels_last True)") and "peak lr" in m for m in said)
+    assert any(m.endswith("(amp bf16, channels_last True)") and "peak lr" in m for m in done.stdout.splitlines())
     conv = saved.state_dict["conv1.weight"]  # trained in channels_last, saved as it was
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 

@@ -66,7 +66,8 @@ appended when the profile fell back to the built-in stand-in):
   ARCH-DATA-PROFILE.csv    the training history, one row per epoch
   ARCH-DATA-PROFILE.run/   resumable checkpoints while the run is in progress
   ARCH-DATA-PROFILE.lock   while a process runs it (a second one is refused)
-Other sizes than the profile's (--epochs, --img-size, --batch-size, --lr, --max-steps) add a
+Other sizes than the profile's (--epochs, --img-size, --batch-size, --lr, --max-steps), and --amp or
+--channels-last, add a
 short hash of them to the name (ARCH-DATA-PROFILE-1a2b3c4d), so they never replace the default run.
 --method simclr pretrains without the labels (SimCLR, chapter 11): two augmented views of every
 image, the contrastive loss at --temperature, its own sizes per profile (SIMCLR_SIZES in
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save a resumable checkpoint every STEPS steps (default: every epoch)")
     p.add_argument("--max-steps", type=_positive, metavar="STEPS",
                    help="stop after STEPS optimizer steps (the schedule still spans --epochs)")
+    p.add_argument("--amp", choices=("bf16", "fp16", "fp32"),
+                   help="compute precision of the training (default: bf16 on a CUDA GPU that has it, fp32 "
+                        "elsewhere); bf16 pays on a CPU with AMX units (chapter 10), part of the run's name")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="NHWC memory format for weights and batches (default: on a CUDA GPU only); part of "
+                        "the run's name")
     _add_common(p)
 
     p = sub.add_parser("evaluate", formatter_class=fmt, epilog=_EVALUATE_EPILOG,
@@ -299,7 +306,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     kwargs = dict(img_size=args.img_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   small_input=args.small_input, out_dir=args.out, restart=args.restart,
-                  checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, progress=not args.no_progress)
+                  checkpoint_every=args.checkpoint_every, max_steps=args.max_steps, amp=args.amp,
+                  channels_last=args.channels_last, progress=not args.no_progress)
     if args.method == "supervised" and args.temperature is not None:
         raise PretrainError("--temperature is a setting of self-supervised pretraining: add --method simclr, "
                             "or leave --temperature out.")
