@@ -99,6 +99,10 @@ NEIGHBOUR_QUERIES, NEIGHBOURS = 6, 5  # val images whose nearest training images
 # 96 px gave the features no more than 64 px.
 FACES = {"img_size": 64, "epochs": 8, "batch_size": 64}
 
+# The fast recipe's budget (chapter 06's appendix): fast.ai's Imagenette leaderboard row, 5 epochs at 128 px.
+FAST = {"epochs": 5, "img_size": 128, "batch_size": 64}
+COMMAND = "make reference"
+
 
 def chapter11_compute(cfg: Any, arch: str) -> dict[str, Any]:
     """How chapter 11's trainings compute on ``cfg.device`` (:func:`imagenet_book.engine.fit`'s
@@ -113,9 +117,6 @@ def chapter11_compute(cfg: Any, arch: str) -> dict[str, Any]:
     if arch.startswith("resnet") and engine.bf16_is_fast(cfg.device):
         return {"amp": "bf16", "channels_last": True}
     return {"channels_last": True}
-# The fast recipe's budget (chapter 06's appendix): fast.ai's Imagenette leaderboard row, 5 epochs at 128 px.
-FAST = {"epochs": 5, "img_size": 128, "batch_size": 64}
-COMMAND = "make reference"
 
 
 class ReferenceRunError(BookError, RuntimeError):
@@ -432,11 +433,9 @@ def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
     compute = chapter11_compute(cfg, "resnet18")  # both backbones alike: an equal budget
     ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **SIMCLR, **compute, checkpoint_every=100,
-                                  progress=False,
-                                  log=log)
+                                  progress=False, log=log)
     sup = pretrain.pretrain(cfg, "imagenette", "resnet18", **SUPERVISED, **compute, checkpoint_every=200,
-                            progress=False,
-                            log=log)
+                            progress=False, log=log)
     source, cache, val_loader = ssl.source, ssl.train_loader.cache, ssl.val_loader
     centre = FastLoader(cache, 256, train=False, out_size=SIMCLR["img_size"], device=cfg.device)
     val_labels = val_loader.cache.labels
