@@ -66,9 +66,9 @@ from .recipe import TrainConfig, lr_factor, make_optimizer, make_scheduler, para
 from .tasks import Classification, Task, World, all_sum
 
 __all__ = ["BatchLoader", "Callback", "CheckpointError", "EMA", "EarlyStopping", "History", "Resumable",
-           "TrainConfig", "World", "amp_dtype", "bf16_is_fast", "compute_note", "destroy_distributed", "evaluate",
-           "fit", "init_distributed", "load_checkpoint", "lr_factor", "make_optimizer", "make_scheduler",
-           "param_groups", "plain_values", "recompute_bn", "world"]
+           "TrainConfig", "World", "amp_dtype", "bf16_is_fast", "compute_given", "compute_note",
+           "destroy_distributed", "evaluate", "fit", "init_distributed", "load_checkpoint", "lr_factor",
+           "make_optimizer", "make_scheduler", "param_groups", "plain_values", "recompute_bn", "world"]
 
 FORMAT_VERSION = 2  # of the checkpoint dictionary; bump when its layout changes
 KEEP_CHECKPOINTS = 2  # the newest and the one before it (the fallback if the newest is damaged)
@@ -446,13 +446,22 @@ def bf16_is_fast(device: str | torch.device) -> bool:
     return bool(amx()) if callable(amx) else False
 
 
-def compute_note(amp: str | bool | None = None, channels_last: bool | None = None) -> str:
-    """``amp`` and ``channels_last`` of :func:`fit` when given, for a run's report line: ``""``
-    when both are ``None`` (the loop's choice for the device), else e.g. ``" (amp bf16, channels_last True)"``.
+def compute_given(amp: str | bool | None = None, channels_last: bool | None = None) -> dict[str, Any]:
+    """``amp`` and ``channels_last`` of :func:`fit` that were given (not ``None``, the loop's choice
+    for the device), as a run's settings record them: ``{}`` when neither was.
 
     Taught in: chapters/10_practice.ipynb.
     """
-    given = [f"{k} {v}" for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None]
+    return {k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}
+
+
+def compute_note(amp: str | bool | None = None, channels_last: bool | None = None) -> str:
+    """:func:`compute_given` for a run's report line: ``""`` when neither was given, else e.g.
+    ``" (amp bf16, channels_last True)"``.
+
+    Taught in: chapters/10_practice.ipynb.
+    """
+    given = [f"{k} {v}" for k, v in compute_given(amp, channels_last).items()]
     return f" ({', '.join(given)})" if given else ""
 
 

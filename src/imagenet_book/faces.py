@@ -792,7 +792,7 @@ def verify_folds(cfg: Any, method: str = "finetune", *, checkpoint: str | os.Pat
                 **({"whiten": whiten, "num_components": num_components} if method == "eigenfaces" else {}),
                 **({"recipe": asdict(recipe), "scale": scale, "margin": margin, "freeze_bn": keep_bn,
                     "precise_bn": precise_bn,
-                    **{k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}}
+                    **engine.compute_given(amp, channels_last)}
                    if recipe is not None else {})}
     result = VerificationResult(
         method, results, float(accs.mean()), float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, pooled,

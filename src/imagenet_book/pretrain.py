@@ -841,7 +841,7 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
     _check_names(arch, data)
     sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr, max_steps=max_steps, amp=amp,
                  channels_last=channels_last)
-    compute = {k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}
+    compute = engine.compute_given(amp, channels_last)
     img_size = img_size or cfg.profile.img_size
     batch_size = batch_size or cfg.profile.batch_size
     recipe = pretrain_recipe(epochs or cfg.profile.epochs, batch_size, lr=lr)

@@ -541,7 +541,7 @@ def pretrain_simclr(cfg: Any, data: str = "imagenette", arch: str = "resnet18", 
     task = Contrastive(temperature=default["temperature"] if temperature is None else temperature)
     sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr, max_steps=max_steps,
                  temperature=temperature, amp=amp, channels_last=channels_last)
-    compute = {k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}
+    compute = engine.compute_given(amp, channels_last)
     img_size = img_size or default["img_size"]
     batch_size = batch_size or default["batch_size"]
     recipe = replace(simclr_recipe(epochs or default["epochs"], batch_size, lr=lr), img_size=img_size)
