@@ -1,5 +1,5 @@
 """Benchmark (not a test): training images/s of chapter 11's two networks in float32 and bf16
-autocast, NCHW and channels_last, on the device present: what ``reference.chapter11_compute``
+autocast, NCHW and channels_last, on the device present: what ``reference.train_compute``
 chooses for the recorded runs.
 
 Networks and sizes are those of the recorded runs: ResNet-18 at 64 px, batch 256 (SimCLR's
