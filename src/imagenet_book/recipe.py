@@ -56,8 +56,8 @@ PRETRAIN_WARMUP_FRACTION = 0.25  # ... and at most this fraction of the run
 CROP_SCALE = (0.35, 1.0)  # area fraction of the random-resized crops: milder than torchvision's
                           # (0.08, 1), made for 90+ epochs; as in fast.ai's Imagenette baselines
 ZERO_INIT_RESIDUAL = False  # start each residual block as the identity (Goyal et al., 2017)? The largest
-                            # gain of appendix A2's 5-epoch search, but none at this chapter's 16-epoch
-                            # reference budget (80.8% with, 80.9% without: bench/results/README.md)
+                            # gain of appendix A2's 5-epoch search, but none in a 16-epoch run of chapter 06's
+                            # reference recipe (80.8% with, 80.9% without: bench/results/README.md)
 
 # The fine-tuning recipe (chapter 07 explains each number).
 OPTIMIZER = "sgd"        # "sgd" (with momentum) or "adamw"
