@@ -139,6 +139,12 @@ def test_pretraining_is_recorded_without_the_data_s_folder(tiny, tmp_path, monke
     assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 30, "val": 10}
     assert {(r["metric"], r["lr"]) for r in result["rows"]} == {("top1", 0.05), ("top5", 0.05)}
     assert reference.reference_backbone(tiny).is_file()  # the fine-tuning experiments' backbone
+    # It computes as train_compute says (bf16 + channels_last where bf16 is fast), recorded in the results
+    # file and in the backbone's own settings, which name the file the fine-tuning chapters look for.
+    compute = reference.train_compute(tiny, "resnet18")
+    assert result["extra"]["compute"] == compute and compute["channels_last"] is True
+    settings = pretrain.read_pretrained(reference.reference_backbone(tiny)).settings
+    assert {k: settings.get(k) for k in compute} == compute
     # Recorded again from the finished run (loaded, not trained): the wall time is still the training's.
     reference.run_reference(tiny, ["pretrain-imagenette"], folder=out, force=True, log=lambda _: None)
     again = results.read_result("pretrain-imagenette", out)

@@ -71,7 +71,10 @@ __all__ = ["DATA_EFFICIENCY_SIZES", "DETECT", "EXPERIMENTS", "FACES", "FAST", "G
 # The reference sizes (the numbers live here and nowhere else).
 # ResNet-18 on all of Imagenette. The peak lr is the one of the 10-epoch run measured in issue 13
 # (78.2% top-1), not the linear scaling rule's 0.025 for a batch of 64 (a rule made for 90 epochs).
-PRETRAIN = {"img_size": 96, "epochs": 16, "batch_size": 64, "lr": 0.2}
+# 28 epochs: what bf16 + channels_last (train_compute) trains in the time 16 epochs took in float32
+# on the project's CPU (2,303 s against 2,084 s; 83.3% top-1 against 80.9%:
+# bench/results/pretrain-imagenette-bf16-28ep-2026-12-05-cpu.log). Chosen from the time, not from val.
+PRETRAIN = {"img_size": 96, "epochs": 28, "batch_size": 64, "lr": 0.2}
 VOC = {"img_size": 96, "epochs": 24, "batch_size": 32}        # fine-tuning on the real VOC-format set
 DETECT = {"img_size": 128, "epochs": 24, "batch_size": 16}    # detection on the same set (boxes)
 SEGMENT = {"img_size": 128, "epochs": 24, "batch_size": 16}   # segmentation on the same set (masks)
@@ -105,8 +108,8 @@ COMMAND = "make reference"
 
 
 def train_compute(cfg: Any, arch: str) -> dict[str, Any]:
-    """How chapter 11's reference trainings (its two pretrainings, its face embeddings) compute on
-    ``cfg.device`` (:func:`imagenet_book.engine.fit`'s ``amp`` and ``channels_last``),
+    """How the reference pretrainings (chapter 06's, chapter 11's) and chapter 11's face embeddings
+    compute on ``cfg.device`` (:func:`imagenet_book.engine.fit`'s ``amp`` and ``channels_last``),
     chosen from what was measured on the project's 2-core CPU (a Xeon with AMX;
     bench/results/cpu-precision-2026-12-05-cpu.log): a training step of ResNet-18 at 64 px runs
     1.65x as fast in bf16 autocast with channels_last as in float32 NCHW, and EfficientNet-Lite0
@@ -114,10 +117,7 @@ def train_compute(cfg: Any, arch: str) -> dict[str, Any]:
     bf16 only where the hardware has it (:func:`~imagenet_book.engine.bf16_is_fast`); SimCLR's k-NN
     after 3 epochs was 0.386 in bf16 and 0.367 in float32 (bench/results/simclr-bf16-check-2026-12-05-cpu.log).
     Both settings go in the records. The fine-tunings (chapters 07-09, chapter 11's transfer) stay
-    float32 NCHW, so that every fine-tuning curve the chapters compare was computed alike; so does
-    chapter 06's recorded pretraining (:data:`PRETRAIN`), whose backbone chapters 07-09's records
-    fine-tune (trained in bf16 for 28 epochs in the time of its 16: 83.3% top-1 against 80.9%,
-    bench/results/pretrain-imagenette-bf16-28ep-2026-12-05-cpu.log; adopting it means re-recording them).
+    float32 NCHW, so that every fine-tuning curve the chapters compare was computed alike.
     """
     if arch.startswith("resnet") and engine.bf16_is_fast(cfg.device):
         return {"amp": "bf16", "channels_last": True}
@@ -199,7 +199,7 @@ def reference_backbone(cfg: Any) -> Path:
     Taught in: chapters/07_finetune_voc_classification.ipynb
     """
     cfg = _reference_cfg(cfg)
-    stem = pretrain.checkpoint_stem(cfg, "resnet18", "imagenette", **PRETRAIN)
+    stem = pretrain.checkpoint_stem(cfg, "resnet18", "imagenette", **PRETRAIN, **train_compute(cfg, "resnet18"))
     return Path(cfg.cache_root) / "checkpoints" / f"{stem}.pt"
 
 
@@ -232,7 +232,8 @@ def pretrain_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     if not pretrain.uses_real_data(cfg, "imagenette"):
         raise ReferenceRunError("pretrain-imagenette needs the real Imagenette (imagenette2-160/) under the "
                              "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
-    run = pretrain.pretrain(cfg, "imagenette", "resnet18", **PRETRAIN, checkpoint_every=200, log=log)
+    compute = train_compute(cfg, "resnet18")
+    run = pretrain.pretrain(cfg, "imagenette", "resnet18", **PRETRAIN, **compute, checkpoint_every=200, log=log)
     source = run.source
     trained_s = run.history.epochs[-1]["wall_s"] if run.history.epochs else 0.0  # also when loaded, resumed
     return {"chapter": "chapters/06_pretraining.ipynb", "wall_s": trained_s,
@@ -240,7 +241,8 @@ def pretrain_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                      "real": source.is_real, "train": len(run.train_loader.cache),
                      "val": len(run.val_loader.cache)},
             "rows": [{"run": "scratch", "metric": m, "value": float(run.metrics[m]), "epochs": PRETRAIN["epochs"],
-                      "img_size": PRETRAIN["img_size"], "lr": PRETRAIN["lr"]} for m in ("top1", "top5")]}
+                      "img_size": PRETRAIN["img_size"], "lr": PRETRAIN["lr"]} for m in ("top1", "top5")],
+            "extra": {"compute": compute}}
 
 
 def _classify(cfg: Any, checkpoint: Any, mode: str, *, seed: int = 0, n_train: int | None = None,
