@@ -4,13 +4,14 @@ chooses for the recorded runs.
 
 Networks and sizes are those of the recorded runs: ResNet-18 at 64 px, batch 256 (SimCLR's
 pretraining, and the supervised one beside it), and EfficientNet-Lite0 at 64 px, batch 64 (the
-ArcFace fine-tuning on LFW). Each step is the loop's (``engine.autocast``, forward, cross-entropy,
-backward, SGD step) on random images: the arithmetic does not depend on the pixels. Every setting
-is timed in the same run as the float32 NCHW baseline, in an order that rotates from round to
-round; reported: median images/s and the median over rounds of the ratio to the baseline.
-Only prints; exit code 0.
+ArcFace fine-tuning on LFW). The measurement is ``imagenet_book.speed.training_speed``, the one
+chapter 10 runs: steps of the book's one loop (``engine.fit``) fed by the fast input pipeline,
+on the data the local profile's rule gives (real Imagenette when the data root has it, else the
+built-in stand-in; never a download). Every setting is timed in the same run as the float32 NCHW
+baseline, in an order that rotates from round to round; reported: median images/s and the median
+over rounds of the ratio to the baseline. Only prints; exit code 0.
 
-    python bench/cpu_precision.py [--device cpu] [--steps 3] [--repeats 3]
+    IMAGENET_BOOK_DATA=... python bench/cpu_precision.py [--device cpu] [--steps 3] [--repeats 3]
 
 OpenMP: unless ``OMP_WAIT_POLICY`` is already set, it is set to ``PASSIVE`` before torch is
 imported (see bench/input_pipeline.py).
@@ -23,74 +24,32 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import dataclasses  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from imagenet_book import engine, models  # noqa: E402
+import imagenet_book  # noqa: E402
+from imagenet_book import engine, models, speed  # noqa: E402
 
-NETWORKS = {"resnet18 64px b256": (lambda: models.resnet18(num_classes=10), 64, 256),
-            "efficientnet_lite0 64px b64": (lambda: models.efficientnet_lite0(num_classes=1000), 64, 64)}
+# name: (build(num_classes) or None for pretrain.build_model, img_size, batch_size)
+NETWORKS = {"resnet18": (None, 64, 256),
+            "efficientnet_lite0": (lambda n: models.efficientnet_lite0(num_classes=n), 64, 64)}
+# name: (amp, channels_last); the first is the baseline
 SETTINGS = {"fp32 NCHW (baseline)": ("fp32", False), "fp32 channels_last": ("fp32", True),
             "bf16 NCHW": ("bf16", False), "bf16 channels_last": ("bf16", True)}
 
 
-def _step(state: dict, device: torch.device, amp: str) -> None:
-    net, opt, x, y = state["net"], state["opt"], state["x"], state["y"]
-    with engine.autocast(device, amp):
-        loss = F.cross_entropy(net(x).float(), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-def _prepare(make, size: int, batch: int, channels_last: bool, device: torch.device) -> dict:
-    torch.manual_seed(0)
-    net = make().to(device).train()
-    x = torch.randn(batch, 3, size, size, device=device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
-    return {"net": net, "opt": torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9), "x": x, "y": y}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(device: torch.device, steps: int, repeats: int) -> None:
-    print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                 f" (capability {torch.backends.cpu.get_cpu_capability()}, "
-                                 f"{torch.get_num_threads()} threads)")
-          + f"; bf16 hardware: {engine.bf16_is_fast(device)}; torch {torch.__version__}")
-    for name, (make, size, batch) in NETWORKS.items():
-        states = {s: _prepare(make, size, batch, cl, device) for s, (_, cl) in SETTINGS.items()}
-        for s, (amp, _) in SETTINGS.items():  # warm-up, untimed
-            _step(states[s], device, amp)
-        speeds: dict[str, list[float]] = {s: [] for s in SETTINGS}
-        ratios: dict[str, list[float]] = {s: [] for s in SETTINGS}
-        order = list(SETTINGS)
-        for r in range(repeats):
-            got = {}
-            for s in order[r % len(order):] + order[:r % len(order)]:
-                amp = SETTINGS[s][0]
-                _sync(device)
-                t = time.perf_counter()
-                for _ in range(steps):
-                    _step(states[s], device, amp)
-                _sync(device)
-                got[s] = steps * batch / (time.perf_counter() - t)
-            base = got[order[0]]
-            for s in order:
-                speeds[s].append(got[s])
-                ratios[s].append(got[s] / base)
-        print(f"\n{name}: {steps} steps x {repeats} rounds per setting")
-        for s in order:
-            print(f"  {s:22s} {statistics.median(speeds[s]):7.1f} img/s   x{statistics.median(ratios[s]):.2f}")
+    cfg = dataclasses.replace(imagenet_book.start("local", quiet=True), device=device)
+    print(f"device {device}; bf16 hardware: {engine.bf16_is_fast(device)}; torch {torch.__version__}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    for arch, (build, img_size, batch) in NETWORKS.items():
+        settings = [speed.SpeedSetting(name, loader="fast", amp=amp, channels_last=cl, batch_size=batch)
+                    for name, (amp, cl) in SETTINGS.items()]
+        table = speed.training_speed(cfg, arch=arch, build=build, img_size=img_size, batch_size=batch,
+                                     steps=steps, repeats=repeats, settings=settings)
+        # The data's name, not where it lies (logs are committed).
+        print("\n" + speed.format_speed(table).replace(str(cfg.data_root), "the data root"))
 
 
 def main(argv: list[str] | None = None) -> int:

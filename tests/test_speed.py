@@ -93,6 +93,27 @@ def test_training_speed_times_each_setting_against_the_baseline(smoke_cfg, monke
     assert table.img_size == smoke_cfg.profile.img_size and "stand-in" in table.data
 
 
+def test_training_speed_times_a_network_it_is_given(smoke_cfg):
+    """``build=`` times any network through the same loop (bench/cpu_precision.py's EfficientNet-Lite0),
+    in channels_last when the setting says so; the table carries the name it was given."""
+    from imagenet_book import models
+
+    built: list = []
+
+    def build(num_classes):
+        built.append(models.efficientnet_lite0(num_classes=num_classes))
+        return built[-1]
+
+    settings = [SpeedSetting("nchw", loader="fast", batch_size=8),
+                SpeedSetting("channels_last", loader="fast", channels_last=True, batch_size=8)]
+    table = speed.training_speed(smoke_cfg, arch="efficientnet_lite0", build=build, settings=settings, steps=1,
+                                 repeats=1, warmup_steps=0)
+    assert table.arch == "efficientnet_lite0" and [r.status for r in table.rows] == ["ok", "ok"]
+    assert len(built) == 2 and all(isinstance(n, models.EfficientNetLite) for n in built)
+    conv = next(w for w in built[1].parameters() if w.dim() == 4 and w.shape[-1] > 1)  # the 3 x 3 stem
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
 def test_training_speed_reports_a_failing_setting(smoke_cfg, monkeypatch):
     real_fit = ib.engine.fit
 

@@ -36,7 +36,7 @@ import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -404,7 +404,8 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
-def training_speed(cfg: Any, *, arch: str = "resnet18", img_size: int | None = None,
+def training_speed(cfg: Any, *, arch: str = "resnet18", build: Callable[[int], nn.Module] | None = None,
+                   img_size: int | None = None,
                    batch_size: int | None = None, steps: int = 3, warmup_steps: int = 1,
                    repeats: int = 2, settings: Sequence[SpeedSetting] | None = None,
                    source: Any = None, workers: int = 2, threads: int | None = None,
@@ -419,7 +420,10 @@ def training_speed(cfg: Any, *, arch: str = "resnet18", img_size: int | None = N
 
     Args:
         cfg: from ``imagenet_book.start()``: the data (its data rule), the device, the seed.
-        arch: a name of :data:`imagenet_book.pretrain.ARCHS`.
+        arch: a name of :data:`imagenet_book.pretrain.ARCHS`, or with ``build`` the table's name
+            for the network.
+        build: ``build(num_classes)`` makes the network to time (e.g. an EfficientNet-Lite0 of
+            :mod:`imagenet_book.models`); default :func:`imagenet_book.pretrain.build_model` of ``arch``.
         img_size, batch_size: default: the profile's (``batch_size`` is the baseline's; a
             setting's own ``batch_size`` wins when ``settings`` is given).
         steps: timed optimizer steps per round and setting.
@@ -441,11 +445,11 @@ def training_speed(cfg: Any, *, arch: str = "resnet18", img_size: int | None = N
     Taught in: chapters/10_practice.ipynb.
     """
     with num_threads(threads):
-        return _training_speed(cfg, arch, img_size, batch_size, steps, warmup_steps, repeats,
+        return _training_speed(cfg, arch, build, img_size, batch_size, steps, warmup_steps, repeats,
                                settings, source, workers, progress)
 
 
-def _training_speed(cfg, arch, img_size, batch_size, steps, warmup_steps, repeats, settings, source,
+def _training_speed(cfg, arch, build, img_size, batch_size, steps, warmup_steps, repeats, settings, source,
                     workers, progress) -> SpeedTable:
     if steps < 1 or repeats < 1 or warmup_steps < 0:
         raise ValueError(f"training_speed() needs steps >= 1, repeats >= 1, warmup_steps >= 0; got "
@@ -489,7 +493,7 @@ def _training_speed(cfg, arch, img_size, batch_size, steps, warmup_steps, repeat
             continue
         loader = loader_for(s)
         torch.manual_seed(cfg.seed)
-        net = pretrain.build_model(arch, source.num_classes)
+        net = build(source.num_classes) if build is not None else pretrain.build_model(arch, source.num_classes)
         recipe = engine.TrainConfig(epochs=math.ceil((warmup_steps + steps) / len(loader)) + 1,
                                     lr=pretrain.pretrain_recipe(1, s.batch_size).lr)
         run["net"] = torch.compile(net) if s.compile else net
