@@ -65,12 +65,13 @@ from .files import read_state, save_atomically
 from .recipe import TrainConfig, lr_factor, make_optimizer, make_scheduler, param_groups
 from .tasks import Classification, Task, World, all_sum
 
-__all__ = ["BatchLoader", "Callback", "CheckpointError", "EMA", "EarlyStopping", "History", "Resumable",
+__all__ = ["COMPUTE", "BatchLoader", "Callback", "CheckpointError", "EMA", "EarlyStopping", "History", "Resumable",
            "TrainConfig", "World", "amp_dtype", "bf16_is_fast", "compute_given", "compute_note",
            "destroy_distributed", "evaluate", "fit", "init_distributed", "load_checkpoint", "lr_factor",
            "make_optimizer", "make_scheduler", "param_groups", "plain_values", "recompute_bn", "world"]
 
 FORMAT_VERSION = 2  # of the checkpoint dictionary; bump when its layout changes
+COMPUTE = ("amp", "channels_last")  # how fit computes; a run's settings record those that were given
 KEEP_CHECKPOINTS = 2  # the newest and the one before it (the fallback if the newest is damaged)
 LOG_EVERY = 50  # steps between reads of the loss from the device (each read waits for the GPU)
 
@@ -452,7 +453,7 @@ def compute_given(amp: str | bool | None = None, channels_last: bool | None = No
 
     Taught in: chapters/10_practice.ipynb.
     """
-    return {k: v for k, v in (("amp", amp), ("channels_last", channels_last)) if v is not None}
+    return {k: v for k, v in zip(COMPUTE, (amp, channels_last)) if v is not None}
 
 
 def compute_note(amp: str | bool | None = None, channels_last: bool | None = None) -> str:

@@ -175,7 +175,7 @@ def default_sizes(cfg: Any, method: str = "supervised") -> dict[str, Any]:
 
 # How a run computes, named when given: ``amp`` and ``channels_last`` of :func:`imagenet_book.engine.fit`
 # (``None``: the engine's choice for the device). Another precision is another run, so another name.
-COMPUTE = ("amp", "channels_last")
+COMPUTE = engine.COMPUTE
 
 
 def _sizes(cfg: Any, method: str, given: dict[str, Any]) -> dict[str, Any]:
