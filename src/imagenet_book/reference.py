@@ -90,7 +90,8 @@ TRANSFER_SIZES = (25, 100, 417)   # a subset of DATA_EFFICIENCY_SIZES: scratch i
 TRANSFER_SEEDS = (0, 1)
 # Both backbones come from a 10-class source at another image side, so they are fine-tuned with one
 # rate for all layers: chapter 07's recorded voc-multilabel run measured that rule for such a
-# backbone (the book's Imagenette ResNet-18: 0.177 mAP at one rate, 0.139 at the lr/10 default), and
+# backbone (the book's Imagenette ResNet-18: 0.177 mAP at one rate, 0.139 at the lr/10 default in the
+# record of 0f720e2; 0.166 and 0.151 from the 28-epoch backbone, recorded at 8f3200b), and
 # SimCLR's authors fine-tune the whole network at one rate too (Chen et al. 2020). Chosen before the run.
 TRANSFER_LR_SCALE = 1.0
 NEIGHBOUR_QUERIES, NEIGHBOURS = 6, 5  # val images whose nearest training images chapter 11 shows
