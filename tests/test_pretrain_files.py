@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import imagenet_book as ib
-from imagenet_book import cli, runtime
+from imagenet_book import cli, recipe, runtime
 from imagenet_book.pretrain import (
     CHECKPOINT_FORMAT,
     PretrainError,
@@ -129,11 +129,19 @@ def test_names_the_default_run_by_the_profile_and_other_sizes_by_a_hash(smoke):
     # The profile's own sizes, and the learning rate of the scaling rule, are the default run.
     assert checkpoint_stem(cfg, "resnet18", "standin", epochs=p.epochs, img_size=p.img_size,
                            batch_size=p.batch_size, lr=0.1 * p.batch_size / 256) == STEM
+    # The recipe's own weight decay, and no held-out share, are the default run too.
+    assert checkpoint_stem(cfg, "resnet18", "standin", weight_decay=recipe.PRETRAIN_WEIGHT_DECAY, holdout=0.0) == STEM
     others = [dict(epochs=p.epochs + 1), dict(img_size=p.img_size * 2), dict(batch_size=8),
-              dict(lr=0.05), dict(max_steps=2), dict(epochs=p.epochs + 1, max_steps=2)]
+              dict(lr=0.05), dict(max_steps=2), dict(epochs=p.epochs + 1, max_steps=2),
+              dict(weight_decay=5e-4), dict(holdout=0.1), dict(weight_decay=5e-4, holdout=0.1)]
     stems = [checkpoint_stem(cfg, "resnet18", "standin", **sizes) for sizes in others]
     assert len(set(stems)) == len(others) and all(s.startswith(f"{STEM}-") for s in stems)
     assert stems == [checkpoint_stem(cfg, "resnet18", "standin", **sizes) for sizes in others]
+    # A held-out share is a fraction of each class; a weight decay is not negative (refused before any work).
+    with pytest.raises(PretrainError, match="holdout is a share of each training class"):
+        pretrain(cfg, "standin", holdout=1.0, log=None)
+    with pytest.raises(recipe.RecipeError, match="weight_decay must be >= 0"):
+        recipe.pretrain_recipe(1, 8, weight_decay=-1e-4)
 
 
 def test_a_run_in_another_precision_has_a_name_and_settings_of_its_own(finished, cache, smoke):

@@ -153,6 +153,36 @@ def test_pretraining_is_recorded_without_the_data_s_folder(tiny, tmp_path, monke
     assert result["wall_s"] >= again["wall_s"]  # the first call also decoded the images
 
 
+def test_the_weight_decay_is_chosen_on_held_out_training_images_never_on_val(tiny, tmp_path, monkeypatch):
+    """Each option trains on the training split less a held-out share of each class and is scored on
+    those held-out training images (not val); the higher held-out top-1 is marked chosen."""
+    _imagenette_tree(tiny.data_root, train=4, val=2)
+    monkeypatch.setattr(reference, "WEIGHT_DECAY_STUDY", {"img_size": 32, "epochs": 1, "batch_size": 10, "lr": 0.05})
+    monkeypatch.setattr(reference, "WEIGHT_DECAYS", (5e-5, 5e-2))
+    monkeypatch.setattr(reference, "HOLDOUT", 0.25)
+    out = tmp_path / "results"
+    said: list[str] = []
+    reference.run_reference(tiny, ["pretrain-weight-decay"], folder=out, log=said.append)
+    result = results.read_result("pretrain-weight-decay", out)
+    # 4 training images per class: 1 held out, 3 trained on; the 2 val images per class are not used.
+    assert result["data"]["train"] == 30 and result["data"]["val"] == 10 and result["data"]["real"] is True
+    assert "training split only" in result["data"]["name"] and str(tmp_path) not in json.dumps(result)
+    rows = result["rows"]
+    assert [(r["run"], r["metric"], r["weight_decay"]) for r in rows] == [
+        ("weight decay 5e-05", "holdout_top1", 5e-5), ("weight decay 0.05", "holdout_top1", 5e-2)]
+    assert [r["chosen"] for r in rows].count(True) == 1
+    assert max(rows, key=lambda r: r["value"])["chosen"] is True
+    assert all(r["epochs"] == 1 and r["img_size"] == 32 and 0 <= r["value"] <= 1 for r in rows)
+    assert any("30 train / 10 held-out training images" in line for line in said)
+    # Two runs of their own (the decay and the held-out share are in their names and settings), and
+    # neither is the reference backbone the fine-tuning chapters look for.
+    made = sorted((tiny.cache_root / "checkpoints").glob("resnet18-imagenette-*.pt"))
+    assert len(made) == 2 and not reference.reference_backbone(tiny).is_file()
+    decays = sorted(pretrain.read_pretrained(p).settings["recipe"]["weight_decay"] for p in made)
+    assert decays == [5e-5, 5e-2]
+    assert all(pretrain.read_pretrained(p).settings["holdout"] == 0.25 for p in made)
+
+
 def _imagenette_tree(root, train=3, val=1):
     from PIL import Image
 
@@ -255,12 +285,16 @@ def test_make_reference_leaves_gpu_sized_experiments_out_on_a_cpu_unless_named(t
                     "rows": [{"run": "scratch", "metric": "top1", "value": 0.5}]}
         return run
 
-    names = ("pretrain-imagenette", "fast-recipe", "fast-recipe-search")
+    names = ("pretrain-imagenette", "pretrain-weight-decay", "fast-recipe", "fast-recipe-search")
     monkeypatch.setattr(reference, "EXPERIMENTS", {n: experiment(n) for n in names})
     said = []
     reference.run_reference(tiny, folder=tmp_path / "r", log=said.append)
     assert ran == ["pretrain-imagenette"]
     assert any("fast-recipe, fast-recipe-search: left out on CPU" in line
                and "reference fast-recipe fast-recipe-search` runs them" in line for line in said)
-    reference.run_reference(tiny, ["fast-recipe-search"], folder=tmp_path / "r", log=said.append)
-    assert ran == ["pretrain-imagenette", "fast-recipe-search"]
+    # The study that chose a constant of the recipe is left out on any device; named, it runs.
+    assert any("pretrain-weight-decay: left out" in line and "reference pretrain-weight-decay` runs it" in line
+               for line in said)
+    reference.run_reference(tiny, ["fast-recipe-search", "pretrain-weight-decay"], folder=tmp_path / "r",
+                            log=said.append)
+    assert ran == ["pretrain-imagenette", "fast-recipe-search", "pretrain-weight-decay"]

@@ -21,8 +21,8 @@ small budget (5 epochs of Imagenette at 128 px)? This module answers it by measu
   ``fast-recipe`` reference run (:mod:`imagenet_book.reference`) records;
 * :func:`search` *chooses* a recipe instead of fixing it beforehand, one :class:`Stage` (a lever
   and its options, :data:`STAGES`) at a time, each option scored on held-out *training* images
-  (:func:`holdout_split`), never on the validation split; the chosen recipe is then trained on
-  the whole training split and measured once on val: the ``fast-recipe-search`` reference run.
+  (:func:`~imagenet_book.data.fast.holdout_split`), never on the validation split; the chosen recipe
+  is then trained on the whole training split and measured once on val: the ``fast-recipe-search`` reference run.
 
 In the ladder every choice is fixed before the runs, and in the search every choice is made on
 held-out training images, so the validation split is only ever measured, never tuned on. One
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from . import engine, pretrain
 from .speed import sync
-from .data.fast import FastLoader, ImageCache, fast_loader
+from .data.fast import FastLoader, fast_loader, holdout_split
 from .data.imagenet import DataSource
 from .recipe import TrainConfig
 
@@ -221,40 +221,6 @@ def use_activation(net: nn.Module, name: str) -> nn.Module:
     return net
 
 
-def holdout_split(cache: ImageCache, fraction: float = HOLDOUT_FRACTION,
-                  seed: int = 0) -> tuple[ImageCache, ImageCache]:
-    """Split a decoded training split into ``(fit, held_out)``: ``round(fraction * n)`` images of
-    each class (at least one, and never all of them), drawn with ``seed``, are held out. The two
-    parts are disjoint and together are the whole split; each keeps the classes' label order.
-
-    This is how a recipe is chosen without the validation split: train on ``fit``, score on
-    ``held_out`` (the :func:`search`).
-
-    Raises:
-        ValueError: ``fraction`` not in (0, 1), or a class with fewer than 2 images (nothing to hold out).
-
-    Taught in: chapters/A2_fast_recipe.ipynb.
-    """
-    if not 0 < fraction < 1:
-        raise ValueError(f"The held-out fraction must be in (0, 1), got {fraction!r}.")
-    generator, held = torch.Generator().manual_seed(seed), []
-    for label, name in enumerate(cache.classes):
-        index = (cache.labels == label).nonzero().flatten()
-        if len(index) < 2:
-            raise ValueError(f"Class {name!r} of {cache.path} has {len(index)} training image(s): a held-out "
-                             f"split needs at least 2 per class. Use more training images per class.")
-        keep = min(len(index) - 1, max(1, round(fraction * len(index))))
-        held.append(index[torch.randperm(len(index), generator=generator)[:keep]])
-    out = torch.zeros(len(cache), dtype=torch.bool)
-    out[torch.cat(held)] = True
-
-    def part(mask: Tensor) -> ImageCache:
-        index = mask.nonzero().flatten()
-        return dataclasses.replace(cache, images=cache.images[index], labels=cache.labels[index])
-
-    return part(~out), part(out)
-
-
 class FlipAverage(nn.Module):
     """Test-time flips: the mean of ``net``'s logits for each image and its mirror image.
 
@@ -278,8 +244,8 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
     profile's ``data`` (the book's fast loader), then evaluate it on the whole val split four ways.
 
     ``holdout > 0``: train on the training split less a held-out share of each class
-    (:func:`holdout_split` with that fraction) and evaluate on the held-out images instead of val
-    (how :func:`search` scores its options).
+    (:func:`~imagenet_book.data.fast.holdout_split` with that fraction) and evaluate on the
+    held-out images instead of val (how :func:`search` scores its options).
 
     Returns:
         ``{"top1", "top1_flip", "top1_size", "top1_flip_size"}`` (accuracies in ``[0, 1]``: plain

@@ -80,11 +80,12 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 
 from . import engine
-from .data.fast import FastLoader, fast_loader
+from .data.fast import FastLoader, fast_loader, holdout_split
 from .models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .data.imagenet import DataSource, classification_source
 from .engine import History
-from .recipe import CROP_SCALE, ZERO_INIT_RESIDUAL, TrainConfig, pretrain_recipe, simclr_recipe, simclr_sizes
+from .recipe import (CROP_SCALE, PRETRAIN_WEIGHT_DECAY, ZERO_INIT_RESIDUAL, TrainConfig, pretrain_recipe,
+                     simclr_recipe, simclr_sizes)
 from .errors import BookError
 from .files import check_writable, hold_lock, read_state, save_atomically
 from .models import resnet18, resnet18d, resnet34, resnet50, resnet50d
@@ -176,14 +177,18 @@ def default_sizes(cfg: Any, method: str = "supervised") -> dict[str, Any]:
 # How a run computes, named when given: ``amp`` and ``channels_last`` of :func:`imagenet_book.engine.fit`
 # (``None``: the engine's choice for the device). Another precision is another run, so another name.
 COMPUTE = engine.COMPUTE
+# Settings of the supervised recipe that :func:`pretrain` takes beside the sizes, named when they
+# change the run: the weight decay, and a held-out share of the training split scored instead of val.
+RECIPE_OPTIONS = ("weight_decay", "holdout")
 
 
 def _sizes(cfg: Any, method: str, given: dict[str, Any]) -> dict[str, Any]:
     """The sizes of ``given`` that differ from the profile's default run (``{}`` for the default run),
-    and the :data:`COMPUTE` settings given."""
+    the :data:`COMPUTE` settings given, and a supervised run's :data:`RECIPE_OPTIONS` that change it."""
     default = default_sizes(cfg, method)
+    options = RECIPE_OPTIONS if method == "supervised" else ()
     unknown = sorted(k for k, v in given.items() if v is not None and k not in default and k != "lr"
-                     and k not in COMPUTE)
+                     and k not in COMPUTE and k not in options)
     if unknown:
         raise PretrainError(f"{', '.join(unknown)} is not a setting of {method} pretraining: leave it out "
                             f"(the settings of {method} runs: {', '.join(sorted(default))}, lr).")
@@ -193,6 +198,10 @@ def _sizes(cfg: Any, method: str, given: dict[str, Any]) -> dict[str, Any]:
     if given.get("lr") is not None and not math.isclose(given["lr"], rule, rel_tol=1e-9):
         sizes["lr"] = float(given["lr"])  # the linear scaling rule's lr is not an override
     sizes.update({k: given[k] for k in COMPUTE if given.get(k) is not None})
+    if "weight_decay" in options and given.get("weight_decay") not in (None, PRETRAIN_WEIGHT_DECAY):
+        sizes["weight_decay"] = float(given["weight_decay"])
+    if "holdout" in options and given.get("holdout"):
+        sizes["holdout"] = float(given["holdout"])
     return sizes
 
 
@@ -202,7 +211,8 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
                     batch_size: int | None = None, lr: float | None = None,
                     max_steps: int | None = None, method: str = "supervised",
                     temperature: float | None = None, amp: str | None = None,
-                    channels_last: bool | None = None) -> str:
+                    channels_last: bool | None = None, weight_decay: float | None = None,
+                    holdout: float | None = None) -> str:
     """The file-name stem of a pretraining run:
     ``"{arch}[-small_input][-{method}]-{data}-{profile}[-standin][-{hash}]"``.
 
@@ -224,6 +234,8 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
         method: a name of :data:`METHODS`; its default sizes are :func:`default_sizes`'.
         temperature: SimCLR's (``method="simclr"`` only).
         amp, channels_last: how the run computes (:data:`COMPUTE`); ``None``: the engine's choice.
+        weight_decay, holdout: as given to :func:`pretrain` (supervised only; ``None``, the
+            recipe's weight decay or ``0`` give the name of the run without them).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -232,7 +244,7 @@ def checkpoint_stem(cfg: Any, arch: str = "resnet18", data: str = "imagenette", 
     suffix = "-standin" if not real and data != "standin" else ""
     sizes = _sizes(cfg, method, dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
                                      max_steps=max_steps, temperature=temperature, amp=amp,
-                                     channels_last=channels_last))
+                                     channels_last=channels_last, weight_decay=weight_decay, holdout=holdout))
     if sizes:
         digest = hashlib.sha1(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:8]
         suffix += f"-{digest}"
@@ -306,8 +318,8 @@ def _on_rank0(fn: Callable[[], Any]) -> Any:
 
 def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = None,
                  batch_size: int | None = None, source: DataSource | None = None,
-                 progress: bool = True,
-                 train_options: dict[str, Any] | None = None) -> tuple[DataSource, FastLoader, FastLoader]:
+                 progress: bool = True, train_options: dict[str, Any] | None = None,
+                 holdout: float = 0.0) -> tuple[DataSource, FastLoader, FastLoader]:
     """The profile's data as ``(source, train_loader, val_loader)``.
 
     ``source`` comes from :func:`~imagenet_book.data.imagenet.classification_source` (real data
@@ -325,6 +337,10 @@ def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = N
         progress: tqdm bars while decoding.
         train_options: other :class:`~imagenet_book.data.fast.FastLoader` settings of the
             training loader (e.g. SimCLR's ``views=2``, ``photometric=...``, ``scale=...``).
+        holdout: ``> 0``: hold out this share of each class of the *training* split
+            (:func:`~imagenet_book.data.fast.holdout_split`, the profile's seed): the training
+            loader draws from the rest, and the second loader evaluates the held-out images
+            instead of the validation split (how a setting is chosen without looking at val).
 
     Returns:
         ``(source, train, val)``; each loader yields float32 ``(B, 3, img_size, img_size)``
@@ -348,8 +364,15 @@ def make_loaders(cfg: Any, data: str = "imagenette", *, img_size: int | None = N
             source = source or classification_source(cfg, data)
             kw = dict(source=source, img_size=img_size, batch_size=batch_size, device=device,
                       progress=progress and world.rank == 0)
-            result = (source, fast_loader(cfg, "train", **{"scale": CROP_SCALE, **(train_options or {})}, **kw),
-                      fast_loader(cfg, "val", **kw))
+            options = {"scale": CROP_SCALE, **(train_options or {})}
+            train = fast_loader(cfg, "train", **options, **kw)
+            if holdout:
+                fit, held = holdout_split(train.cache, holdout, seed=cfg.seed)
+                result = (source, FastLoader(fit, batch_size, out_size=img_size, device=device, seed=cfg.seed,
+                                             **options),
+                          FastLoader(held, batch_size, train=False, out_size=img_size, device=device))
+            else:
+                result = (source, train, fast_loader(cfg, "val", **kw))
         if world.size > 1 and turn == 0:
             tdist.barrier()
     assert result is not None
@@ -793,6 +816,7 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
              out_dir: str | os.PathLike[str] | None = None, restart: bool = False,
              checkpoint_every: int | None = None, max_steps: int | None = None,
              amp: str | None = None, channels_last: bool | None = None,
+             weight_decay: float | None = None, holdout: float = 0.0,
              progress: bool = True, log: Callable[[str], None] | None = print) -> PretrainResult:
     """Pretrain ``arch`` on the profile's ``data``; save the weights and the History.
 
@@ -823,6 +847,11 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
         amp, channels_last: the precision and memory format of :func:`imagenet_book.engine.fit`
             (``None``: its choice for the device: bf16 and channels_last on CUDA, float32 on a
             CPU); given, they are part of the run's name and settings.
+        weight_decay: of the convolution and linear weights; default
+            :data:`~imagenet_book.recipe.PRETRAIN_WEIGHT_DECAY`.
+        holdout: ``> 0``: train on the training split less this share of each class and report
+            top-1/top-5 on the held-out training images instead of val (:func:`make_loaders`):
+            how chapter 06 chooses a setting without the validation split. Part of the name.
         progress: tqdm bars (decoding, each epoch).
         log: where the few lines of report go (``None``: silent).
 
@@ -839,12 +868,15 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
     Taught in: chapters/06_pretraining.ipynb.
     """
     _check_names(arch, data)
+    if not 0 <= holdout < 1:
+        raise PretrainError(f"holdout is a share of each training class, in [0, 1): got {holdout!r}.")
     sizes = dict(epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr, max_steps=max_steps, amp=amp,
-                 channels_last=channels_last)
+                 channels_last=channels_last, weight_decay=weight_decay, holdout=holdout)
     compute = engine.compute_given(amp, channels_last)
     img_size = img_size or cfg.profile.img_size
     batch_size = batch_size or cfg.profile.batch_size
-    recipe = pretrain_recipe(epochs or cfg.profile.epochs, batch_size, lr=lr)
+    recipe = pretrain_recipe(epochs or cfg.profile.epochs, batch_size, lr=lr, weight_decay=weight_decay)
+    scored_on = "held-out training" if holdout else "val"
     model_id = _model_id(arch, small_input)
 
     def train(source: DataSource, train_loader: FastLoader, val_loader: FastLoader, run_dir: Path,
@@ -854,7 +886,7 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
                           zero_init_residual=ZERO_INIT_RESIDUAL)
         n_params = sum(p.numel() for p in net.parameters())
         world = engine.world().size
-        say(f"pretrain: {len(train_loader.cache)} train / {len(val_loader.cache)} val images, "
+        say(f"pretrain: {len(train_loader.cache)} train / {len(val_loader.cache)} {scored_on} images, "
             f"{source.num_classes} classes; {model_id}, {n_params:,} parameters; epochs {recipe.epochs} x "
             f"{len(train_loader)} steps at batch {batch_size} ({world} process{'es' if world > 1 else ''}), "
             f"peak lr {recipe.lr:g}; device {cfg.device}{engine.compute_note(amp, channels_last)}")
@@ -864,15 +896,16 @@ def pretrain(cfg: Any, data: str = "imagenette", arch: str = "resnet18", *,
                              amp=amp, channels_last=channels_last)
         last = history.epochs[-1]
         metrics = {"loss": last["val_loss"], "top1": last["val_top1"], "top5": last["val_top5"]}
-        say(f"pretrain: val top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
+        say(f"pretrain: {scored_on} top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f} at epoch "
             f"{last['epoch']} ({last['wall_s']:.0f} s of training)")
         return net, history, metrics
 
     return run_pretraining(
         cfg, data, arch, small_input=small_input, sizes=sizes, out_dir=out_dir, restart=restart, log=log,
-        prepare=lambda: make_loaders(cfg, data, img_size=img_size, batch_size=batch_size, progress=progress),
+        prepare=lambda: make_loaders(cfg, data, img_size=img_size, batch_size=batch_size, progress=progress,
+                                     holdout=holdout),
         settings=lambda source: run_settings(cfg, arch, small_input, data, source, img_size, batch_size,
-                                             recipe, max_steps, **compute),
+                                             recipe, max_steps, **compute, **({"holdout": holdout} if holdout else {})),
         train=train)
 
 

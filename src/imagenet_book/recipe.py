@@ -329,7 +329,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
 # ------------------------------------------------------------------------------- the recipes
 
 
-def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) -> TrainConfig:
+def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None,
+                    weight_decay: float | None = None) -> TrainConfig:
     """The pretraining recipe for ``epochs`` passes at a global batch of ``batch_size``.
 
     * SGD with momentum :data:`MOMENTUM`;
@@ -338,8 +339,8 @@ def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) ->
       step can be twice as long);
     * linear warmup for ``min(PRETRAIN_WARMUP_EPOCHS, PRETRAIN_WARMUP_FRACTION * epochs)`` epochs, then half a cosine
       down to 0;
-    * weight decay :data:`PRETRAIN_WEIGHT_DECAY` on convolution and linear weights, none on biases and
-      BatchNorm parameters (:func:`param_groups`);
+    * weight decay ``weight_decay`` (default :data:`PRETRAIN_WEIGHT_DECAY`) on convolution and linear
+      weights, none on biases and BatchNorm parameters (:func:`param_groups`);
     * label smoothing :data:`LABEL_SMOOTHING` (chapter 02).
 
     Returns:
@@ -349,9 +350,12 @@ def pretrain_recipe(epochs: int, batch_size: int, *, lr: float | None = None) ->
     """
     if epochs < 1 or batch_size < 1:
         raise RecipeError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
+    if weight_decay is not None and weight_decay < 0:
+        raise RecipeError(f"weight_decay must be >= 0, got {weight_decay}.")
     return TrainConfig(
         epochs=epochs, optimizer="sgd", lr=BASE_LR * batch_size / BASE_BATCH if lr is None else lr,
-        momentum=MOMENTUM, weight_decay=PRETRAIN_WEIGHT_DECAY, schedule="cosine",
+        momentum=MOMENTUM, weight_decay=PRETRAIN_WEIGHT_DECAY if weight_decay is None else weight_decay,
+        schedule="cosine",
         warmup_epochs=min(PRETRAIN_WARMUP_EPOCHS, PRETRAIN_WARMUP_FRACTION * epochs), label_smoothing=LABEL_SMOOTHING)
 
 

@@ -62,7 +62,7 @@ import math
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -78,7 +78,8 @@ from .imagenet import classification_source, load_classification
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CacheBuildError", "FastLoader", "HostBatch",
            "ImageCache", "PHOTOMETRIC_COLUMNS", "Photometric", "center_crop_boxes", "decode_cache", "fast_loader",
-           "image_side", "photometric", "photometric_params", "random_resized_crop_boxes", "resized_crop"]
+           "holdout_split", "image_side", "photometric", "photometric_params", "random_resized_crop_boxes",
+           "resized_crop"]
 
 FORMAT_VERSION = 1  # bump when the stored pixels change: every cache is then rebuilt
 
@@ -100,6 +101,40 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def holdout_split(cache: ImageCache, fraction: float, seed: int = 0) -> tuple[ImageCache, ImageCache]:
+    """Split a decoded training split into ``(fit, held_out)``: ``round(fraction * n)`` images of
+    each class (at least one, and never all of them), drawn with ``seed``, are held out. The two
+    parts are disjoint and together are the whole split; each keeps the classes' label order.
+
+    This is how a recipe is chosen without the validation split: train on ``fit``, score on
+    ``held_out`` (appendix A2's :func:`imagenet_book.fastrecipe.search`; chapter 06's weight decay,
+    :func:`imagenet_book.pretrain.pretrain` with ``holdout``).
+
+    Raises:
+        ValueError: ``fraction`` not in (0, 1), or a class with fewer than 2 images (nothing to hold out).
+
+    Taught in: chapters/06_pretraining.ipynb, chapters/A2_fast_recipe.ipynb.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"The held-out fraction must be in (0, 1), got {fraction!r}.")
+    generator, held = torch.Generator().manual_seed(seed), []
+    for label, name in enumerate(cache.classes):
+        index = (cache.labels == label).nonzero().flatten()
+        if len(index) < 2:
+            raise ValueError(f"Class {name!r} of {cache.path} has {len(index)} training image(s): a held-out "
+                             f"split needs at least 2 per class. Use more training images per class.")
+        keep = min(len(index) - 1, max(1, round(fraction * len(index))))
+        held.append(index[torch.randperm(len(index), generator=generator)[:keep]])
+    out = torch.zeros(len(cache), dtype=torch.bool)
+    out[torch.cat(held)] = True
+
+    def part(mask: torch.Tensor) -> ImageCache:
+        index = mask.nonzero().flatten()
+        return replace(cache, images=cache.images[index], labels=cache.labels[index])
+
+    return part(~out), part(out)
 
 
 def _decode_image(path: str, size: int) -> np.ndarray:
