@@ -115,6 +115,21 @@ def test_pretrain_writes_checkpoint_and_history(run):
     assert not (out / f"{STEM}.run").exists()  # the resumable step files go once the run is done
 
 
+def test_pretrain_on_held_out_training_images_with_another_weight_decay(cache, tmp_path, monkeypatch):
+    """--holdout / --weight-decay (how chapter 06 chose its weight decay): a run of their own, scored
+    on held-out training images, and the output says so."""
+    monkeypatch.setenv(runtime.ENV_PROFILE, "smoke")
+    out = tmp_path / "wd"
+    done = _run("pretrain", "--data", "standin", "--holdout", "0.25", "--weight-decay", "1e-3", "--max-steps", "1",
+                "--out", str(out), "--no-progress", cache=cache)
+    assert done.returncode == 0, done.stderr
+    assert "held-out training images' loss" in done.stdout and "held-out training images" in done.stdout
+    (made,) = out.glob(f"{STEM}-*.pt")
+    settings = read_pretrained(made).settings
+    assert settings["holdout"] == 0.25 and settings["recipe"]["weight_decay"] == 1e-3
+    assert not (out / f"{STEM}.pt").exists()
+
+
 def test_checkpoint_is_readable_by_the_engine_too(run):
     from imagenet_book.engine import load_checkpoint
 

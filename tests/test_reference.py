@@ -138,6 +138,7 @@ def test_pretraining_is_recorded_without_the_data_s_folder(tiny, tmp_path, monke
     result = results.read_result("pretrain-imagenette", out)
     assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 30, "val": 10}
     assert {(r["metric"], r["lr"]) for r in result["rows"]} == {("top1", 0.05), ("top5", 0.05)}
+    assert all(r["weight_decay"] == recipe.PRETRAIN_WEIGHT_DECAY for r in result["rows"])  # the one it trained with
     assert reference.reference_backbone(tiny).is_file()  # the fine-tuning experiments' backbone
     # It computes as train_compute says (bf16 + channels_last where bf16 is fast), recorded in the results
     # file and in the backbone's own settings, which name the file the fine-tuning chapters look for.
@@ -167,6 +168,9 @@ def test_the_weight_decay_is_chosen_on_held_out_training_images_never_on_val(tin
     # 4 training images per class: 1 held out, 3 trained on; the 2 val images per class are not used.
     assert result["data"]["train"] == 30 and result["data"]["val"] == 10 and result["data"]["real"] is True
     assert "training split only" in result["data"]["name"] and str(tmp_path) not in json.dumps(result)
+    # make reference leaves the study out: the record names the command that made it, and says what was scored.
+    assert result["command"] == "python -m imagenet_book reference pretrain-weight-decay"
+    assert "30 train / 10 held-out training images" in results.provenance(result)
     rows = result["rows"]
     assert [(r["run"], r["metric"], r["weight_decay"]) for r in rows] == [
         ("weight decay 5e-05", "holdout_top1", 5e-5), ("weight decay 0.05", "holdout_top1", 5e-2)]

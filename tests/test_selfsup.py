@@ -379,6 +379,8 @@ def test_the_command_line_pretrains_with_simclr(cli_env, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--temperature", "0.5"], "--temperature is a setting of self-supervised"),
     (["--method", "simclr", "--temperature", "0"], "temperature of the contrastive loss"),
+    (["--method", "simclr", "--weight-decay", "1e-3"], "--weight-decay: settings of supervised pretraining"),
+    (["--holdout", "1.5"], "holdout is a share of each training class"),
 ])
 def test_command_line_settings_that_cannot_work_are_one_line_and_exit_2(cli_env, capsys, args, message):
     code = cli.main(["pretrain", "--data", "standin", *args, "--cache-root", str(cli_env), "--no-progress"])

@@ -66,9 +66,9 @@ appended when the profile fell back to the built-in stand-in):
   ARCH-DATA-PROFILE.csv    the training history, one row per epoch
   ARCH-DATA-PROFILE.run/   resumable checkpoints while the run is in progress
   ARCH-DATA-PROFILE.lock   while a process runs it (a second one is refused)
-Other sizes than the profile's (--epochs, --img-size, --batch-size, --lr, --max-steps), and --amp or
---channels-last, add a
-short hash of them to the name (ARCH-DATA-PROFILE-1a2b3c4d), so they never replace the default run.
+Other sizes than the profile's (--epochs, --img-size, --batch-size, --lr, --max-steps), --amp,
+--channels-last, --weight-decay and --holdout add a short hash of them to the name
+(ARCH-DATA-PROFILE-1a2b3c4d), so they never replace the default run.
 --method simclr pretrains without the labels (SimCLR, chapter 11): two augmented views of every
 image, the contrastive loss at --temperature, its own sizes per profile (SIMCLR_SIZES in
 imagenet_book/recipe.py); then k-NN and linear-probe accuracy of the frozen features on val. Its
@@ -202,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, metavar="B",
                    help="global batch, over all processes (default: the profile's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: 0.1 * B / 256; simclr: 0.3 * B / 256)")
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="supervised: weight decay of the conv and linear weights (default: the recipe's, "
+                        "PRETRAIN_WEIGHT_DECAY in imagenet_book/recipe.py)")
+    p.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="supervised: train on the training split less this share of each class and report "
+                        "top-1/top-5 on those held-out training images instead of val (to choose a setting "
+                        "without the val split)")
     p.add_argument("--out", metavar="DIR", help="folder for the files (default: <cache root>/checkpoints)")
     p.add_argument("--restart", action="store_true",
                    help="train from scratch, replacing (when done) a finished run of this name and "
@@ -311,20 +318,27 @@ def _pretrain(args: argparse.Namespace) -> None:
     if args.method == "supervised" and args.temperature is not None:
         raise PretrainError("--temperature is a setting of self-supervised pretraining: add --method simclr, "
                             "or leave --temperature out.")
+    supervised_only = [flag for flag, value in (("--weight-decay", args.weight_decay), ("--holdout", args.holdout))
+                       if value is not None]
+    if args.method != "supervised" and supervised_only:
+        raise PretrainError(f"{' and '.join(supervised_only)}: settings of supervised pretraining (SimCLR's "
+                            "are in its recipe): leave them out, or leave out --method simclr.")
     cfg = _setup(args)
     if args.method == "simclr":
         from .selfsup import pretrain_simclr
 
         result = pretrain_simclr(cfg, args.data, args.arch, temperature=args.temperature, **kwargs)
     else:
-        result = pretrain(cfg, args.data, args.arch, **kwargs)
+        result = pretrain(cfg, args.data, args.arch, weight_decay=args.weight_decay, holdout=args.holdout or 0.0,
+                          **kwargs)
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.metrics
         if args.method == "simclr":
             print(f"k-NN top-1 {m['knn_top1']:.4f}  linear probe top-1 {m['probe_top1']:.4f}  "
                   f"contrastive val loss {m['contrastive_loss']:.4f}")
         else:
-            print(f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  val loss {m['loss']:.4f}")
+            split = "held-out training images' loss" if args.holdout else "val loss"
+            print(f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  {split} {m['loss']:.4f}")
         print(f"checkpoint: {result.checkpoint}")
         print(f"history: {result.history_json} {result.history_csv}")
 

@@ -43,7 +43,7 @@ __all__ = ["ENV_RESULTS", "METRICS", "ResultError", "by_size", "differences", "l
 ENV_RESULTS = "IMAGENET_BOOK_RESULTS"
 #: The metric names results use, and how tables show them.
 METRICS = {"top1": "top-1", "top5": "top-5", "map": "mAP", "map50": "mAP@0.5", "miou": "mIoU",
-           "accuracy": "accuracy", "knn_top1": "k-NN top-1"}
+           "accuracy": "accuracy", "knn_top1": "k-NN top-1", "holdout_top1": "held-out top-1"}
 _KEYS = ("name", "chapter", "command", "commit", "date", "device", "data", "wall_s", "rows")
 _MACHINE_PATH = re.compile(r"(^|[\s'\"=(])(/(home|root|tmp|work|Users|content|mnt|var)/|[A-Za-z]:\\)")
 
@@ -148,6 +148,8 @@ def read_result(name: str, folder: str | os.PathLike[str] | None = None) -> dict
 
 def provenance(result: dict[str, Any]) -> str:
     """One line: what data (real or stand-in, sizes), which device, when, which command and commit.
+    The evaluated images are "val" unless ``data["evaluated_on"]`` names them (a study scored on
+    held-out training images).
 
     Taught in: chapters/06_pretraining.ipynb.
     """
@@ -155,7 +157,7 @@ def provenance(result: dict[str, Any]) -> str:
     kind = "real data" if d["real"] else "stand-in data"
     minutes = result["wall_s"] / 60
     return (f"Recorded run '{result['name']}': {d['name']} ({kind}; {d['train']:,} train / {d['val']:,} "
-            f"val images), {result['device']}, {result['date']}, {minutes:.0f} min, "
+            f"{d.get('evaluated_on', 'val')} images), {result['device']}, {result['date']}, {minutes:.0f} min, "
             f"`{result['command']}` at commit {result['commit'][:10]}.")
 
 
