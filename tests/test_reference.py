@@ -132,13 +132,14 @@ def test_pretraining_is_recorded_without_the_data_s_folder(tiny, tmp_path, monke
             folder.mkdir(parents=True)
             for i in range(n):
                 Image.new("RGB", (40, 40), (k * 25, i * 60, 100)).save(folder / f"{wnid}_{i}.JPEG")
-    monkeypatch.setattr(reference, "PRETRAIN", {"img_size": 32, "epochs": 1, "batch_size": 10, "lr": 0.05})
+    monkeypatch.setattr(reference, "PRETRAIN", {"img_size": 32, "epochs": 1, "batch_size": 10, "lr": 0.05,
+                                                "weight_decay": 1e-3})
     out = tmp_path / "results"
     reference.run_reference(tiny, ["pretrain-imagenette"], folder=out, log=lambda _: None)
     result = results.read_result("pretrain-imagenette", out)
     assert result["data"] == {"name": "real Imagenette (imagenette2-160)", "real": True, "train": 30, "val": 10}
     assert {(r["metric"], r["lr"]) for r in result["rows"]} == {("top1", 0.05), ("top5", 0.05)}
-    assert all(r["weight_decay"] == recipe.PRETRAIN_WEIGHT_DECAY for r in result["rows"])  # the one it trained with
+    assert all(r["weight_decay"] == 1e-3 for r in result["rows"])  # the one it trained with
     assert reference.reference_backbone(tiny).is_file()  # the fine-tuning experiments' backbone
     # It computes as train_compute says (bf16 + channels_last where bf16 is fast), recorded in the results
     # file and in the backbone's own settings, which name the file the fine-tuning chapters look for.
