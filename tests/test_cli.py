@@ -397,6 +397,7 @@ def test_reference_help_names_every_experiment_in_order(capsys):
         cli.main(["reference", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Experiments, in order: " + ", ".join(reference.EXPERIMENTS) + "." in text
+    assert all(f"{name} is a study" in text and "it runs only when named" in text for name in reference.STUDIES)
 
 
 def test_finetune_classify_from_a_checkpoint_writes_weights_and_metrics(run, cache, tmp_path):

@@ -107,7 +107,7 @@ command continues where an interrupted one stopped; an experiment whose results 
 skipped (--force runs it again).
 
 examples:
-  {PROG} reference --data-root ~/datasets                   # every experiment, in order
+  {PROG} reference --data-root ~/datasets                   # every experiment, in order (not the study)
   {PROG} reference voc-multilabel --data-root ~/datasets    # one experiment
   make reference                                             # the same, from the Makefile
 """
@@ -271,9 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "real data under the data root) and record each as "
                                    "book/results/<name>.json. Resumable: run it again after an "
                                    "interruption. Experiments, in order: pretrain-imagenette, "
-                                   "voc-multilabel, voc-data-efficiency, voc-detection, "
-                                   "voc-segmentation, backbone-stages, fast-recipe, "
+                                   "pretrain-weight-decay, voc-multilabel, voc-data-efficiency, "
+                                   "voc-detection, voc-segmentation, backbone-stages, fast-recipe, "
                                    "fast-recipe-search, selfsup-imagenette, lfw-verification. "
+                                   "pretrain-weight-decay is a study, run once to choose the "
+                                   "pretraining's weight decay: it runs only when named. "
                                    "fast-recipe and fast-recipe-search are sized for a GPU: on a "
                                    "CPU they run only when named.")
     p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")
