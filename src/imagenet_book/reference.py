@@ -89,7 +89,7 @@ PRETRAIN = {"img_size": 96, "epochs": 48, "batch_size": 64, "lr": 0.2, "weight_d
 # (24 epochs; the 28-epoch run already fitted its training images better than val, 90.5% against
 # 83.3%), so that both runs fit one session. The options, the schedule and the rule (the higher
 # held-out top-1) were fixed before the runs.
-WEIGHT_DECAY_STUDY = {"img_size": 96, "epochs": 24, "batch_size": 64, "lr": 0.2}
+WEIGHT_DECAY_STUDY = {**{k: PRETRAIN[k] for k in ("img_size", "batch_size", "lr")}, "epochs": PRETRAIN["epochs"] // 2}
 WEIGHT_DECAYS = (5e-5, 5e-4)
 HOLDOUT = 0.1
 VOC = {"img_size": 96, "epochs": 24, "batch_size": 32}        # fine-tuning on the real VOC-format set
@@ -247,9 +247,7 @@ def _book_backbone(cfg: Any, log: Callable[[str], None]) -> Path | None:
 
 def pretrain_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """ResNet-18 on the real Imagenette at :data:`PRETRAIN` sizes; top-1/top-5 on all of val."""
-    if not pretrain.uses_real_data(cfg, "imagenette"):
-        raise ReferenceRunError("pretrain-imagenette needs the real Imagenette (imagenette2-160/) under the "
-                             "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    _needs_real_imagenette(cfg, "pretrain-imagenette")
     compute = train_compute(cfg, "resnet18")
     run = pretrain.pretrain(cfg, "imagenette", "resnet18", **PRETRAIN, **compute, checkpoint_every=200, log=log)
     source = run.source
@@ -268,9 +266,7 @@ def pretrain_weight_decay(cfg: Any, log: Callable[[str], None]) -> dict[str, Any
     """Chapter 06's weight decay chosen on held-out training images (:data:`WEIGHT_DECAYS` at
     :data:`WEIGHT_DECAY_STUDY` sizes, :data:`HOLDOUT` of each class held out): one row per option,
     ``"chosen"`` on the one with the higher held-out top-1. The val split is not read."""
-    if not pretrain.uses_real_data(cfg, "imagenette"):
-        raise ReferenceRunError("pretrain-weight-decay needs the real Imagenette (imagenette2-160/) under the "
-                                "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    _needs_real_imagenette(cfg, "pretrain-weight-decay")
     compute, rows, wall_s, run = train_compute(cfg, "resnet18"), [], 0.0, None
     for decay in WEIGHT_DECAYS:
         run = pretrain.pretrain(cfg, "imagenette", "resnet18", **WEIGHT_DECAY_STUDY, **compute, weight_decay=decay,
@@ -279,7 +275,7 @@ def pretrain_weight_decay(cfg: Any, log: Callable[[str], None]) -> dict[str, Any
         wall_s += last["wall_s"]
         rows.append({"run": f"weight decay {decay:g}", "metric": "holdout_top1", "value": float(run.metrics["top1"]),
                      "top5": float(run.metrics["top5"]), "weight_decay": decay,
-                     "train_top1": float(last.get("train_top1", float("nan"))),
+                     "train_top1": float(last["train_top1"]),
                      "epochs": WEIGHT_DECAY_STUDY["epochs"], "img_size": WEIGHT_DECAY_STUDY["img_size"]})
     best = max(rows, key=lambda row: row["value"])
     for row in rows:
