@@ -24,6 +24,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning made one run 10x slower.
 export OMP_WAIT_POLICY := PASSIVE
+# The data, cache and results roots, when given relative, are relative to where make runs (the
+# repository root): made absolute here, since every notebook executes in its own folder (chapters/).
+absolute = $(if $(filter /% ~%,$(1)),$(1),$(CURDIR)/$(1))
+ifneq ($(IMAGENET_BOOK_DATA),)
+export IMAGENET_BOOK_DATA := $(call absolute,$(IMAGENET_BOOK_DATA))
+endif
+ifneq ($(IMAGENET_BOOK_CACHE),)
+export IMAGENET_BOOK_CACHE := $(call absolute,$(IMAGENET_BOOK_CACHE))
+endif
+ifneq ($(IMAGENET_BOOK_RESULTS),)
+export IMAGENET_BOOK_RESULTS := $(call absolute,$(IMAGENET_BOOK_RESULTS))
+endif
 
 .PHONY: test browser lint book lab bench reference gpu-check outputs lock clean venv assignments colab-links
 

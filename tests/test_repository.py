@@ -3,7 +3,10 @@ every chapter, and every notebook is committed in the form nbval checks."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -116,3 +119,22 @@ def test_every_chapter_ends_with_exercises(path):
     assert last.cell_type == "markdown" and last.source.startswith("## Exercises"), f"{path.name}: no Exercises last"
     numbered = re.findall(r"^\d+\. \*\*", last.source, flags=re.M)
     assert len(numbered) >= 4, f"{path.name}: {len(numbered)} exercises, at least 4 expected"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+@pytest.mark.parametrize("variable", ["IMAGENET_BOOK_DATA", "IMAGENET_BOOK_CACHE", "IMAGENET_BOOK_RESULTS"])
+def test_the_makefile_makes_relative_roots_absolute(variable, tmp_path):
+    """`IMAGENET_BOOK_DATA=../shared/data make book` means from the repository root: every notebook
+    executes in chapters/, where the same relative path names another folder. Absolute paths, a
+    home-relative one and an unset variable pass through as they are."""
+    def seen(value):
+        env = {k: v for k, v in os.environ.items() if k != variable} | ({variable: value} if value is not None else {})
+        out = subprocess.run(["make", "-s", "-C", str(ROOT), "--eval", f'show: ; @echo "[$${variable}]"', "show"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        return out.strip()[1:-1]
+
+    assert seen("../shared/data") == f"{ROOT}/../shared/data"
+    assert seen("my data") == f"{ROOT}/my data"
+    assert seen(str(tmp_path)) == str(tmp_path)
+    assert seen("~/datasets") == "~/datasets"
+    assert seen(None) == ""

@@ -264,6 +264,29 @@ def test_roots_given_as_arguments_or_options_are_reported_as_such(clean_env, mon
         ib.start("smok", origin="command line")
 
 
+def test_a_relative_env_root_is_read_from_the_current_folder_and_says_so(clean_env, monkeypatch):
+    """A notebook runs in chapters/, not where `make` or Jupyter started: a relative
+    IMAGENET_BOOK_DATA is resolved from the kernel's folder, and the setup line and the error say
+    which folder that was, and that an absolute path avoids the guess."""
+    (clean_env / "chapters").mkdir()
+    (clean_env / "data").mkdir()
+    monkeypatch.chdir(clean_env / "chapters")
+    monkeypatch.setenv(runtime.ENV_DATA, "../data")
+    cfg = ib.start("smoke", quiet=True)
+    assert cfg.data_root == clean_env / "data"
+    assert cfg.reasons["data_root"] == (f"env {runtime.ENV_DATA}='../data', relative to the current folder "
+                                        f"{str(clean_env / 'chapters')!r}")
+    monkeypatch.setenv(runtime.ENV_DATA, "shared/data")  # meant from the repository root
+    with pytest.raises(ib.SetupError) as err:
+        ib.start("smoke", quiet=True)
+    message = str(err.value)
+    assert f"{str(clean_env / 'chapters' / 'shared' / 'data')!r}" in message and "does not exist" in message
+    assert f"relative to the current folder {str(clean_env / 'chapters')!r}" in message
+    assert "(an absolute path: notebooks run in their own folder)" in message
+    monkeypatch.setenv(runtime.ENV_DATA, str(clean_env / "data"))  # absolute: no note
+    assert ib.start("smoke", quiet=True).reasons["data_root"] == f"env {runtime.ENV_DATA}"
+
+
 def _read_only_folder(tmp_path: Path) -> Path:
     """A real folder in which no file can be created: chmod 555, or, for root (whom permissions do
     not stop), a folder of a read-only file system such as /sys."""

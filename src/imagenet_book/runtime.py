@@ -253,7 +253,12 @@ def _choose_dir(given: str | os.PathLike[str] | None, source: str, env: str,
         return Path(given).expanduser().resolve(), source, True
     value = os.environ.get(env)
     if value:
-        return Path(value).expanduser().resolve(), f"env {env}", True
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path.resolve(), f"env {env}", True
+        # A notebook runs in its own folder (chapters/), not where its server or `make` started:
+        # say which folder a relative value was read from, so that a wrong guess is visible.
+        return path.resolve(), f"env {env}={value!r}, relative to the current folder {os.getcwd()!r}", True
     return default, "default", False
 
 
@@ -263,7 +268,8 @@ def _how_to_set(what: str, env: str, source: str) -> str:
         return (f"give {source.split(' ', 1)[1]} an existing, writable folder, or leave it out "
                 f"(then env {env}, else the default, is used).")
     if source.startswith("env"):
-        return f"set {env} to an existing, writable folder, or unset {env} to use the default."
+        absolute = " (an absolute path: notebooks run in their own folder)" if "relative to" in source else ""
+        return f"set {env} to an existing, writable folder{absolute}, or unset {env} to use the default."
     return f"set {env} to a writable folder (the {what} is then that folder)."
 
 
