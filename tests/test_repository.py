@@ -138,3 +138,12 @@ def test_the_makefile_makes_relative_roots_absolute(variable, tmp_path):
     assert seen(str(tmp_path)) == str(tmp_path)
     assert seen("~/datasets") == "~/datasets"
     assert seen(None) == ""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_make_lab_passes_allow_root_only_to_root():
+    """Jupyter refuses to start as root (containers, cloud VMs) without --allow-root: `make lab`
+    passes it then, and only then."""
+    out = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if "jupyter lab chapters" in x)
+    assert ("--allow-root" in line) == (os.geteuid() == 0)
