@@ -27,15 +27,8 @@ export OMP_WAIT_POLICY := PASSIVE
 # The data, cache and results roots, when given relative, are relative to where make runs (the
 # repository root): made absolute here, since every notebook executes in its own folder (chapters/).
 absolute = $(if $(filter /% ~%,$(1)),$(1),$(CURDIR)/$(1))
-ifneq ($(IMAGENET_BOOK_DATA),)
-export IMAGENET_BOOK_DATA := $(call absolute,$(IMAGENET_BOOK_DATA))
-endif
-ifneq ($(IMAGENET_BOOK_CACHE),)
-export IMAGENET_BOOK_CACHE := $(call absolute,$(IMAGENET_BOOK_CACHE))
-endif
-ifneq ($(IMAGENET_BOOK_RESULTS),)
-export IMAGENET_BOOK_RESULTS := $(call absolute,$(IMAGENET_BOOK_RESULTS))
-endif
+ROOTS := IMAGENET_BOOK_DATA IMAGENET_BOOK_CACHE IMAGENET_BOOK_RESULTS
+$(foreach root,$(ROOTS),$(if $($(root)),$(eval export $(root) := $(call absolute,$($(root))))))
 
 .PHONY: test browser lint book lab bench reference gpu-check outputs lock clean venv assignments colab-links
 

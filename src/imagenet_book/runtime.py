@@ -268,7 +268,8 @@ def _how_to_set(what: str, env: str, source: str) -> str:
         return (f"give {source.split(' ', 1)[1]} an existing, writable folder, or leave it out "
                 f"(then env {env}, else the default, is used).")
     if source.startswith("env"):
-        absolute = " (an absolute path: notebooks run in their own folder)" if "relative to" in source else ""
+        relative = not Path(os.environ.get(env, "")).expanduser().is_absolute()
+        absolute = " (an absolute path: notebooks run in their own folder)" if relative else ""
         return f"set {env} to an existing, writable folder{absolute}, or unset {env} to use the default."
     return f"set {env} to a writable folder (the {what} is then that folder)."
 
