@@ -188,6 +188,37 @@ def test_the_weight_decay_is_chosen_on_held_out_training_images_never_on_val(tin
     assert all(pretrain.read_pretrained(p).settings["holdout"] == 0.25 for p in made)
 
 
+def test_selfsup_schedule_measures_each_simclr_schedule_alike(tiny, tmp_path, monkeypatch):
+    """The study trains the same SimCLR for each schedule (two checkpoints of their own), measures each
+    one's frozen features and transfer alike, and every row says which schedule it came from; make
+    reference leaves it out and its record names the command that runs it."""
+    _imagenette_tree(tiny.data_root)
+    monkeypatch.setattr(reference, "SIMCLR", {"img_size": 32, "epochs": 1, "batch_size": 8})
+    monkeypatch.setattr(reference, "SIMCLR_SCHEDULES", (1, 2))
+    monkeypatch.setattr(reference, "TRANSFER_SIZES", (4,))
+    monkeypatch.setattr(reference, "TRANSFER_SEEDS", (0,))
+    out = tmp_path / "results"
+    said: list[str] = []
+    reference.run_reference(tiny, ["selfsup-schedule"], folder=out, log=said.append)
+    result = results.read_result("selfsup-schedule", out)
+    assert result["command"] == "python -m imagenet_book reference selfsup-schedule"
+    assert result["chapter"] == "chapters/11_self_supervised.ipynb" and result["data"]["real"] is True
+    assert {(r["run"], r["metric"], r["pretrain_epochs"]) for r in result["rows"]} == {
+        ("simclr", "knn_top1", 1), ("simclr", "probe_top1", 1), ("simclr-1-finetune", "map", 1),
+        ("simclr", "knn_top1", 2), ("simclr", "probe_top1", 2), ("simclr-2-finetune", "map", 2)}
+    assert all(0.0 <= r["value"] <= 1.0 for r in result["rows"])
+    assert result["extra"]["schedules"] == [1, 2] and set(result["extra"]["contrastive_top1"]) == {"1", "2"}
+    made = sorted((tiny.cache_root / "checkpoints").glob("resnet18-simclr-imagenette-*.pt"))
+    assert sorted(len(json.loads(p.with_suffix(".json").read_text())["epochs"]) for p in made) == [1, 2]
+    assert any("selfsup-schedule 2 epochs: k-NN top-1" in line for line in said)
+    assert any(" epochs x " in line for line in said)  # what trained says
+    # Resumed: the second call trains nothing and records the same numbers.
+    again: list[str] = []
+    reference.run_reference(tiny, ["selfsup-schedule"], folder=out, force=True, log=again.append)
+    assert results.read_result("selfsup-schedule", out)["rows"] == result["rows"]
+    assert not any(" epochs x " in line for line in again)
+
+
 def _imagenette_tree(root, train=3, val=1):
     from PIL import Image
 
@@ -297,9 +328,10 @@ def test_make_reference_leaves_gpu_sized_experiments_out_on_a_cpu_unless_named(t
     assert ran == ["pretrain-imagenette"]
     assert any("fast-recipe, fast-recipe-search: left out on CPU" in line
                and "reference fast-recipe fast-recipe-search` runs them" in line for line in said)
-    # The study that chose a constant of the recipe is left out on any device; named, it runs.
-    assert any("pretrain-weight-decay: left out" in line and "reference pretrain-weight-decay` runs it" in line
-               for line in said)
+    # The studies (one chose a constant of a recipe, one measured it beyond its budget) are left out on
+    # any device; named, they run.
+    assert any(", ".join(reference.STUDIES) + ": left out" in line
+               and f"reference {' '.join(reference.STUDIES)}` runs them" in line for line in said)
     reference.run_reference(tiny, ["fast-recipe-search", "pretrain-weight-decay"], folder=tmp_path / "r",
                             log=said.append)
     assert ran == ["pretrain-imagenette", "fast-recipe-search", "pretrain-weight-decay"]

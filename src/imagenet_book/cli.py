@@ -107,7 +107,7 @@ command continues where an interrupted one stopped; an experiment whose results 
 skipped (--force runs it again).
 
 examples:
-  {PROG} reference --data-root ~/datasets                   # every experiment, in order (not the study)
+  {PROG} reference --data-root ~/datasets                   # every experiment, in order (not the studies)
   {PROG} reference voc-multilabel --data-root ~/datasets    # one experiment
   make reference                                             # the same, from the Makefile
 """
@@ -273,9 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "interruption. Experiments, in order: pretrain-imagenette, "
                                    "pretrain-weight-decay, voc-multilabel, voc-data-efficiency, "
                                    "voc-detection, voc-segmentation, backbone-stages, fast-recipe, "
-                                   "fast-recipe-search, selfsup-imagenette, lfw-verification. "
+                                   "fast-recipe-search, selfsup-imagenette, selfsup-schedule, "
+                                   "lfw-verification. "
                                    "pretrain-weight-decay is a study, run once to choose the "
                                    "pretraining's weight decay: it runs only when named. "
+                                   "selfsup-schedule is a study, run once to measure SimCLR at three "
+                                   "times chapter 11's schedule: it runs only when named. "
                                    "fast-recipe and fast-recipe-search are sized for a GPU: on a "
                                    "CPU they run only when named.")
     p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")

@@ -24,6 +24,11 @@ their own live run at the profile's budget.
   final recipe's end-to-end wall time from the image files (decoding included);
 * ``fast-recipe-search`` (the same appendix): a recipe chosen stage by stage on held-out training
   images (:func:`imagenet_book.fastrecipe.search`), then measured once on val beside the textbook;
+* ``selfsup-imagenette`` (chapter 11): SimCLR without labels against supervised pretraining at an
+  equal budget: k-NN and linear probe on Imagenette, transfer to the VOC-format set; and
+  ``selfsup-schedule`` (a study, left out like the other): the same SimCLR at
+  :data:`SIMCLR_SCHEDULES` epochs, to measure what a longer schedule buys;
+* ``lfw-verification`` (chapter 11): face verification on the real LFW folds;
 * ``backbone-stages`` (chapter 06): what a backbone learned: its first-layer filters, and a linear
   probe on each stage's features (``layer1`` .. ``layer4``) for the multi-label task, for a random
   ResNet-18, the book's Imagenette backbone and the ImageNet-1k network.
@@ -36,7 +41,7 @@ finished experiment whose results file exists is skipped (``--force`` runs it ag
 The sizes of the reference runs live in this module's constants and nowhere else.
 
 Taught in: chapters/06_pretraining.ipynb, chapters/07_finetune_voc_classification.ipynb,
-chapters/08_detection_voc.ipynb, chapters/09_segmentation_voc.ipynb.
+chapters/08_detection_voc.ipynb, chapters/09_segmentation_voc.ipynb, chapters/11_self_supervised.ipynb.
 """
 
 from __future__ import annotations
@@ -112,6 +117,11 @@ TRANSFER_SEEDS = (0, 1)
 # SimCLR's authors fine-tune the whole network at one rate too (Chen et al. 2020). Chosen before the run.
 TRANSFER_LR_SCALE = 1.0
 NEIGHBOUR_QUERIES, NEIGHBOURS = 6, 5  # val images whose nearest training images chapter 11 shows
+# The selfsup-schedule study: the same SimCLR for the recorded schedule and three times it (30
+# epochs, about 32 min of training here: chapter 11's hour would not hold it with the rest), frozen
+# features and transfer measured as in selfsup-imagenette. Three times was picked to measure the
+# trend, not chosen on val.
+SIMCLR_SCHEDULES = (SIMCLR["epochs"], 3 * SIMCLR["epochs"])
 # The ArcFace embedding on LFW, per rotation. Chosen on the first rotation's validation pairs (fold 2;
 # never a held-out fold of that rotation) at 64 px, before this run: with the backbone's BatchNorm
 # statistics kept (recipe.FREEZE_BN) the embedding improved on the features for 8 epochs (0.758 ->
@@ -181,6 +191,7 @@ class _Runs:
     folder per code commit: a run made by other code is never reused."""
 
     def __init__(self, cfg: Any, experiment: str) -> None:
+        self.experiment = experiment
         self.folder = Path(cfg.cache_root) / "reference" / experiment / _commit()[:12]
         self.folder.mkdir(parents=True, exist_ok=True)
         self.seconds = 0.0  # what the runs took when they were made, resumed ones included
@@ -474,14 +485,36 @@ def _frozen(net: nn.Module, train_loader: Any, val_loader: Any, queries: list[in
             "neighbours": sim.topk(NEIGHBOURS, dim=1).indices.tolist()}
 
 
+def _transfer(cfg: Any, runs: _Runs, who: str, checkpoint: Any, rows: list[dict[str, Any]],
+              log: Callable[[str], None], **fields: Any) -> dict[str, Any]:
+    """Chapter 07's fine-tuning of ``checkpoint`` at :data:`TRANSFER_SIZES` labels, :data:`TRANSFER_SEEDS`
+    seeds each: one ``"{who}-finetune"`` mAP row per run (with ``fields``) appended to ``rows``; returns
+    the last run's numbers (its data)."""
+    out: dict[str, Any] = {}
+    for n in TRANSFER_SIZES:
+        for seed in TRANSFER_SEEDS:
+            key = f"{who}-finetune-n{n}-seed{seed}"
+            out = runs.get(key, lambda: _classify(cfg, checkpoint, "finetune", seed=seed, n_train=n,
+                                                  backbone_lr_scale=TRANSFER_LR_SCALE, log=log), log)
+            rows.append({"run": f"{who}-finetune", "metric": "map", "value": out["value"], "n_train": out["train"],
+                         "seed": seed, "epochs": VOC["epochs"], "img_size": VOC["img_size"],
+                         "backbone_lr_scale": TRANSFER_LR_SCALE, **fields})
+            log(f"reference: {runs.experiment} {key}: mAP {out['value']:.3f}")
+    return out
+
+
+def _simclr_source(cfg: Any, experiment: str) -> None:
+    if not pretrain.uses_real_data(cfg, "imagenette"):
+        raise ReferenceRunError(f"{experiment} needs the real Imagenette (imagenette2-160/) under the "
+                                "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
+    _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
+
+
 def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """SimCLR without labels against supervised pretraining at an equal budget: frozen features
     (k-NN, linear probe, nearest neighbours) on Imagenette, and transfer to multi-label
     classification on the VOC-format real set at :data:`TRANSFER_SIZES` labels."""
-    if not pretrain.uses_real_data(cfg, "imagenette"):
-        raise ReferenceRunError("selfsup-imagenette needs the real Imagenette (imagenette2-160/) under the "
-                                "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
-    _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
+    _simclr_source(cfg, "selfsup-imagenette")
     compute = train_compute(cfg, "resnet18")  # both backbones alike: an equal budget
     ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **SIMCLR, **compute, checkpoint_every=100,
                                   progress=False, log=log)
@@ -508,16 +541,7 @@ def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
         log(f"reference: selfsup-imagenette {who}: k-NN top-1 {out['knn_top1']:.3f}, probe {out['probe_top1']:.3f}")
     info: dict[str, Any] = {}
     for who, run in (("simclr", ssl), ("supervised", sup)):
-        for n in TRANSFER_SIZES:
-            for seed in TRANSFER_SEEDS:
-                key = f"{who}-finetune-n{n}-seed{seed}"
-                out = runs.get(key, lambda: _classify(cfg, run.checkpoint, "finetune", seed=seed, n_train=n,
-                                                      backbone_lr_scale=TRANSFER_LR_SCALE, log=log), log)
-                info = out
-                rows.append({"run": f"{who}-finetune", "metric": "map", "value": out["value"],
-                             "n_train": out["train"], "seed": seed, "epochs": VOC["epochs"],
-                             "img_size": VOC["img_size"], "backbone_lr_scale": TRANSFER_LR_SCALE})
-                log(f"reference: selfsup-imagenette {key}: mAP {out['value']:.3f}")
+        info = _transfer(cfg, runs, who, run.checkpoint, rows, log)
     train_files = load_classification(source, "train", per_class=None).samples
     val_files = load_classification(source, "val", per_class=None).samples
 
@@ -538,6 +562,38 @@ def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                       "neighbours": {"queries": [relative(val_files[q][0]) for q in queries],
                                      **{who: [[relative(train_files[i][0]) for i in row] for row in rows_]
                                         for who, rows_ in neighbours.items()}}}}
+
+
+def selfsup_schedule(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """A study: chapter 11's SimCLR (:data:`SIMCLR`) trained for each of :data:`SIMCLR_SCHEDULES`
+    epochs, everything else alike; for each, the frozen features' k-NN and linear-probe top-1 on
+    Imagenette val and the transfer of ``selfsup-imagenette``. Every row carries its
+    ``"pretrain_epochs"``."""
+    _simclr_source(cfg, "selfsup-schedule")
+    compute = train_compute(cfg, "resnet18")
+    runs, rows, info, trained_s, contrastive = _Runs(cfg, "selfsup-schedule"), [], {}, 0.0, {}
+    for epochs in SIMCLR_SCHEDULES:
+        ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **{**SIMCLR, "epochs": epochs}, **compute,
+                                      checkpoint_every=100, progress=False, log=log)
+        trained_s += ssl.history.epochs[-1]["wall_s"] if ssl.history.epochs else 0.0
+        contrastive[epochs] = ssl.metrics.get("contrastive_top1")
+        centre = FastLoader(ssl.train_loader.cache, 256, train=False, out_size=SIMCLR["img_size"], device=cfg.device)
+        out = runs.get(f"frozen-simclr-{epochs}", lambda: _frozen(ssl.net.to(cfg.device), centre, ssl.val_loader,
+                                                                  [], cfg.seed), log)
+        for metric in ("knn_top1", "probe_top1"):
+            rows.append({"run": "simclr", "metric": metric, "value": out[metric], "pretrain_epochs": epochs,
+                         "n_train": len(centre.cache), "img_size": SIMCLR["img_size"],
+                         "pretrain_s": round(ssl.history.epochs[-1]["wall_s"], 1) if ssl.history.epochs else None})
+        log(f"reference: selfsup-schedule {epochs} epochs: k-NN top-1 {out['knn_top1']:.3f}, "
+            f"probe {out['probe_top1']:.3f}")
+        info = _transfer(cfg, runs, f"simclr-{epochs}", ssl.checkpoint, rows, log, pretrain_epochs=epochs)
+    return {"chapter": "chapters/11_self_supervised.ipynb", "wall_s": trained_s + runs.seconds,
+            "data": {"name": f"real Imagenette ({ssl.source.name}); transfer: {_data_name(info['data'])}",
+                     "real": True, "train": len(ssl.train_loader.cache), "val": len(ssl.val_loader.cache)},
+            "rows": rows,
+            "extra": {"compute": compute, "simclr": SIMCLR, "schedules": list(SIMCLR_SCHEDULES),
+                      "contrastive_top1": contrastive, "transfer": {"data": _data_name(info["data"]),
+                      "train": info["train"], "val": info["val"], "backbone_lr_scale": TRANSFER_LR_SCALE}}}
 
 
 def lfw_verification(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
@@ -666,6 +722,7 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
     "fast-recipe": fast_recipe,
     "fast-recipe-search": fast_recipe_search,
     "selfsup-imagenette": selfsup_imagenette,
+    "selfsup-schedule": selfsup_schedule,
     "lfw-verification": lfw_verification,
 }
 
@@ -674,9 +731,10 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
 #: where they would take many hours; named explicitly, they run anywhere.
 GPU_EXPERIMENTS = ("fast-recipe", "fast-recipe-search")
 
-#: Studies run once to choose a constant of a reference recipe (and recorded with the choice):
-#: ``make reference`` leaves them out; named, they run.
-STUDIES = ("pretrain-weight-decay",)
+#: Studies, run once beside a reference recipe: one that chose a constant of it (recorded with the
+#: choice), one that measured it beyond the chapter's budget. ``make reference`` leaves them out;
+#: named, they run.
+STUDIES = ("pretrain-weight-decay", "selfsup-schedule")
 
 
 def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Path | None = None,
@@ -711,8 +769,8 @@ def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Pat
             log(f"reference: {', '.join(GPU_EXPERIMENTS)}: left out on {_device_name(cfg)} (sized for a GPU; "
                 f"`python -m imagenet_book reference {' '.join(GPU_EXPERIMENTS)}` runs them here anyway)")
             left_out += GPU_EXPERIMENTS
-        log(f"reference: {', '.join(STUDIES)}: left out (a study that chose a constant of a recipe; "
-            f"`python -m imagenet_book reference {' '.join(STUDIES)}` runs it)")
+        log(f"reference: {', '.join(STUDIES)}: left out (studies, run once beside a recipe; "
+            f"`python -m imagenet_book reference {' '.join(STUDIES)}` runs them)")
         names = [name for name in EXPERIMENTS if name not in left_out]
     for name in names:
         if not force and results.read_result(name, out_folder) is not None:
