@@ -219,6 +219,14 @@ def test_selfsup_schedule_measures_each_simclr_schedule_alike(tiny, tmp_path, mo
     assert not any(" epochs x " in line for line in again)
 
 
+@pytest.mark.parametrize("name", ["selfsup-imagenette", "selfsup-schedule"])
+def test_selfsup_experiments_refuse_without_the_real_imagenette_before_training(tiny, tmp_path, name):
+    with pytest.raises(reference.ReferenceRunError, match=f"{name} needs the real Imagenette.*IMAGENET_BOOK_DATA"):
+        reference.run_reference(tiny, [name], folder=tmp_path / "results", log=lambda _: None)
+    assert not (tmp_path / "results" / f"{name}.json").exists()
+    assert not list(tiny.cache_root.rglob("*.pt"))  # nothing trained
+
+
 def _imagenette_tree(root, train=3, val=1):
     from PIL import Image
 

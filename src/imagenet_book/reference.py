@@ -503,18 +503,12 @@ def _transfer(cfg: Any, runs: _Runs, who: str, checkpoint: Any, rows: list[dict[
     return out
 
 
-def _simclr_source(cfg: Any, experiment: str) -> None:
-    if not pretrain.uses_real_data(cfg, "imagenette"):
-        raise ReferenceRunError(f"{experiment} needs the real Imagenette (imagenette2-160/) under the "
-                                "data root: point IMAGENET_BOOK_DATA (or --data-root) at it.")
-    _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
-
-
 def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """SimCLR without labels against supervised pretraining at an equal budget: frozen features
     (k-NN, linear probe, nearest neighbours) on Imagenette, and transfer to multi-label
     classification on the VOC-format real set at :data:`TRANSFER_SIZES` labels."""
-    _simclr_source(cfg, "selfsup-imagenette")
+    _needs_real_imagenette(cfg, "selfsup-imagenette")
+    _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
     compute = train_compute(cfg, "resnet18")  # both backbones alike: an equal budget
     ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **SIMCLR, **compute, checkpoint_every=100,
                                   progress=False, log=log)
@@ -569,7 +563,8 @@ def selfsup_schedule(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     epochs, everything else alike; for each, the frozen features' k-NN and linear-probe top-1 on
     Imagenette val and the transfer of ``selfsup-imagenette``. Every row carries its
     ``"pretrain_epochs"``."""
-    _simclr_source(cfg, "selfsup-schedule")
+    _needs_real_imagenette(cfg, "selfsup-schedule")
+    _voc(cfg)  # fail now, not after the pretraining, when the transfer's data is missing
     compute = train_compute(cfg, "resnet18")
     runs, rows, info, trained_s, contrastive = _Runs(cfg, "selfsup-schedule"), [], {}, 0.0, {}
     for epochs in SIMCLR_SCHEDULES:
