@@ -188,15 +188,22 @@ def test_the_weight_decay_is_chosen_on_held_out_training_images_never_on_val(tin
     assert all(pretrain.read_pretrained(p).settings["holdout"] == 0.25 for p in made)
 
 
-def test_selfsup_schedule_measures_each_simclr_schedule_alike(tiny, tmp_path, monkeypatch):
+@pytest.fixture
+def selfsup_tiny(tiny, monkeypatch):
+    """``tiny`` with a real-format Imagenette tree and chapter 11's SimCLR and transfer shrunk to seconds."""
+    _imagenette_tree(tiny.data_root)
+    monkeypatch.setattr(reference, "SIMCLR", {"img_size": 32, "epochs": 1, "batch_size": 8})
+    monkeypatch.setattr(reference, "TRANSFER_SIZES", (4,))
+    monkeypatch.setattr(reference, "TRANSFER_SEEDS", (0,))
+    return tiny
+
+
+def test_selfsup_schedule_measures_each_simclr_schedule_alike(selfsup_tiny, tmp_path, monkeypatch):
     """The study trains the same SimCLR for each schedule (two checkpoints of their own), measures each
     one's frozen features and transfer alike, and every row says which schedule it came from; make
     reference leaves it out and its record names the command that runs it."""
-    _imagenette_tree(tiny.data_root)
-    monkeypatch.setattr(reference, "SIMCLR", {"img_size": 32, "epochs": 1, "batch_size": 8})
+    tiny = selfsup_tiny
     monkeypatch.setattr(reference, "SIMCLR_SCHEDULES", (1, 2))
-    monkeypatch.setattr(reference, "TRANSFER_SIZES", (4,))
-    monkeypatch.setattr(reference, "TRANSFER_SEEDS", (0,))
     out = tmp_path / "results"
     said: list[str] = []
     reference.run_reference(tiny, ["selfsup-schedule"], folder=out, log=said.append)
@@ -240,12 +247,9 @@ def _imagenette_tree(root, train=3, val=1):
                 Image.new("RGB", (40, 40), (k * 25, i * 60, 100)).save(folder / f"{wnid}_{i}.JPEG")
 
 
-def test_selfsup_compares_simclr_supervised_and_random_and_transfers(tiny, tmp_path, monkeypatch):
-    _imagenette_tree(tiny.data_root)
-    monkeypatch.setattr(reference, "SIMCLR", {"img_size": 32, "epochs": 1, "batch_size": 8})
+def test_selfsup_compares_simclr_supervised_and_random_and_transfers(selfsup_tiny, tmp_path, monkeypatch):
+    tiny = selfsup_tiny
     monkeypatch.setattr(reference, "SUPERVISED", {"img_size": 32, "epochs": 1, "batch_size": 10, "lr": 0.05})
-    monkeypatch.setattr(reference, "TRANSFER_SIZES", (4,))
-    monkeypatch.setattr(reference, "TRANSFER_SEEDS", (0,))
     out = tmp_path / "results"
     said: list[str] = []
     reference.run_reference(tiny, ["selfsup-imagenette"], folder=out, log=said.append)

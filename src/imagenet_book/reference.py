@@ -256,13 +256,18 @@ def _book_backbone(cfg: Any, log: Callable[[str], None]) -> Path | None:
     return path
 
 
+def _trained_s(run: Any) -> float:
+    """The seconds a pretraining run trained, as it was made (also when it was loaded or resumed)."""
+    return float(run.history.epochs[-1]["wall_s"]) if run.history.epochs else 0.0
+
+
 def pretrain_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """ResNet-18 on the real Imagenette at :data:`PRETRAIN` sizes; top-1/top-5 on all of val."""
     _needs_real_imagenette(cfg, "pretrain-imagenette")
     compute = train_compute(cfg, "resnet18")
     run = pretrain.pretrain(cfg, "imagenette", "resnet18", **PRETRAIN, **compute, checkpoint_every=200, log=log)
     source = run.source
-    trained_s = run.history.epochs[-1]["wall_s"] if run.history.epochs else 0.0  # also when loaded, resumed
+    trained_s = _trained_s(run)
     return {"chapter": "chapters/06_pretraining.ipynb", "wall_s": trained_s,
             "data": {"name": f"{'real' if source.is_real else 'stand-in'} Imagenette ({source.name})",
                      "real": source.is_real, "train": len(run.train_loader.cache),
@@ -542,7 +547,7 @@ def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     def relative(path: str) -> str:
         return Path(path).relative_to(source.root).as_posix()
 
-    trained_s = sum(r.history.epochs[-1]["wall_s"] for r in (ssl, sup) if r.history.epochs)
+    trained_s = _trained_s(ssl) + _trained_s(sup)
     return {"chapter": "chapters/11_self_supervised.ipynb", "wall_s": trained_s + runs.seconds,
             "data": {"name": f"real Imagenette ({source.name}); transfer: {_data_name(info['data'])}",
                      "real": True, "train": len(cache), "val": len(val_loader.cache)},
@@ -570,7 +575,7 @@ def selfsup_schedule(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     for epochs in SIMCLR_SCHEDULES:
         ssl = selfsup.pretrain_simclr(cfg, "imagenette", "resnet18", **{**SIMCLR, "epochs": epochs}, **compute,
                                       checkpoint_every=100, progress=False, log=log)
-        trained_s += ssl.history.epochs[-1]["wall_s"] if ssl.history.epochs else 0.0
+        trained_s += _trained_s(ssl)
         contrastive[epochs] = ssl.metrics.get("contrastive_top1")
         centre = FastLoader(ssl.train_loader.cache, 256, train=False, out_size=SIMCLR["img_size"], device=cfg.device)
         out = runs.get(f"frozen-simclr-{epochs}", lambda: _frozen(ssl.net.to(cfg.device), centre, ssl.val_loader,
@@ -578,7 +583,7 @@ def selfsup_schedule(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
         for metric in ("knn_top1", "probe_top1"):
             rows.append({"run": "simclr", "metric": metric, "value": out[metric], "pretrain_epochs": epochs,
                          "n_train": len(centre.cache), "img_size": SIMCLR["img_size"],
-                         "pretrain_s": round(ssl.history.epochs[-1]["wall_s"], 1) if ssl.history.epochs else None})
+                         "pretrain_s": round(_trained_s(ssl), 1)})
         log(f"reference: selfsup-schedule {epochs} epochs: k-NN top-1 {out['knn_top1']:.3f}, "
             f"probe {out['probe_top1']:.3f}")
         info = _transfer(cfg, runs, f"simclr-{epochs}", ssl.checkpoint, rows, log, pretrain_epochs=epochs)
