@@ -3,7 +3,8 @@
 * :func:`save_atomically`: write to a temporary file beside the target, flush it to the disk,
   then rename it over the target, so a reader (or the next run after a crash, a Ctrl-C or a full
   disk) finds the old file or the new one, never half of one; the temporary file is removed on
-  any exception, Ctrl-C included. Every writer of checkpoints and run records uses it
+  any exception, Ctrl-C included. A full disk is said as such (:class:`DiskFullError`), not as
+  torch's "unexpected pos 576 vs 534". Every writer of checkpoints and run records uses it
   (pretraining, the engine's step checkpoints, fine-tuning).
 * :func:`read_state`: read a file the book wrote with ``torch.save``, safely
   (``weights_only=True``), and say clearly what is wrong with a bad one: missing, truncated,
@@ -22,10 +23,12 @@ Taught in: chapters/06_pretraining.ipynb.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
 import re
+import shutil
 import socket
 import threading
 import time
@@ -37,7 +40,7 @@ import torch
 
 from .errors import BookError
 
-__all__ = ["FileLockedError", "FolderNotWritableError", "check_writable", "hold_lock",
+__all__ = ["DiskFullError", "FileLockedError", "FolderNotWritableError", "check_writable", "hold_lock",
            "pid_alive", "read_state", "save_atomically"]
 
 #: A lock file whose content cannot be read (its owner died between creating and writing it)
@@ -58,6 +61,14 @@ class FolderNotWritableError(BookError, PermissionError):
     """
 
 
+class DiskFullError(BookError, OSError):
+    """The disk (or the user's quota) filled up while the book wrote a file. The message names the
+    file, the space left and the fix; the file was left as it was, with no partial file beside it.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
+
+
 class FileLockedError(BookError, RuntimeError):
     """Another live process holds the lock of this run. The message names the lock and the process.
 
@@ -66,6 +77,11 @@ class FileLockedError(BookError, RuntimeError):
 
 
 # ------------------------------------------------------------------------------- atomic writes
+
+#: A write that fails with less than this free beside the file failed for want of space:
+#: ``torch.save`` says so only as "unexpected pos 576 vs 534", with no error number.
+FULL_DISK_FREE_BYTES = 1 << 20
+_FULL_DISK_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def _fsync_file(path: Path) -> None:
@@ -96,7 +112,8 @@ def save_atomically(obj: Any, path: str | os.PathLike[str],
     to the disk (``fsync``), renamed over ``path`` (``os.replace``: atomic on POSIX and Windows)
     and the folder is flushed too where the system allows it. So ``path`` holds either its old
     content or all of the new one, even after a power cut. On any exception, ``KeyboardInterrupt``
-    included, the temporary file is removed and ``path`` is left as it was.
+    included, the temporary file is removed and ``path`` is left as it was. A write that fails
+    because the disk (or the quota) is full raises :class:`DiskFullError`, which says so.
 
     Args:
         obj: what to write. path: the target file (its folder must exist).
@@ -110,13 +127,39 @@ def save_atomically(obj: Any, path: str | os.PathLike[str],
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        write(obj, tmp)
-        _fsync_file(tmp)
+        try:
+            write(obj, tmp)
+            _fsync_file(tmp)
+        except Exception as err:
+            full = _full_disk(err, path)
+            if full is not None:
+                error = DiskFullError(full)
+                error.errno = errno.ENOSPC  # what OSError's own handlers test; the message stays one line
+                raise error from err
+            raise
         os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
     finally:
         tmp.unlink(missing_ok=True)  # gone already after the rename; else a partial file
     _fsync_dir(path.parent)
     return path
+
+
+def _full_disk(err: Exception, path: Path) -> str | None:
+    """What to tell the user if writing ``path`` failed because the disk is full, else None.
+    Called before the temporary file is removed, while the space it took is still taken."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    if not (isinstance(err, OSError) and err.errno in _FULL_DISK_ERRNOS) and free >= FULL_DISK_FREE_BYTES:
+        return None
+    kept = f"{path.name} was left as it was" if path.exists() else f"no {path.name} was written"
+    return (f"The disk is full: writing {str(path)!r} failed with {free / 2**20:.1f} MiB left on the "
+            f"disk that holds {str(path.parent)!r}. {kept}, and no partial file is left beside it. "
+            "To fix it, free space on that disk (the checkpoints of old runs under the "
+            "cache root are the big files) or write to another disk (IMAGENET_BOOK_CACHE for "
+            "checkpoints, --out for a run's folder), then run the same command again: a pretraining "
+            "resumes from its last checkpoint.")
 
 
 def check_writable(folder: str | os.PathLike[str], *, fix: str = "",
