@@ -13,12 +13,19 @@
   its own cache (``smoke_cfg``), its ImageNet stand-in (``imagenet_standin``), a VOC stand-in tree
   (``voc_standin``) and a two-step pretrained ResNet-18 checkpoint (``smoke_checkpoint``). They
   are shared read-only: a test that changes files makes its own (``tmp_path``).
+* **A disk that fills up** (``small_disk``): a real 2 MiB tmpfs, mounted for one test and grown
+  by it (``resize``) to show that the same command then finishes; skipped, saying why, where the
+  suite may not mount (not root, or not Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -234,3 +241,28 @@ def only_localhost(monkeypatch):
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@dataclass
+class SmallDisk:
+    """A tmpfs mounted at ``path``; ``resize("16m")`` grows (or shrinks) it in place."""
+
+    path: Path
+
+    def resize(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (a tmpfs mounted for the test): a disk that fills up."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
+        pytest.skip("the small disk is a tmpfs mounted with Linux's mount")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN): {done.stderr.strip()}")
+    yield SmallDisk(disk)
+    subprocess.run(["umount", "-l", str(disk)], check=True)

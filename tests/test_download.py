@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import pytest
 
 from imagenet_book.data import download as dl
+from imagenet_book.files import DiskFullError
 
 # ----------------------------------------------------------------------------- the server
 
@@ -503,6 +504,44 @@ def test_fetch_dataset_downloads_verifies_extracts_once(server, tmp_path, monkey
     n = len(server.requests)
     assert dl.fetch_dataset("toy", root, allow_download=True, progress=False) == folder
     assert len(server.requests) == n  # already there: no request at all
+
+
+def test_a_full_disk_keeps_what_came_and_the_same_call_finishes_once_there_is_room(
+        server, small_disk, monkeypatch):
+    """A 3 MB archive onto a 2 MiB disk: said at once (no retry, no mirror: they would fill the
+    same disk), the bytes received kept; grown to 5 MiB, the download resumes but the content does
+    not fit beside the archive: nothing extracted, the archive kept; grown to 16 MiB, the same call
+    extracts it without downloading again."""
+    big = random.Random(2).randbytes(3_000_000)
+    archive = make_tgz({"toy/train/n01440764/big.bin": big, "toy/README.txt": b"a toy dataset\n"})
+    monkeypatch.setitem(dl.DATASETS, "toy", toy_source(server, archive, md5=md5(archive)))
+    root = small_disk.path / "data"
+    part = root / "toy.tgz.part"
+
+    with pytest.raises(DiskFullError) as caught:
+        dl.fetch_dataset("toy", root, allow_download=True, progress=False)
+    message = str(caught.value)
+    assert message.startswith("The disk is full") and str(part) in message
+    assert "resumes" in message and "IMAGENET_BOOK_DATA" in message
+    received = part.stat().st_size
+    assert 0 < received < len(archive) and tree(root) == ["toy.tgz.part"]
+    assert [r.path for r in server.requests] == ["/missing/toy.tgz", "/toy.tgz"]
+
+    small_disk.resize("5m")
+    with pytest.raises(DiskFullError, match="extracting") as caught:
+        dl.fetch_dataset("toy", root, allow_download=True, progress=False)
+    assert server.requests[-1].range == f"bytes={received}-"  # resumed where it stopped
+    assert "toy.tgz is kept" in str(caught.value)
+    assert tree(small_disk.path) == ["data", "data/toy.tgz"]  # no partial copy, no temp folder
+    assert (root / "toy.tgz").read_bytes() == archive
+
+    small_disk.resize("16m")
+    n = len(server.requests)
+    folder = dl.fetch_dataset("toy", root, allow_download=True, progress=False)
+    assert len(server.requests) == n  # the kept archive: no new download
+    assert (folder / "train/n01440764/big.bin").read_bytes() == big
+    assert tree(root) == ["toy", "toy/README.txt", "toy/train", "toy/train/n01440764",
+                          "toy/train/n01440764/big.bin"]  # and the archive deleted as usual
 
 
 def test_fetch_dataset_checksum_mismatch_extracts_nothing(server, tmp_path, monkeypatch):

@@ -413,26 +413,12 @@ def test_save_atomically_keeps_the_old_file_and_no_temporary_on_an_exception(tmp
     assert target.read_text() == "new" and sorted(tmp_path.iterdir()) == [target]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MiB file system (a tmpfs mounted for the test): a disk that fills up."""
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
-        pytest.skip("the small disk is a tmpfs mounted with Linux's mount")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN): {done.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
 def test_a_full_disk_is_said_as_such_and_the_old_file_is_kept(small_disk, tmp_path):
     """torch.save on a full disk says only "unexpected pos 576 vs 534"; the book says what it is."""
     from imagenet_book.files import DiskFullError, save_atomically
 
-    target = small_disk / "checkpoint.pt"
+    disk = small_disk.path
+    target = disk / "checkpoint.pt"
     save_atomically({"w": torch.zeros(10)}, target, lambda s, p: torch.save(s, p))
     old = target.read_bytes()
     with pytest.raises(DiskFullError) as caught:  # 4 MB on a 2 MiB disk
@@ -441,10 +427,10 @@ def test_a_full_disk_is_said_as_such_and_the_old_file_is_kept(small_disk, tmp_pa
     assert message.startswith("The disk is full") and str(target) in message
     assert "IMAGENET_BOOK_CACHE" in message and "--out" in message
     assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
-    assert target.read_bytes() == old and sorted(small_disk.iterdir()) == [target]
+    assert target.read_bytes() == old and sorted(disk.iterdir()) == [target]
     with pytest.raises(DiskFullError):  # a plain Python write (a run's JSON record) alike
-        save_atomically("x" * 4_000_000, small_disk / "record.json", lambda t, p: p.write_text(t))
-    assert sorted(small_disk.iterdir()) == [target]
+        save_atomically("x" * 4_000_000, disk / "record.json", lambda t, p: p.write_text(t))
+    assert sorted(disk.iterdir()) == [target]
 
     def broken(text, path):
         raise ValueError("not a disk problem")
@@ -455,14 +441,14 @@ def test_a_full_disk_is_said_as_such_and_the_old_file_is_kept(small_disk, tmp_pa
 
 @POSIX
 def test_pretraining_onto_a_full_disk_says_so_and_runs_again_once_there_is_room(cache, small_disk):
-    out = small_disk / "runs"
+    out = small_disk.path / "runs"
     command = ("pretrain", "--data", "standin", "--out", str(out), "--no-progress")
     done = _run(*command, cache=cache)
     assert done.returncode == 2, done.stdout + done.stderr
     line = _one_line(done.stderr)
     assert "The disk is full" in line and str(out) in line and "unexpected pos" not in line
     assert not _leftovers(out), _leftovers(out)
-    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)  # room made
+    small_disk.resize("256m")  # room made
     done = _run(*command, cache=cache)
     assert done.returncode == 0, done.stdout + done.stderr
     assert read_pretrained(out / f"{STEM}.pt").data == "standin"  # the whole checkpoint, readable

@@ -40,8 +40,8 @@ import torch
 
 from .errors import BookError
 
-__all__ = ["DiskFullError", "FileLockedError", "FolderNotWritableError", "check_writable", "hold_lock",
-           "pid_alive", "read_state", "save_atomically"]
+__all__ = ["DiskFullError", "FileLockedError", "FolderNotWritableError", "check_writable",
+           "full_disk_error", "hold_lock", "pid_alive", "read_state", "save_atomically"]
 
 #: A lock file whose content cannot be read (its owner died between creating and writing it)
 #: counts as abandoned once it is this many seconds old.
@@ -131,11 +131,15 @@ def save_atomically(obj: Any, path: str | os.PathLike[str],
             write(obj, tmp)
             _fsync_file(tmp)
         except Exception as err:
-            full = _full_disk(err, path)
+            kept = f"{path.name} was left as it was" if path.exists() else f"No {path.name} was written"
+            full = full_disk_error(err, path, f"{kept}, and no partial file is left beside it. To fix "
+                                   "it, free space on that disk (the checkpoints of old runs under the "
+                                   "cache root are the big files) or write to another disk "
+                                   "(IMAGENET_BOOK_CACHE for checkpoints, --out for a run's folder), then "
+                                   "run the same command again: a pretraining resumes from its last "
+                                   "checkpoint.")
             if full is not None:
-                error = DiskFullError(full)
-                error.errno = errno.ENOSPC  # what OSError's own handlers test; the message stays one line
-                raise error from err
+                raise full from err
             raise
         os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
     finally:
@@ -144,22 +148,29 @@ def save_atomically(obj: Any, path: str | os.PathLike[str],
     return path
 
 
-def _full_disk(err: Exception, path: Path) -> str | None:
-    """What to tell the user if writing ``path`` failed because the disk is full, else None.
-    Called before the temporary file is removed, while the space it took is still taken."""
+def full_disk_error(err: BaseException, path: Path, then: str, *,
+                    doing: str | None = None) -> DiskFullError | None:
+    """A :class:`DiskFullError` if writing ``path`` failed with ``err`` because its disk is full,
+    else None. Call it before removing a partial file, while the space it took is still taken.
+
+    Full means an ``OSError`` ENOSPC or EDQUOT, or any error with less than
+    :data:`FULL_DISK_FREE_BYTES` free beside ``path`` (``torch.save`` gives no error number).
+    The message says what failed (``doing``, default "writing <path>") with the space left, then
+    ``then``: what was kept, and the fix.
+
+    Taught in: chapters/06_pretraining.ipynb.
+    """
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         return None
     if not (isinstance(err, OSError) and err.errno in _FULL_DISK_ERRNOS) and free >= FULL_DISK_FREE_BYTES:
         return None
-    kept = f"{path.name} was left as it was" if path.exists() else f"no {path.name} was written"
-    return (f"The disk is full: writing {str(path)!r} failed with {free / 2**20:.1f} MiB left on the "
-            f"disk that holds {str(path.parent)!r}. {kept}, and no partial file is left beside it. "
-            "To fix it, free space on that disk (the checkpoints of old runs under the "
-            "cache root are the big files) or write to another disk (IMAGENET_BOOK_CACHE for "
-            "checkpoints, --out for a run's folder), then run the same command again: a pretraining "
-            "resumes from its last checkpoint.")
+    doing = doing or f"writing {str(path)!r}"
+    error = DiskFullError(f"The disk is full: {doing} failed with {free / 2**20:.1f} MiB left on the "
+                          f"disk that holds {str(path.parent)!r}. {then}")
+    error.errno = errno.ENOSPC  # what OSError's own handlers test; the message stays one line
+    return error
 
 
 def check_writable(folder: str | os.PathLike[str], *, fix: str = "",

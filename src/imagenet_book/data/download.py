@@ -28,6 +28,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from ..errors import BookError
+from ..files import full_disk_error
 
 __all__ = ["DATASETS", "DATA_ROOT_SETTINGS", "DatasetSource", "DownloadError", "ChecksumError", "UnsafeArchiveError",
            "DatasetNotFoundError", "download", "extract", "fetch_dataset", "reachable"]
@@ -318,6 +319,8 @@ def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: 
             digest, what to do).
         DownloadError: no URL gave a complete file (the message lists each try's failure, and
             names the partial ``.part`` file when one was kept).
+        DiskFullError: the disk filled up (:mod:`imagenet_book.files`); the ``.part`` file is
+            kept, to resume from once there is room. Not retried: another try fills the same disk.
 
     Taught in: chapters/06_pretraining.ipynb
     """
@@ -363,6 +366,13 @@ def download(url_or_urls: str | Sequence[str], dest: str | os.PathLike, *, md5: 
                 failed(url, k, str(err), after)
                 break
             except (OSError, http.client.HTTPException) as err:  # stalled (timed out), cut
+                received = part.stat().st_size if part.exists() else 0
+                full = full_disk_error(
+                    err, part, f"The {received / _MiB:.1f} MiB received so far are kept in "
+                    f"{part.name}. To fix it, free space on that disk and run the same command again (the "
+                    f"download resumes there), or set {DATA_ROOT_SETTINGS} to a folder on a bigger disk.")
+                if full is not None:  # no retry, no mirror: they would fill the same disk
+                    raise full from err
                 why = f"timed out: no data for {timeout:g} s" if isinstance(err, TimeoutError) else str(err)
                 failed(url, k, why or type(err).__name__, again)
                 continue
@@ -462,6 +472,7 @@ def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
     Raises:
         UnsafeArchiveError: a member is unsafe (the message names the archive and the member).
         ValueError: the file is neither a tar nor a zip archive.
+        DiskFullError: the disk filled up; nothing of the archive is left in ``dest_dir``.
 
     Taught in: chapters/06_pretraining.ipynb
     """
@@ -487,6 +498,15 @@ def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
             raise ValueError(f"{archive} is neither a tar nor a zip archive")
         tmp.chmod(0o755)
         _move_into(tmp, dest_dir)
+    except OSError as err:
+        full = full_disk_error(err, tmp, f"Nothing of it is left in {str(dest_dir)!r} and {archive.name} is "
+                               "kept. To fix it, free space on that disk and run the same command again "
+                               f"(it extracts the kept archive, no new download), or set "
+                               f"{DATA_ROOT_SETTINGS} to a folder on a bigger disk.",
+                               doing=f"extracting {str(archive)!r} into {str(dest_dir)!r}")
+        if full is not None:
+            raise full from err
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest_dir
@@ -521,7 +541,8 @@ def fetch_dataset(name: str, data_root: str | os.PathLike, *, allow_download: bo
         DatasetNotFoundError: the folder is missing and ``allow_download`` is False (the message
             names the expected folder, the URL, and three ways to fix it).
         ValueError: ``name`` is not in the registry.
-        DownloadError, ChecksumError, UnsafeArchiveError: see :func:`download`, :func:`extract`.
+        DownloadError, ChecksumError, UnsafeArchiveError, DiskFullError: see :func:`download`,
+            :func:`extract` (a full disk keeps what was received, or the whole archive).
 
     Taught in: chapters/06_pretraining.ipynb
     """
