@@ -3,9 +3,10 @@
 * :func:`save_atomically`: write to a temporary file beside the target, flush it to the disk,
   then rename it over the target, so a reader (or the next run after a crash, a Ctrl-C or a full
   disk) finds the old file or the new one, never half of one; the temporary file is removed on
-  any exception, Ctrl-C included. A full disk is said as such (:class:`DiskFullError`), not as
-  torch's "unexpected pos 576 vs 534". Every writer of checkpoints and run records uses it
-  (pretraining, the engine's step checkpoints, fine-tuning).
+  any exception, Ctrl-C included. A full disk is said as such (:class:`DiskFullError`, made by
+  :func:`full_disk_error`, which downloads use too), not as torch's "unexpected pos 576 vs 534".
+  Every writer of checkpoints and run records uses it (pretraining, the engine's step
+  checkpoints, fine-tuning).
 * :func:`read_state`: read a file the book wrote with ``torch.save``, safely
   (``weights_only=True``), and say clearly what is wrong with a bad one: missing, truncated,
   refused for safety (it would run code), or another kind of file.
@@ -63,7 +64,7 @@ class FolderNotWritableError(BookError, PermissionError):
 
 class DiskFullError(BookError, OSError):
     """The disk (or the user's quota) filled up while the book wrote a file. The message names the
-    file, the space left and the fix; the file was left as it was, with no partial file beside it.
+    file, the space left, what was kept (the old file; a download's bytes so far) and the fix.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
