@@ -490,6 +490,12 @@ def _frozen(net: nn.Module, train_loader: Any, val_loader: Any, queries: list[in
             "neighbours": sim.topk(NEIGHBOURS, dim=1).indices.tolist()}
 
 
+def _frozen_rows(who: str, out: dict[str, Any], n_train: int, **fields: Any) -> list[dict[str, Any]]:
+    """The k-NN and linear-probe rows of :func:`_frozen`'s ``out`` for backbone ``who`` (with ``fields``)."""
+    return [{"run": who, "metric": metric, "value": out[metric], "n_train": n_train, "img_size": SIMCLR["img_size"],
+             **fields} for metric in ("knn_top1", "probe_top1")]
+
+
 def _transfer(cfg: Any, runs: _Runs, who: str, checkpoint: Any, rows: list[dict[str, Any]],
               log: Callable[[str], None], **fields: Any) -> dict[str, Any]:
     """Chapter 07's fine-tuning of ``checkpoint`` at :data:`TRANSFER_SIZES` labels, :data:`TRANSFER_SEEDS`
@@ -534,9 +540,7 @@ def selfsup_imagenette(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
         out = runs.get(f"frozen-{who}", lambda: _frozen(net.to(cfg.device), centre, val_loader, queries, cfg.seed),
                        log)
         neighbours[who] = out["neighbours"]
-        for metric in ("knn_top1", "probe_top1"):
-            rows.append({"run": who, "metric": metric, "value": out[metric], "n_train": len(cache),
-                         "img_size": SIMCLR["img_size"]})
+        rows += _frozen_rows(who, out, len(cache))
         log(f"reference: selfsup-imagenette {who}: k-NN top-1 {out['knn_top1']:.3f}, probe {out['probe_top1']:.3f}")
     info: dict[str, Any] = {}
     for who, run in (("simclr", ssl), ("supervised", sup)):
@@ -580,10 +584,8 @@ def selfsup_schedule(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
         centre = FastLoader(ssl.train_loader.cache, 256, train=False, out_size=SIMCLR["img_size"], device=cfg.device)
         out = runs.get(f"frozen-simclr-{epochs}", lambda: _frozen(ssl.net.to(cfg.device), centre, ssl.val_loader,
                                                                   [], cfg.seed), log)
-        for metric in ("knn_top1", "probe_top1"):
-            rows.append({"run": "simclr", "metric": metric, "value": out[metric], "pretrain_epochs": epochs,
-                         "n_train": len(centre.cache), "img_size": SIMCLR["img_size"],
-                         "pretrain_s": round(_trained_s(ssl), 1)})
+        rows += _frozen_rows("simclr", out, len(centre.cache), pretrain_epochs=epochs,
+                             pretrain_s=round(_trained_s(ssl), 1))
         log(f"reference: selfsup-schedule {epochs} epochs: k-NN top-1 {out['knn_top1']:.3f}, "
             f"probe {out['probe_top1']:.3f}")
         info = _transfer(cfg, runs, f"simclr-{epochs}", ssl.checkpoint, rows, log, pretrain_epochs=epochs)
