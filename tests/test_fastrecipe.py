@@ -1,10 +1,11 @@
-"""The fast pretraining recipe (``imagenet_book.fastrecipe``) and the levers it is built from: Lion
-and LAMB against their update rules, the flat-then-cosine schedule, weight decay on every
+"""The fast pretraining recipe (``imagenet_book.fastrecipe``) and the levers it is built from: Lion,
+LAMB and Ranger against their update rules, the flat-then-cosine schedule, weight decay on every
 parameter, ResNet-D, progressive resizing in the fast loader, test-time flips, the ablation's rows,
 and the ``fast-recipe`` reference run on a real-format tree."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -14,8 +15,8 @@ from torch import nn
 
 from imagenet_book import fastrecipe, reference, results
 from imagenet_book.data.fast import FastLoader, ImageCache
-from imagenet_book.models import resnet18, resnet18d, resnet50d
-from imagenet_book.optim import Lamb, Lion
+from imagenet_book.models import SqueezeExcite, resnet18, resnet18d, resnet50d, seresnet18d, seresnet50d
+from imagenet_book.optim import Lamb, Lion, Ranger
 from imagenet_book.recipe import FLAT_FRACTION, RecipeError, TrainConfig, lr_factor, make_optimizer, param_groups
 
 from test_reference import _imagenette_tree, tiny  # noqa: F401  (the fixture; tests/ is on sys.path)
@@ -62,6 +63,45 @@ def test_lamb_scales_adams_update_by_the_trust_ratio():
         Lamb([nn.Parameter(torch.zeros(1))], lr=0)
 
 
+def test_ranger_is_radam_with_decoupled_decay_inside_lookahead():
+    torch.manual_seed(2)
+    w0, grads = torch.randn(5, 3), [torch.randn(5, 3) for _ in range(12)]
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-6, weight_decay=1e-2)
+    # Lookahead never syncing (k beyond the steps): torch's RAdam with decoupled weight decay, through
+    # RAdam's momentum-only first steps (rho_t <= 5) and its rectified ones.
+    ours, radam = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
+    opt, ref = Ranger([ours], k=100, **kw), torch.optim.RAdam([radam], decoupled_weight_decay=True, **kw)
+    fast = []
+    for g in grads:
+        ours.grad, radam.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        fast.append(ours.detach().clone())
+    torch.testing.assert_close(ours.detach(), radam.detach())
+    # k = 3, alpha = 0.5: after 3 steps the weights are half way from the start to where RAdam took them.
+    w = nn.Parameter(w0.clone())
+    opt = Ranger([w], k=3, alpha=0.5, **kw)
+    for g in grads[:3]:
+        w.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(w.detach(), w0 + 0.5 * (fast[2] - w0))
+    torch.testing.assert_close(opt.state[w]["slow"], w.detach())
+    # The state (moments, step count, slow weights) survives a state_dict round trip: a copy of the
+    # weights under a new optimizer loaded from it takes the same next steps (one more sync included).
+    twin = nn.Parameter(w.detach().clone())
+    again = Ranger([twin], k=3, alpha=0.5, **kw)
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for g in grads[3:6]:
+        w.grad, twin.grad = g.clone(), g.clone()
+        opt.step()
+        again.step()
+    torch.testing.assert_close(twin.detach(), w.detach())
+    assert again.state[twin]["step"] == 6
+    assert isinstance(make_optimizer(nn.Linear(2, 2), TrainConfig(optimizer="ranger", lr=1e-2)), Ranger)
+    with pytest.raises(ValueError, match="Ranger needs lr > 0"):
+        Ranger([nn.Parameter(torch.zeros(1))], lr=1e-2, k=0)
+
+
 def test_flat_cosine_stays_at_the_peak_then_anneals_to_zero():
     total, warmup = 120, 5
     f = [lr_factor(s, total, warmup, "flatcos") for s in range(total + 1)]
@@ -86,6 +126,32 @@ def test_textbook_decay_reaches_norms_and_biases_and_nesterov_is_passed_on():
     assert isinstance(make_optimizer(net, TrainConfig(optimizer="lion", lr=1e-4)), Lion)
     with pytest.raises(RecipeError, match="optimizer must be one of"):
         TrainConfig(optimizer="adagrad")
+
+
+def test_squeeze_excite_gates_each_channel_by_the_whole_image():
+    torch.manual_seed(3)
+    se = SqueezeExcite(32)
+    assert se.fc1.out_channels == 8  # 32 // 16 = 2, raised to at least 8
+    x = torch.randn(2, 32, 5, 7)
+    gate = torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean((2, 3), keepdim=True)))))
+    torch.testing.assert_close(se(x), x * gate)
+    # One image's gate depends on that image only (each channel scaled by one number in (0, 1)).
+    y = x.clone()
+    y[1] = torch.randn(32, 5, 7)
+    torch.testing.assert_close(se(y)[0], se(x)[0])
+    ratio = se(x) / x
+    assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio), atol=1e-5) and 0 < ratio.min() < ratio.max() < 1
+    # SE-ResNet-D: a gate in every block, before the addition; the plain networks keep torchvision's keys.
+    net = seresnet18d(num_classes=10, zero_init_residual=True)
+    assert sum(isinstance(m, SqueezeExcite) for m in net.modules()) == 8
+    assert sum(isinstance(m, SqueezeExcite) for m in seresnet50d().modules()) == 16
+    assert not any(isinstance(m, SqueezeExcite) for m in resnet18d().modules())
+    assert not any(".se." in k for k in resnet18().state_dict())
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    # With zero-init, every block starts as the identity (its gate multiplies a zero branch).
+    block = net.layer1[1].eval()
+    z = torch.rand(1, 64, 8, 8)
+    torch.testing.assert_close(block(z), z)
 
 
 def test_resnet_d_has_the_deep_stem_and_the_pooling_shortcut():
@@ -309,3 +375,40 @@ def test_fast_recipe_search_reference_records_the_search_and_one_val_measurement
     monkeypatch.setattr(fastrecipe, "train_recipe", lambda *a, **k: pytest.fail("trained again"))
     reference.run_reference(tiny, ["fast-recipe-search"], folder=out, force=True, log=lambda _: None)
     assert results.read_result("fast-recipe-search", out)["rows"] == result["rows"]
+
+
+def test_the_second_round_starts_from_the_recipe_the_recorded_search_chose():
+    recorded = results.read_result("fast-recipe-search")
+    assert recorded is not None, "book/results/fast-recipe-search.json is committed with the book"
+    chosen = dict(recorded["extra"]["recipe"], crop_scale=tuple(recorded["extra"]["recipe"]["crop_scale"]))
+    assert dataclasses.asdict(fastrecipe.SEARCHED) == chosen
+    first = fastrecipe.SECOND_ROUND[0].options[0]
+    assert first.changes == {} and dataclasses.replace(fastrecipe.SEARCHED, **fastrecipe.RANGER).optimizer == "ranger"
+
+
+def test_second_round_study_records_its_stages_and_one_val_measurement(tiny, tmp_path, monkeypatch):  # noqa: F811
+    _imagenette_tree(tiny.data_root, train=2, val=1)
+    monkeypatch.setattr(reference, "FAST", {"epochs": 1, "img_size": 24, "batch_size": 10})
+    # The real stages, on the smallest networks: the optimizer stage as it is, then SE against none.
+    network = fastrecipe.Stage("network", "SE?", fastrecipe.SECOND_ROUND[1].options[:2])
+    monkeypatch.setattr(fastrecipe, "SECOND_ROUND", (fastrecipe.SECOND_ROUND[0], network))
+    out = tmp_path / "results"
+    assert "fast-recipe-second-round" in reference.STUDIES
+    reference.run_reference(tiny, ["fast-recipe-second-round"], folder=out, log=lambda _: None)
+    result = results.read_result("fast-recipe-second-round", out)
+    assert result["chapter"] == "chapters/A2_fast_recipe.ipynb"
+    assert result["command"] == "python -m imagenet_book reference fast-recipe-second-round"
+    runs = [r["run"] for r in result["rows"]]
+    assert runs == ["optimizer: SGD 0.4 (as searched)", "optimizer: Ranger 1e-2, decay 1e-2",
+                    "network: as chosen", "network: SE-ResNet-18-D", "second round"]
+    chosen = {r["stage"]: r["option"] for r in result["rows"] if r.get("chosen")}
+    extra = result["extra"]
+    assert extra["start"]["arch"] == "resnet18d" and extra["start"]["optimizer"] == "sgd"
+    assert extra["recipe"]["optimizer"] == ("ranger" if chosen["optimizer"].startswith("Ranger") else "sgd")
+    assert extra["recipe"]["arch"] == ("seresnet18d" if chosen["network"] == "SE-ResNet-18-D" else "resnet18d")
+    table = fastrecipe.search_table(result)
+    assert "| optimizer |" in table and "| second round (val) |" in table and table.count("**") == 4
+    # Resumed from the kept runs: nothing trains again, the rows are the same.
+    monkeypatch.setattr(fastrecipe, "train_recipe", lambda *a, **k: pytest.fail("trained again"))
+    reference.run_reference(tiny, ["fast-recipe-second-round"], folder=out, force=True, log=lambda _: None)
+    assert results.read_result("fast-recipe-second-round", out)["rows"] == result["rows"]

@@ -1,4 +1,4 @@
-"""Two optimizers PyTorch does not ship, written out so they can be read: Lion and LAMB.
+"""Three optimizers PyTorch does not ship, written out so they can be read: Lion, LAMB and Ranger.
 
 Both are studied as levers of the fast pretraining recipe (chapter 06's appendix), beside SGD with
 (Nesterov) momentum and AdamW, which ``torch.optim`` has. :func:`imagenet_book.recipe.make_optimizer`
@@ -22,7 +22,21 @@ builds any of them by name from a :class:`~imagenet_book.recipe.TrainConfig`.
       r = m / (sqrt(v) + eps) + weight_decay * w
       w <- w - lr * (||w|| / ||r||) * r     (ratio 1 when either norm is 0)
 
-Both follow ``torch.optim.Optimizer``'s contract (parameter groups, ``state_dict``), so the engine
+* **Ranger** (Wright, 2019; fast.ai's Imagenette recipe): RAdam (Liu et al., 2020, "On the
+  Variance of the Adaptive Learning Rate and Beyond") inside Lookahead (Zhang et al., 2019,
+  "Lookahead Optimizer: k steps forward, 1 step back"). RAdam is Adam whose step is scaled down
+  by ``r_t`` while too few squared gradients have been averaged for ``v`` to be trusted (and is a
+  plain momentum step before that): a warmup that needs no setting. Lookahead keeps a slow copy
+  of the weights and, every ``k`` steps, moves it ``alpha`` of the way to the fast weights, then
+  restarts the fast weights from it::
+
+      m, v as Adam's (bias-corrected m_hat, v_hat);  rho_inf = 2 / (1 - beta2) - 1
+      rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)
+      w <- w * (1 - lr * weight_decay)                                  (decoupled)
+      w <- w - lr * r_t * m_hat / (sqrt(v_hat) + eps)   if rho_t > 5, else  w <- w - lr * m_hat
+      every k steps:  slow <- slow + alpha * (w - slow);  w <- slow
+
+All three follow ``torch.optim.Optimizer``'s contract (parameter groups, ``state_dict``), so the engine
 checkpoints and resumes them like SGD.
 
 Taught in: chapters/A2_fast_recipe.ipynb.
@@ -30,11 +44,12 @@ Taught in: chapters/A2_fast_recipe.ipynb.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["Lamb", "Lion"]
+__all__ = ["Lamb", "Lion", "Ranger"]
 
 
 class _TensorByTensor(torch.optim.Optimizer):
@@ -118,3 +133,50 @@ class Lamb(_TensorByTensor):
         w_norm, u_norm = p.norm(), update.norm()
         trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
         p.sub_(update * (group["lr"] * trust))
+
+
+class Ranger(_TensorByTensor):
+    """Ranger: a RAdam step with decoupled weight decay, inside Lookahead (see the module's
+    docstring). fast.ai's Imagenette recipe runs it at lr 1e-2 (weight decay 1e-2, betas
+    (0.9, 0.99), eps 1e-6) with the flat-then-cosine schedule and no warmup of its own.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: peak rate.
+        betas, eps: Adam's.
+        weight_decay: decoupled, multiplied by ``lr``.
+        k, alpha: Lookahead's: every ``k`` steps the slow weights move ``alpha`` of the way to the
+            fast ones, and the fast ones restart from them.
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99),
+                 eps: float = 1e-6, weight_decay: float = 0.0, k: int = 6, alpha: float = 0.5) -> None:
+        if lr <= 0 or not all(0.0 <= b < 1.0 for b in betas) or k < 1 or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"Ranger needs lr > 0, betas in [0, 1), k >= 1 and alpha in (0, 1]; got lr={lr}, "
+                             f"betas={betas}, k={k}, alpha={alpha}.")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, k=k, alpha=alpha))
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p), slow=p.detach().clone())
+        state["step"] += 1
+        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+        m.lerp_(p.grad, 1 - beta1)
+        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        m_hat = m / (1 - beta1 ** t)
+        rho_inf = 2 / (1 - beta2) - 1
+        rho = rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t)
+        if rho > 5:  # enough squared gradients averaged: Adam's step, scaled by RAdam's r_t
+            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            p.addcdiv_(m_hat, (v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]), value=-group["lr"] * r)
+        else:  # too few: a momentum step
+            p.add_(m_hat, alpha=-group["lr"])
+        if t % group["k"] == 0:  # Lookahead: the slow weights move, the fast ones restart from them
+            state["slow"].lerp_(p, group["alpha"])
+            p.copy_(state["slow"])

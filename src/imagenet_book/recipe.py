@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import BookError
-from .optim import Lamb, Lion
+from .optim import Lamb, Lion, Ranger
 
 __all__ = ["ADAMW_LR", "ARC_MARGIN", "ARC_SCALE", "BACKBONE_LR_SCALE", "EIGEN_COMPONENTS", "EIGEN_SIZE",
            "FACE_EMBED_DIM", "FACE_SIZES", "FREEZE_BN", "face_recipe", "face_sizes",
@@ -44,7 +44,7 @@ __all__ = ["ADAMW_LR", "ARC_MARGIN", "ARC_SCALE", "BACKBONE_LR_SCALE", "EIGEN_CO
 BASE_LR = 0.1            # peak learning rate for a batch of BASE_BATCH (Goyal et al., 2017) ...
 BASE_BATCH = 256         # ... scaled linearly: lr = BASE_LR * batch_size / BASE_BATCH
 MOMENTUM = 0.9
-OPTIMIZERS = ("sgd", "adamw", "lion", "lamb")
+OPTIMIZERS = ("sgd", "adamw", "lion", "lamb", "ranger")
 SCHEDULES = ("cosine", "onecycle", "flatcos")
 FLAT_FRACTION = 0.75     # "flatcos": the rate stays at its peak for this fraction of the run (fast.ai's)
 
@@ -139,12 +139,12 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training set.
-        optimizer: ``"sgd"`` (with momentum), ``"adamw"``, ``"lion"`` or ``"lamb"``
+        optimizer: ``"sgd"`` (with momentum), ``"adamw"``, ``"lion"``, ``"lamb"`` or ``"ranger"``
             (:mod:`imagenet_book.optim`).
         lr: peak learning rate, reached after warmup, for the global batch (the new layers'
             rate when a backbone learns at ``backbone_lr_scale`` times it).
         weight_decay: L2 penalty on weights; biases and norm-layer weights get none.
-        momentum: SGD momentum (AdamW, Lion, LAMB: beta1).
+        momentum: SGD momentum (AdamW, Lion, LAMB, Ranger: beta1).
         nesterov: SGD with Nesterov's momentum (the gradient taken after the momentum's step).
         warmup_epochs: linear warmup from 0, in epochs (fractions allowed).
         warmup_steps: the same in optimizer steps; overrides ``warmup_epochs`` when given.
@@ -262,7 +262,7 @@ def finetune_param_groups(net: nn.Module, *, lr: float, backbone_lr_scale: float
 
 
 def make_optimizer(net: nn.Module | list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (``cfg.nesterov``: Nesterov's), AdamW, Lion or LAMB at ``cfg.lr``, over
+    """SGD with momentum (``cfg.nesterov``: Nesterov's), AdamW, Lion, LAMB or Ranger at ``cfg.lr``, over
     :func:`param_groups` of ``net`` or over the given parameter groups (a group's own ``"lr"``
     wins over ``cfg.lr``). ``cfg.momentum`` is SGD's momentum, the others' beta1.
 
@@ -276,6 +276,8 @@ def make_optimizer(net: nn.Module | list[dict[str, Any]], cfg: TrainConfig) -> t
         return Lion(groups, lr=cfg.lr, betas=(cfg.momentum, 0.99))
     if cfg.optimizer == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    if cfg.optimizer == "ranger":
+        return Ranger(groups, lr=cfg.lr, betas=(cfg.momentum, 0.99), eps=1e-6)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 

@@ -24,6 +24,8 @@ their own live run at the profile's budget.
   final recipe's end-to-end wall time from the image files (decoding included);
 * ``fast-recipe-search`` (the same appendix): a recipe chosen stage by stage on held-out training
   images (:func:`imagenet_book.fastrecipe.search`), then measured once on val beside the textbook;
+  and ``fast-recipe-second-round`` (a study): the search again from the recipe it chose, with the
+  Ranger optimizer, squeeze-excitation gates and depth (:data:`imagenet_book.fastrecipe.SECOND_ROUND`);
 * ``selfsup-imagenette`` (chapter 11): SimCLR without labels against supervised pretraining at an
   equal budget: k-NN and linear probe on Imagenette, transfer to the VOC-format set; and
   ``selfsup-schedule`` (a study, left out like the other): the same SimCLR at
@@ -677,28 +679,62 @@ def fast_recipe(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                       "file_types": _file_types(source)}}
 
 
+def _search_and_measure(cfg: Any, experiment: str, stages: tuple[Any, ...], start: Any,
+                        measure: Callable[[Any], dict[str, Any]],
+                        log: Callable[[str], None]) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """:func:`imagenet_book.fastrecipe.search` through ``stages`` from ``start`` at :data:`FAST` sizes,
+    its runs kept, then the chosen recipe trained on the whole training split and measured on val
+    by ``measure(recipe)`` (kept too): the source, the runs, the search's result and that measurement."""
+    source = _needs_real_imagenette(cfg, experiment)
+    runs = _Runs(cfg, experiment)
+    found = fastrecipe.search(cfg, **FAST, stages=stages, start=start,
+                              run=lambda key, make: runs.get(key, make, log), log=log)
+    final = runs.get(f"val-{fastrecipe.run_key(found['recipe'])}", lambda: measure(found["recipe"]), log)
+    return source, runs, found, final
+
+
+def _val_row(name: str, run: dict[str, Any], recipe: Any) -> dict[str, Any]:
+    return {"run": name, "metric": "top1", "value": run[fastrecipe.metric_key(recipe)], "top5": run["top5"],
+            "epochs": FAST["epochs"], "img_size": FAST["img_size"], "train_s": run["train_s"]}
+
+
 def fast_recipe_search(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """A recipe chosen on held-out training images (:func:`imagenet_book.fastrecipe.search`) at
     :data:`FAST` sizes, then trained on the whole training split from a cold cache, timed end to
-    end, and measured once on val, beside the textbook recipe trained and measured the same way."""
-    source = _needs_real_imagenette(cfg, "fast-recipe-search")
-    runs = _Runs(cfg, "fast-recipe-search")
-    found = fastrecipe.search(cfg, **FAST, stages=fastrecipe.STAGES, start=fastrecipe.SEARCH_START,
-                              run=lambda key, make: runs.get(key, make, log), log=log)
+    end, and measured once on val beside the textbook recipe trained and measured the same way."""
+    source, runs, found, final = _search_and_measure(cfg, "fast-recipe-search", fastrecipe.STAGES,
+                                                     fastrecipe.SEARCH_START,
+                                                     lambda recipe: _cold_run(cfg, recipe, log), log)
     chosen, rows = found["recipe"], found["rows"]
-    final = runs.get(f"val-{fastrecipe.run_key(chosen)}", lambda: _cold_run(cfg, chosen, log), log)
     textbook = runs.get(f"val-{fastrecipe.run_key(fastrecipe.TEXTBOOK)}",
                         lambda: fastrecipe.train_recipe(cfg, fastrecipe.TEXTBOOK, **FAST, log=log), log)
-    for name, run, key in (("textbook", textbook, fastrecipe.metric_key(fastrecipe.TEXTBOOK)),
-                           ("searched", final, fastrecipe.metric_key(chosen))):
-        rows.append({"run": name, "metric": "top1", "value": run[key], "top5": run["top5"], "epochs": FAST["epochs"],
-                     "img_size": FAST["img_size"], "train_s": run["train_s"]})
+    rows += [_val_row("textbook", textbook, fastrecipe.TEXTBOOK), _val_row("searched", final, chosen)]
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
             "data": {"name": f"real Imagenette ({source.name})", "real": True,
                      "train": final["train"], "val": final["val"]},
             "rows": rows,
             "extra": {"recipe": dataclasses.asdict(chosen), "holdout_fraction": fastrecipe.HOLDOUT_FRACTION,
                       "held_out": rows[0]["held_out"], "end_to_end_s": final["end_to_end_s"],
+                      "train_s": final["train_s"], "sizes": final["sizes"], "amp": final["amp"],
+                      "file_types": _file_types(source)}}
+
+
+def fast_recipe_second_round(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The search's second round (:data:`imagenet_book.fastrecipe.SECOND_ROUND`, from the recipe the
+    first round chose), scored on held-out training images like the first; the chosen recipe then
+    trained on the whole training split and measured once on val."""
+    start = fastrecipe.SEARCHED
+    source, runs, found, final = _search_and_measure(
+        cfg, "fast-recipe-second-round", fastrecipe.SECOND_ROUND, start,
+        lambda recipe: fastrecipe.train_recipe(cfg, recipe, **FAST, log=log), log)
+    chosen, rows = found["recipe"], found["rows"]
+    rows.append(_val_row("second round", final, chosen))
+    return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
+            "data": {"name": f"real Imagenette ({source.name})", "real": True,
+                     "train": final["train"], "val": final["val"]},
+            "rows": rows,
+            "extra": {"start": dataclasses.asdict(start), "recipe": dataclasses.asdict(chosen),
+                      "holdout_fraction": fastrecipe.HOLDOUT_FRACTION, "held_out": rows[0]["held_out"],
                       "train_s": final["train_s"], "sizes": final["sizes"], "amp": final["amp"],
                       "file_types": _file_types(source)}}
 
@@ -723,6 +759,7 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
     "backbone-stages": backbone_stages,
     "fast-recipe": fast_recipe,
     "fast-recipe-search": fast_recipe_search,
+    "fast-recipe-second-round": fast_recipe_second_round,
     "selfsup-imagenette": selfsup_imagenette,
     "selfsup-schedule": selfsup_schedule,
     "lfw-verification": lfw_verification,
@@ -734,9 +771,10 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
 GPU_EXPERIMENTS = ("fast-recipe", "fast-recipe-search")
 
 #: Studies, run once beside a reference recipe: one that chose a constant of it (recorded with the
-#: choice), one that measured it beyond the chapter's budget. ``make reference`` leaves them out;
-#: named, they run.
-STUDIES = ("pretrain-weight-decay", "selfsup-schedule")
+#: choice), one that measured it beyond the chapter's budget, one that searched on from a recorded
+#: choice. ``make reference`` leaves them out; named, they run (anywhere: the second round's runs
+#: take about 10 minutes each for ResNet-18-D, 25 for ResNet-50-D on a 2-core CPU with AMX).
+STUDIES = ("pretrain-weight-decay", "selfsup-schedule", "fast-recipe-second-round")
 
 
 def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Path | None = None,

@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet18d", "resnet34", "resnet50", "resnet50d"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "SqueezeExcite", "resnet18", "resnet18d", "resnet34", "resnet50",
+           "resnet50d", "seresnet18d", "seresnet50d"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -52,6 +53,28 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al., 2018): every channel of ``x`` scaled by a gate in (0, 1)
+    computed from the whole image: ``x * sigmoid(fc2(relu(fc1(mean over H, W of x))))``, with
+    ``channels // reduction`` (at least 8) channels between the two 1x1 convolutions.
+
+    Shapes: float (N, C, H, W) -> float (N, C, H, W).
+
+    Taught in: chapters/A2_fast_recipe.ipynb
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(8, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * gate.sigmoid()
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions and a shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
@@ -66,7 +89,7 @@ class BasicBlock(nn.Module):
     expansion: int = 1  # output channels = planes * expansion
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
@@ -74,11 +97,15 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
+        if se:  # only when asked: the default block keeps torchvision's state_dict keys
+            self.se = SqueezeExcite(planes)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if hasattr(self, "se"):
+            out = self.se(out)
         identity = x if self.downsample is None else self.downsample(x)
         out += identity  # in place, as torchvision: no extra activation-sized tensor
         return self.relu(out)
@@ -100,7 +127,7 @@ class Bottleneck(nn.Module):
     expansion: int = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False
     ) -> None:
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
@@ -109,6 +136,8 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        if se:
+            self.se = SqueezeExcite(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -116,6 +145,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if hasattr(self, "se"):
+            out = self.se(out)
         identity = x if self.downsample is None else self.downsample(x)
         out += identity
         return self.relu(out)
@@ -137,6 +168,8 @@ class ResNet(nn.Module):
         avg_down: ResNet-D's shortcut: ``downsample`` is ``AvgPool2d(2)`` (an identity when the
             stage does not stride), then a stride-1 1x1 convolution and BatchNorm: timm's layout,
             so a timm ``resnet18d``/``resnet50d`` state_dict loads with ``strict=True``.
+        se: a :class:`SqueezeExcite` gate on every block's residual branch, before the addition
+            (``se`` in each block; SE-ResNet, Hu et al., 2018).
 
     Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). The last stage works on
     (H/32, W/32) pixels (224 -> 7), or (H/8, W/8) with ``small_input`` (32 -> 4).
@@ -153,10 +186,11 @@ class ResNet(nn.Module):
         small_input: bool = False,
         deep_stem: bool = False,
         avg_down: bool = False,
+        se: bool = False,
     ) -> None:
         super().__init__()
         self.inplanes = 64  # channels entering the next block; _make_layer updates it
-        self.avg_down = avg_down
+        self.avg_down, self.se = avg_down, se
         if small_input:
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif deep_stem:
@@ -216,9 +250,9 @@ class ResNet(nn.Module):
                     conv1x1(self.inplanes, planes * block.expansion, stride),
                     nn.BatchNorm2d(planes * block.expansion),
                 )
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        layers = [block(self.inplanes, planes, stride, downsample, se=self.se)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, se=self.se) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -290,3 +324,31 @@ def resnet50d(
     """
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input,
                   deep_stem=not small_input, avg_down=True)
+
+
+def seresnet18d(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """SE-ResNet-18-D: ResNet-18-D with a :class:`SqueezeExcite` gate in every block (``ResNet``'s
+    ``se``); 11,798,856 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
+
+    Taught in: chapters/A2_fast_recipe.ipynb
+    """
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input,
+                  deep_stem=not small_input, avg_down=True, se=True)
+
+
+def seresnet50d(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """SE-ResNet-50-D: ResNet-50-D with a :class:`SqueezeExcite` gate in every block (``ResNet``'s
+    ``se``); 28,107,256 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
+
+    Taught in: chapters/A2_fast_recipe.ipynb
+    """
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input,
+                  deep_stem=not small_input, avg_down=True, se=True)
