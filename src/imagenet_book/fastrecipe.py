@@ -23,9 +23,10 @@ small budget (5 epochs of Imagenette at 128 px)? This module answers it by measu
   and its options, :data:`STAGES`) at a time, each option scored on held-out *training* images
   (:func:`~imagenet_book.data.fast.holdout_split`), never on the validation split; the chosen recipe
   is then trained on the whole training split and measured once on val: the ``fast-recipe-search`` reference run;
-* :data:`SECOND_ROUND`: the search again, from the recipe it chose (:data:`SEARCHED`), with levers of
-  fast.ai's leaderboard recipe it did not have (the Ranger optimizer, squeeze-excitation gates) and
-  depth tried again with the optimizer chosen there: the ``fast-recipe-second-round`` study.
+* :data:`SECOND_ROUND`: the search again, from the recipe it chose (:data:`SEARCHED`), in one stage
+  that chooses network and optimizer together, with levers of fast.ai's leaderboard recipe it did
+  not have (the Ranger optimizer, squeeze-excitation gates) and depth tried again with Ranger: the
+  ``fast-recipe-second-round`` study.
 
 In the ladder every choice is fixed before the runs, and in the search every choice is made on
 held-out training images, so the validation split is only ever measured, never tuned on. One
@@ -486,15 +487,15 @@ SEARCHED = dataclasses.replace(SEARCH_START, arch="resnet18d", activation="mish"
 #: schedule's (RAdam's rectification is a warmup of its own).
 RANGER = {"optimizer": "ranger", "lr": 1e-2, "weight_decay": 1e-2, "warmup_fraction": 0.0}
 
-#: A second round of the search, from :data:`SEARCHED`: two levers of the leaderboard's recipe the
-#: first round did not have, then depth again, now with the optimizer chosen here. Fixed before its
-#: runs, like :data:`STAGES`.
+#: A second round of the search, from :data:`SEARCHED`: one stage that chooses the network and the
+#: optimizer *together* (the first round's greedy stages could not), with two levers of the
+#: leaderboard's recipe the first round did not have: the Ranger optimizer and squeeze-excitation
+#: gates; and depth again, now with Ranger. Fixed before its runs, like :data:`STAGES`.
 SECOND_ROUND: tuple[Stage, ...] = (
-    Stage("optimizer", "fast.ai's Ranger (RAdam inside Lookahead) instead of SGD?",
-          _options(("SGD 0.4 (as searched)", {}), ("Ranger 1e-2, decay 1e-2", RANGER))),
-    Stage("network", "squeeze-excitation gates, or depth, with the optimizer chosen",
-          _options(("as chosen", {}), ("SE-ResNet-18-D", {"arch": "seresnet18d"}),
-                   ("ResNet-50-D", {"arch": "resnet50d"}))),
+    Stage("network and optimizer", "chosen together: Ranger, squeeze-excitation gates, depth with Ranger",
+          _options(("ResNet-18-D, SGD 0.4 (as searched)", {}), ("ResNet-18-D, Ranger", RANGER),
+                   ("SE-ResNet-18-D, SGD 0.4", {"arch": "seresnet18d"}),
+                   ("ResNet-50-D, Ranger", {"arch": "resnet50d", **RANGER}))),
 )
 
 

@@ -25,7 +25,8 @@ their own live run at the profile's budget.
 * ``fast-recipe-search`` (the same appendix): a recipe chosen stage by stage on held-out training
   images (:func:`imagenet_book.fastrecipe.search`), then measured once on val beside the textbook;
   and ``fast-recipe-second-round`` (a study): the search again from the recipe it chose, with the
-  Ranger optimizer, squeeze-excitation gates and depth (:data:`imagenet_book.fastrecipe.SECOND_ROUND`);
+  network and optimizer chosen together: Ranger, squeeze-excitation gates, depth with Ranger
+  (:data:`imagenet_book.fastrecipe.SECOND_ROUND`);
 * ``selfsup-imagenette`` (chapter 11): SimCLR without labels against supervised pretraining at an
   equal budget: k-NN and linear probe on Imagenette, transfer to the VOC-format set; and
   ``selfsup-schedule`` (a study, left out like the other): the same SimCLR at
