@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["Lamb", "Lion", "Ranger"]
+__all__ = ["Lamb", "Lion", "Ranger", "rectification"]
 
 
 class _TensorByTensor(torch.optim.Optimizer):
@@ -135,6 +135,20 @@ class Lamb(_TensorByTensor):
         p.sub_(update * (group["lr"] * trust))
 
 
+def rectification(step: int, beta2: float) -> float | None:
+    """RAdam's ``r_t`` at optimizer step ``step`` (1-based) for Adam's ``beta2``: the factor on
+    Adam's step while the average of squared gradients is still short, rising towards 1; ``None``
+    while it is too short to use (``rho_t <= 5``), when RAdam takes a momentum step instead.
+
+    Taught in: chapters/A2_fast_recipe.ipynb.
+    """
+    rho_inf = 2 / (1 - beta2) - 1
+    rho = rho_inf - 2 * step * beta2 ** step / (1 - beta2 ** step)
+    if rho <= 5:
+        return None
+    return math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+
+
 class Ranger(_TensorByTensor):
     """Ranger: a RAdam step with decoupled weight decay, inside Lookahead (see the module's
     docstring). fast.ai's Imagenette recipe runs it at lr 1e-2 (weight decay 1e-2, betas
@@ -170,10 +184,8 @@ class Ranger(_TensorByTensor):
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
         m_hat = m / (1 - beta1 ** t)
-        rho_inf = 2 / (1 - beta2) - 1
-        rho = rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t)
-        if rho > 5:  # enough squared gradients averaged: Adam's step, scaled by RAdam's r_t
-            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+        r = rectification(t, beta2)
+        if r is not None:  # enough squared gradients averaged: Adam's step, scaled by RAdam's r_t
             p.addcdiv_(m_hat, (v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]), value=-group["lr"] * r)
         else:  # too few: a momentum step
             p.add_(m_hat, alpha=-group["lr"])
