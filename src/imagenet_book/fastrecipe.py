@@ -291,7 +291,7 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
                            img_size=img_size)
     # mixed precision: bf16 where the hardware has it (a GPU; a CPU with AMX tiles), else float32
     amp = ("bf16" if engine.bf16_is_fast(device) else None) if recipe.mixed_precision else "fp32"
-    channels_last = True if recipe.mixed_precision else False
+    channels_last = recipe.mixed_precision
     if log is not None:
         log(f"fast recipe: {recipe.arch} ({recipe.activation}), {len(train_loader.cache)} images x {epochs} epochs "
             f"at {list(sizes)} px, "

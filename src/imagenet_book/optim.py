@@ -72,6 +72,20 @@ class _TensorByTensor(torch.optim.Optimizer):
         return loss
 
 
+def _adam_moments(state: dict[str, Any], p: torch.Tensor, beta1: float,
+                  beta2: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One step of Adam's moments in ``state`` (made on the first call): the step count ``t``,
+    ``m <- beta1 * m + (1 - beta1) * g`` and ``v <- beta2 * v + (1 - beta2) * g^2``, not
+    bias-corrected. Returns ``(m, v, t)``; LAMB and Ranger both start from it."""
+    if "step" not in state:
+        state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    state["step"] += 1
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.lerp_(p.grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+    return m, v, state["step"]
+
+
 class Lion(_TensorByTensor):
     """Lion: ``w <- w - lr * (sign(beta1 * m + (1 - beta1) * g) + weight_decay * w)``, then
     ``m <- beta2 * m + (1 - beta2) * g`` (see the module's docstring).
@@ -120,13 +134,7 @@ class Lamb(_TensorByTensor):
 
     def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
-        state = self.state[p]
-        if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        state["step"] += 1
-        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-        m.lerp_(p.grad, 1 - beta1)
-        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        m, v, t = _adam_moments(self.state[p], p, beta1, beta2)
         update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]))
         if group["weight_decay"]:
             update.add_(p, alpha=group["weight_decay"])
@@ -176,11 +184,8 @@ class Ranger(_TensorByTensor):
         beta1, beta2 = group["betas"]
         state = self.state[p]
         if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p), slow=p.detach().clone())
-        state["step"] += 1
-        m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-        m.lerp_(p.grad, 1 - beta1)
-        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            state["slow"] = p.detach().clone()  # Lookahead's slow weights start at the fast ones
+        m, v, t = _adam_moments(state, p, beta1, beta2)
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
         m_hat = m / (1 - beta1 ** t)

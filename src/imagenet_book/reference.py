@@ -661,6 +661,11 @@ def _needs_real_imagenette(cfg: Any, experiment: str) -> Any:
     return classification_source(cfg, "imagenette")
 
 
+def _imagenette_data(source: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """A record's ``data`` for a fast-recipe run ``run`` on the whole real Imagenette ``source``."""
+    return {"name": f"real Imagenette ({source.name})", "real": True, "train": run["train"], "val": run["val"]}
+
+
 def fast_recipe(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """The fast recipe's ablation on the real Imagenette at :data:`FAST` sizes; first the final
     recipe from a cold cache, timed end to end (the images decoded from their files included)."""
@@ -671,8 +676,7 @@ def fast_recipe(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
     rows = fastrecipe.ablation(cfg, **FAST, levers=fastrecipe.LADDER, side=fastrecipe.SIDE,
                                run=lambda key, make: runs.get(key, make, log), log=log)
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
-            "data": {"name": f"real Imagenette ({source.name})", "real": True,
-                     "train": final["train"], "val": final["val"]},
+            "data": _imagenette_data(source, final),
             "rows": rows,
             "extra": {"end_to_end_s": final["end_to_end_s"], "train_s": final["train_s"],
                       "eval_s": final["eval_s"], "sizes": final["sizes"], "amp": final["amp"],
@@ -711,8 +715,7 @@ def fast_recipe_search(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
                         lambda: fastrecipe.train_recipe(cfg, fastrecipe.TEXTBOOK, **FAST, log=log), log)
     rows += [_val_row("textbook", textbook, fastrecipe.TEXTBOOK), _val_row("searched", final, chosen)]
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
-            "data": {"name": f"real Imagenette ({source.name})", "real": True,
-                     "train": final["train"], "val": final["val"]},
+            "data": _imagenette_data(source, final),
             "rows": rows,
             "extra": {"recipe": dataclasses.asdict(chosen), "holdout_fraction": fastrecipe.HOLDOUT_FRACTION,
                       "held_out": rows[0]["held_out"], "end_to_end_s": final["end_to_end_s"],
@@ -731,8 +734,7 @@ def fast_recipe_second_round(cfg: Any, log: Callable[[str], None]) -> dict[str, 
     chosen, rows = found["recipe"], found["rows"]
     rows.append(_val_row("second round", final, chosen))
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
-            "data": {"name": f"real Imagenette ({source.name})", "real": True,
-                     "train": final["train"], "val": final["val"]},
+            "data": _imagenette_data(source, final),
             "rows": rows,
             "extra": {"start": dataclasses.asdict(start), "recipe": dataclasses.asdict(chosen),
                       "holdout_fraction": fastrecipe.HOLDOUT_FRACTION, "held_out": rows[0]["held_out"],

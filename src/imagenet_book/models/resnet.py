@@ -298,6 +298,13 @@ def resnet50(
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input)
 
 
+def _resnet_d(block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int, zero_init_residual: bool,
+              small_input: bool, se: bool = False) -> ResNet:
+    """ResNet-D (``deep_stem``, unless ``small_input`` asks for the CIFAR stem, and ``avg_down``)."""
+    return ResNet(block, layers, num_classes, zero_init_residual, small_input, deep_stem=not small_input,
+                  avg_down=True, se=se)
+
+
 def resnet18d(
     *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
 ) -> ResNet:
@@ -308,8 +315,7 @@ def resnet18d(
 
     Taught in: chapters/A2_fast_recipe.ipynb
     """
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input,
-                  deep_stem=not small_input, avg_down=True)
+    return _resnet_d(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input)
 
 
 def resnet50d(
@@ -322,8 +328,7 @@ def resnet50d(
 
     Taught in: chapters/A2_fast_recipe.ipynb
     """
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input,
-                  deep_stem=not small_input, avg_down=True)
+    return _resnet_d(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input)
 
 
 def seresnet18d(
@@ -336,8 +341,7 @@ def seresnet18d(
 
     Taught in: chapters/A2_fast_recipe.ipynb
     """
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input,
-                  deep_stem=not small_input, avg_down=True, se=True)
+    return _resnet_d(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input, se=True)
 
 
 def seresnet50d(
@@ -350,5 +354,4 @@ def seresnet50d(
 
     Taught in: chapters/A2_fast_recipe.ipynb
     """
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input,
-                  deep_stem=not small_input, avg_down=True, se=True)
+    return _resnet_d(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input, se=True)
