@@ -15,7 +15,8 @@ from torch import nn
 
 from imagenet_book import fastrecipe, reference, results
 from imagenet_book.data.fast import FastLoader, ImageCache
-from imagenet_book.models import SqueezeExcite, resnet18, resnet18d, resnet50d, seresnet18d, seresnet50d
+from imagenet_book.models import (BasicBlock, Bottleneck, ResNet, SqueezeExcite, resnet18, resnet18d, resnet50d,
+                                  seresnet18d, seresnet50d, seresnext50d)
 from imagenet_book.optim import Lamb, Lion, Ranger
 from imagenet_book.recipe import FLAT_FRACTION, RecipeError, TrainConfig, lr_factor, make_optimizer, param_groups
 
@@ -145,6 +146,14 @@ def test_squeeze_excite_gates_each_channel_by_the_whole_image():
     net = seresnet18d(num_classes=10, zero_init_residual=True)
     assert sum(isinstance(m, SqueezeExcite) for m in net.modules()) == 8
     assert sum(isinstance(m, SqueezeExcite) for m in seresnet50d().modules()) == 16
+    # SE-ResNeXt-50-D: the same gates, and every bottleneck's 3x3 convolution in 32 groups, twice as wide.
+    xnet = seresnext50d(num_classes=10)
+    blocks = [m for m in xnet.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16 and all(hasattr(m, "se") and m.conv2.groups == 32 for m in blocks)
+    assert [blocks[i].conv2.out_channels for i in (0, 3, 7, 13)] == [128, 256, 512, 1024]
+    assert xnet(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    with pytest.raises(ValueError, match="Bottleneck"):
+        ResNet(BasicBlock, [2, 2, 2, 2], groups=32, width_per_group=4)
     assert not any(isinstance(m, SqueezeExcite) for m in resnet18d().modules())
     assert not any(".se." in k for k in resnet18().state_dict())
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
@@ -413,3 +422,44 @@ def test_second_round_study_records_its_stages_and_one_val_measurement(tiny, tmp
     monkeypatch.setattr(fastrecipe, "train_recipe", lambda *a, **k: pytest.fail("trained again"))
     reference.run_reference(tiny, ["fast-recipe-second-round"], folder=out, force=True, log=lambda _: None)
     assert results.read_result("fast-recipe-second-round", out)["rows"] == result["rows"]
+
+
+def test_the_third_round_starts_from_the_recipe_the_second_round_kept():
+    recorded = results.read_result("fast-recipe-second-round")
+    assert recorded is not None, "book/results/fast-recipe-second-round.json is committed with the book"
+    kept = dict(recorded["extra"]["recipe"], crop_scale=tuple(recorded["extra"]["recipe"]["crop_scale"]))
+    assert dataclasses.asdict(fastrecipe.SEARCHED) == kept
+    network, test_time = fastrecipe.THIRD_ROUND
+    assert [o.changes for o in network.options] == [{}, {"arch": "seresnext50d", **fastrecipe.RANGER}]
+    assert test_time == fastrecipe.STAGES[-1] and all(
+        set(o.changes) == {"test_flip", "test_size"} for o in test_time.options)
+
+
+def test_third_round_study_records_both_stages_from_one_training_per_network(tiny, tmp_path, monkeypatch):  # noqa: F811
+    _imagenette_tree(tiny.data_root, train=2, val=1)
+    monkeypatch.setattr(reference, "FAST", {"epochs": 1, "img_size": 24, "batch_size": 10})
+    trained = []
+    train = fastrecipe.train_recipe
+    monkeypatch.setattr(fastrecipe, "train_recipe", lambda cfg, recipe, **k: trained.append(recipe.arch) or train(
+        cfg, recipe, **k))
+    out = tmp_path / "results"
+    assert "fast-recipe-third-round" in reference.STUDIES
+    reference.run_reference(tiny, ["fast-recipe-third-round"], folder=out, log=lambda _: None)
+    result = results.read_result("fast-recipe-third-round", out)
+    assert result["command"] == "python -m imagenet_book reference fast-recipe-third-round"
+    network, test_time = fastrecipe.THIRD_ROUND
+    assert [r["run"] for r in result["rows"]] == (
+        [f"{network.name}: {o.name}" for o in network.options]
+        + [f"{test_time.name}: {o.name}" for o in test_time.options] + ["third round"])
+    # Two networks trained on the held-out split, then the chosen one on the whole: the test-time
+    # stage re-reads the chosen network's run.
+    chosen = {r["stage"]: r["option"] for r in result["rows"] if r.get("chosen")}
+    arch = {"ResNet-18-D, SGD 0.4 (as kept)": "resnet18d", "SE-ResNeXt-50-D, Ranger": "seresnext50d"}[
+        chosen[network.name]]
+    assert trained == ["resnet18d", "seresnext50d", arch] and result["extra"]["recipe"]["arch"] == arch
+    kept = next(r for r in result["rows"] if r.get("stage") == network.name and r["chosen"])
+    read = [r for r in result["rows"] if r.get("stage") == test_time.name]
+    assert {r["train_s"] for r in read} == {kept["train_s"]} and read[0]["value"] == kept["value"]
+    assert result["extra"]["recipe"]["test_flip"] == (chosen[test_time.name] in ("flips", "both"))
+    table = fastrecipe.search_table(result)
+    assert f"| {network.name} |" in table and "| third round (val) |" in table and table.count("**") == 4

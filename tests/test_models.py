@@ -18,6 +18,13 @@ from torch import nn
 import imagenet_book.models as M
 
 ARCHS = ["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50"]
+#: torchvision networks the book builds from its classes' options rather than a function of their name.
+BUILT = {"resnext50_32x4d": lambda: M.ResNet(M.Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4)}
+
+
+def build(arch: str) -> nn.Module:
+    """Our default-option network of torchvision's name ``arch``."""
+    return BUILT[arch]() if arch in BUILT else getattr(M, arch)()
 
 
 def meta(arch: str) -> dict:
@@ -29,7 +36,7 @@ def meta(arch: str) -> dict:
 def ours_default(arch: str) -> nn.Module:
     """One default-option model per architecture, shared by the tests that only inspect it
     (never load weights into it: test_vgg_init checks its own initialisation)."""
-    return getattr(M, arch)()
+    return build(arch)
 
 
 def n_params(model: nn.Module) -> int:
@@ -59,17 +66,17 @@ def test_package_does_not_import_torchvision():
             assert not any(n.split(".")[0] == "torchvision" for n in names), path
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, *BUILT])
 def test_parameter_count_equals_torchvision(arch):
     assert n_params(ours_default(arch)) == meta(arch)["num_params"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, *BUILT])
 def test_torchvision_state_dict_loads_strictly_and_outputs_match(arch):
     """Train mode (batch statistics, dropout, running-stat updates, gradients), then eval mode."""
     torch.manual_seed(0)
     tv = getattr(torchvision.models, arch)(weights=None)
-    ours = getattr(M, arch)()
+    ours = build(arch)
     ours.load_state_dict(tv.state_dict(), strict=True)
     # 64x64 keeps VGG affordable on a CPU and is honest: its adaptive pool maps the 2x2 feature
     # map to the same 7x7 grid torchvision's does, so the classifier sees 25,088 features.
@@ -148,7 +155,7 @@ def test_vgg_init():
     assert fc.weight.std().item() == pytest.approx(0.01, rel=0.02) and torch.all(fc.bias == 0)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg16"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg16", "resnext50_32x4d"])
 def test_summary_totals_match_torchvision_metadata(arch):
     """torchvision's ``_ops`` are GMACs at 224x224 rounded to 3 decimals (1.814 for ResNet-18)."""
     table = M.layer_table(ours_default(arch), (1, 3, 224, 224))

@@ -26,7 +26,9 @@ small budget (5 epochs of Imagenette at 128 px)? This module answers it by measu
 * :data:`SECOND_ROUND`: the search again, from the recipe it chose (:data:`SEARCHED`), in one stage
   that chooses network and optimizer together, with levers of fast.ai's leaderboard recipe it did
   not have (the Ranger optimizer, squeeze-excitation gates) and depth tried again with Ranger: the
-  ``fast-recipe-second-round`` study.
+  ``fast-recipe-second-round`` study;
+* :data:`THIRD_ROUND`: the leaderboard's own network (SE-ResNeXt-50-D) with Ranger against the recipe
+  the second round kept, then the test-time levers again: the ``fast-recipe-third-round`` study.
 
 In the ladder every choice is fixed before the runs, and in the search every choice is made on
 held-out training images, so the validation split is only ever measured, never tuned on. One
@@ -56,7 +58,8 @@ from .data.imagenet import DataSource
 from .recipe import TrainConfig
 
 __all__ = ["ACTIVATIONS", "FlipAverage", "HOLDOUT_FRACTION", "LADDER", "Lever", "RANGER", "Recipe", "SEARCHED",
-           "SEARCH_START", "SECOND_ROUND", "SIDE", "STAGES", "Stage", "TEXTBOOK", "TEST_SIZE_FACTOR", "ablation",
+           "SEARCH_START", "SECOND_ROUND", "SIDE", "STAGES", "Stage", "TEXTBOOK", "TEST_SIZE_FACTOR", "THIRD_ROUND",
+           "ablation",
            "ablation_table", "final_recipe", "holdout_split", "metric_key", "progressive_sizes", "recipe_config",
            "rung", "run_key", "search", "search_table", "train_recipe", "use_activation"]
 
@@ -496,6 +499,18 @@ SECOND_ROUND: tuple[Stage, ...] = (
           _options(("ResNet-18-D, SGD 0.4 (as searched)", {}), ("ResNet-18-D, Ranger", RANGER),
                    ("SE-ResNet-18-D, SGD 0.4", {"arch": "seresnet18d"}),
                    ("ResNet-50-D, Ranger", {"arch": "resnet50d", **RANGER}))),
+)
+
+#: A third round, from the recipe the second round kept (:data:`SEARCHED` again): the leaderboard's
+#: own network, SE-ResNeXt-50-D (squeeze-excitation gates and ResNeXt's grouped convolutions on
+#: ResNet-50-D), with the leaderboard's optimizer, against the recipe kept so far; then the
+#: test-time stage of the first round again (free: the same runs evaluated four ways), since a
+#: larger network may read flips and a larger test image differently. Fixed before its runs.
+THIRD_ROUND: tuple[Stage, ...] = (
+    Stage("the leaderboard's network", "SE-ResNeXt-50-D with Ranger, against the recipe kept so far",
+          _options(("ResNet-18-D, SGD 0.4 (as kept)", {}),
+                   ("SE-ResNeXt-50-D, Ranger", {"arch": "seresnext50d", **RANGER}))),
+    STAGES[-1],
 )
 
 

@@ -26,7 +26,9 @@ their own live run at the profile's budget.
   images (:func:`imagenet_book.fastrecipe.search`), then measured once on val beside the textbook;
   and ``fast-recipe-second-round`` (a study): the search again from the recipe it chose, with the
   network and optimizer chosen together: Ranger, squeeze-excitation gates, depth with Ranger
-  (:data:`imagenet_book.fastrecipe.SECOND_ROUND`);
+  (:data:`imagenet_book.fastrecipe.SECOND_ROUND`); and ``fast-recipe-third-round`` (a study): the
+  leaderboard's network, SE-ResNeXt-50-D with Ranger, against the recipe kept, then the test-time
+  levers (:data:`imagenet_book.fastrecipe.THIRD_ROUND`);
 * ``selfsup-imagenette`` (chapter 11): SimCLR without labels against supervised pretraining at an
   equal budget: k-NN and linear probe on Imagenette, transfer to the VOC-format set; and
   ``selfsup-schedule`` (a study, left out like the other): the same SimCLR at
@@ -727,12 +729,25 @@ def fast_recipe_second_round(cfg: Any, log: Callable[[str], None]) -> dict[str, 
     """The search's second round (:data:`imagenet_book.fastrecipe.SECOND_ROUND`, from the recipe the
     first round chose), scored on held-out training images like the first; the chosen recipe then
     trained on the whole training split and measured once on val."""
+    return _next_round(cfg, "fast-recipe-second-round", "second round", fastrecipe.SECOND_ROUND, log)
+
+
+def fast_recipe_third_round(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The search's third round (:data:`imagenet_book.fastrecipe.THIRD_ROUND`, from the recipe the
+    second round kept), recorded like the second."""
+    return _next_round(cfg, "fast-recipe-third-round", "third round", fastrecipe.THIRD_ROUND, log)
+
+
+def _next_round(cfg: Any, experiment: str, label: str, stages: tuple[Any, ...],
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """A round of the search from :data:`imagenet_book.fastrecipe.SEARCHED` through ``stages``,
+    scored on held-out training images; the chosen recipe then trained on the whole training split
+    and measured once on val (the row ``label``)."""
     start = fastrecipe.SEARCHED
     source, runs, found, final = _search_and_measure(
-        cfg, "fast-recipe-second-round", fastrecipe.SECOND_ROUND, start,
-        lambda recipe: fastrecipe.train_recipe(cfg, recipe, **FAST, log=log), log)
+        cfg, experiment, stages, start, lambda recipe: fastrecipe.train_recipe(cfg, recipe, **FAST, log=log), log)
     chosen, rows = found["recipe"], found["rows"]
-    rows.append(_val_row("second round", final, chosen))
+    rows.append(_val_row(label, final, chosen))
     return {"chapter": "chapters/A2_fast_recipe.ipynb", "wall_s": runs.seconds,
             "data": _imagenette_data(source, final),
             "rows": rows,
@@ -763,6 +778,7 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
     "fast-recipe": fast_recipe,
     "fast-recipe-search": fast_recipe_search,
     "fast-recipe-second-round": fast_recipe_second_round,
+    "fast-recipe-third-round": fast_recipe_third_round,
     "selfsup-imagenette": selfsup_imagenette,
     "selfsup-schedule": selfsup_schedule,
     "lfw-verification": lfw_verification,
@@ -775,9 +791,10 @@ GPU_EXPERIMENTS = ("fast-recipe", "fast-recipe-search")
 
 #: Studies, run once beside a reference recipe: one that chose a constant of it (recorded with the
 #: choice), one that measured it beyond the chapter's budget, one that searched on from a recorded
-#: choice. ``make reference`` leaves them out; named, they run (anywhere: the second round's runs
-#: take about 10 minutes each for ResNet-18-D, 25 for ResNet-50-D on a 2-core CPU with AMX).
-STUDIES = ("pretrain-weight-decay", "selfsup-schedule", "fast-recipe-second-round")
+#: choice (twice). ``make reference`` leaves them out; named, they run (anywhere: the rounds' runs
+#: take about 10 minutes each for ResNet-18-D, 30 for ResNet-50-D, 45 for SE-ResNeXt-50-D on a
+#: 2-core CPU with AMX).
+STUDIES = ("pretrain-weight-decay", "selfsup-schedule", "fast-recipe-second-round", "fast-recipe-third-round")
 
 
 def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Path | None = None,

@@ -3,8 +3,9 @@
 Read it side by side with ``torchvision/models/resnet.py``: the attribute names (``conv1``,
 ``bn1``, ``layer1`` ... ``layer4``, ``fc``; inside a block ``conv1``/``bn1``/.../``downsample``)
 are the same, so a torchvision ``state_dict`` loads with ``strict=True`` and gives the same
-outputs. What is left out: the ResNeXt / wide / dilated options (``groups``, ``width_per_group``,
-``replace_stride_with_dilation``) and a pluggable ``norm_layer``; the book does not use them.
+outputs. ResNeXt's grouped convolutions (``groups``, ``width_per_group``) are in, as torchvision
+has them; what is left out: the dilated option (``replace_stride_with_dilation``) and a pluggable
+``norm_layer``; the book does not use them.
 
 Like torchvision, the bottleneck puts its stride on the 3x3 convolution ("ResNet v1.5"), not on
 the first 1x1 convolution as in the original paper.
@@ -26,21 +27,24 @@ Taught in: chapters/04_resnet.ipynb
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "SqueezeExcite", "resnet18", "resnet18d", "resnet34", "resnet50",
-           "resnet50d", "seresnet18d", "seresnet50d"]
+           "resnet50d", "seresnet18d", "seresnet50d", "seresnext50d"]
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1 and no bias (the BatchNorm after it has one).
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (the BatchNorm after it has one); with ``groups``
+    > 1 the channels are split into that many groups, each convolved on its own (ResNeXt).
 
     Shapes: (N, in_planes, H, W) -> (N, out_planes, ceil(H / stride), ceil(W / stride)).
 
     Taught in: chapters/04_resnet.ipynb
     """
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -116,7 +120,10 @@ class Bottleneck(nn.Module):
 
     The block of ResNet-50 and deeper: the 3x3 convolution works on ``planes`` channels while
     the block's input and output have ``4 * planes``, which is cheaper than two 3x3 convolutions
-    on the wide tensor.
+    on the wide tensor. ResNeXt (Xie et al., 2017; ``groups`` > 1) widens the 3x3 convolution to
+    ``planes * width_per_group / 64 * groups`` channels and splits it into ``groups`` groups, each
+    convolved on its own: ResNeXt-50 32x4d has 32 groups of 4 channels in the first stage, twice
+    the width of ResNet-50's 3x3 convolution for about the same arithmetic.
 
     Shapes: float32 (N, inplanes, H, W)
     -> float32 (N, 4 * planes, ceil(H / stride), ceil(W / stride)).
@@ -127,14 +134,16 @@ class Bottleneck(nn.Module):
     expansion: int = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False,
+        groups: int = 1, width_per_group: int = 64,
     ) -> None:
         super().__init__()
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        width = int(planes * (width_per_group / 64.0)) * groups  # torchvision's rule: = planes by default
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         if se:
             self.se = SqueezeExcite(planes * self.expansion)
@@ -170,6 +179,8 @@ class ResNet(nn.Module):
             so a timm ``resnet18d``/``resnet50d`` state_dict loads with ``strict=True``.
         se: a :class:`SqueezeExcite` gate on every block's residual branch, before the addition
             (``se`` in each block; SE-ResNet, Hu et al., 2018).
+        groups, width_per_group: ResNeXt's grouped 3x3 convolutions in every ``Bottleneck``
+            (torchvision's options of the same names; ``32, 4`` is ResNeXt-50 32x4d).
 
     Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). The last stage works on
     (H/32, W/32) pixels (224 -> 7), or (H/8, W/8) with ``small_input`` (32 -> 4).
@@ -187,10 +198,17 @@ class ResNet(nn.Module):
         deep_stem: bool = False,
         avg_down: bool = False,
         se: bool = False,
+        groups: int = 1,
+        width_per_group: int = 64,
     ) -> None:
         super().__init__()
+        if (groups, width_per_group) != (1, 64) and block is not Bottleneck:
+            raise ValueError("Grouped convolutions (groups, width_per_group) need the Bottleneck block, "
+                             f"not {block.__name__}: ResNeXt widens the bottleneck's 3x3 convolution.")
         self.inplanes = 64  # channels entering the next block; _make_layer updates it
         self.avg_down, self.se = avg_down, se
+        # Only for grouped convolutions: a BasicBlock takes no such arguments.
+        self.block_options = {"groups": groups, "width_per_group": width_per_group} if groups != 1 else {}
         if small_input:
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif deep_stem:
@@ -250,9 +268,9 @@ class ResNet(nn.Module):
                     conv1x1(self.inplanes, planes * block.expansion, stride),
                     nn.BatchNorm2d(planes * block.expansion),
                 )
-        layers = [block(self.inplanes, planes, stride, downsample, se=self.se)]
+        layers = [block(self.inplanes, planes, stride, downsample, se=self.se, **self.block_options)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, se=self.se) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, se=self.se, **self.block_options) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -299,10 +317,11 @@ def resnet50(
 
 
 def _resnet_d(block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int, zero_init_residual: bool,
-              small_input: bool, se: bool = False) -> ResNet:
-    """ResNet-D (``deep_stem``, unless ``small_input`` asks for the CIFAR stem, and ``avg_down``)."""
+              small_input: bool, **options: Any) -> ResNet:
+    """ResNet-D (``deep_stem``, unless ``small_input`` asks for the CIFAR stem, and ``avg_down``);
+    ``options``: ``ResNet``'s ``se``, ``groups``, ``width_per_group``."""
     return ResNet(block, layers, num_classes, zero_init_residual, small_input, deep_stem=not small_input,
-                  avg_down=True, se=se)
+                  avg_down=True, **options)
 
 
 def resnet18d(
@@ -355,3 +374,19 @@ def seresnet50d(
     Taught in: chapters/A2_fast_recipe.ipynb
     """
     return _resnet_d(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input, se=True)
+
+
+def seresnext50d(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """SE-ResNeXt-50-D (32x4d): SE-ResNet-50-D with ResNeXt's grouped 3x3 convolutions, 32 groups of
+    4 channels in the first stage (``ResNet``'s ``groups`` and ``width_per_group``): the network of
+    fast.ai's best five-epoch Imagenette entries (their ``xse_resnext50``, less its self-attention);
+    27,579,128 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
+
+    Taught in: chapters/A2_fast_recipe.ipynb
+    """
+    return _resnet_d(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input, se=True,
+                     groups=32, width_per_group=4)
