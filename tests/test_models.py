@@ -19,7 +19,8 @@ import imagenet_book.models as M
 
 ARCHS = ["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50"]
 #: torchvision networks the book builds from its classes' options rather than a function of their name.
-BUILT = {"resnext50_32x4d": lambda: M.ResNet(M.Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4)}
+BUILT = {"resnext50_32x4d": lambda: M.ResNet(M.Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4),
+         "wide_resnet50_2": lambda: M.ResNet(M.Bottleneck, [3, 4, 6, 3], width_per_group=128)}
 
 
 def build(arch: str) -> nn.Module:

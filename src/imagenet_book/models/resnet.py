@@ -3,9 +3,9 @@
 Read it side by side with ``torchvision/models/resnet.py``: the attribute names (``conv1``,
 ``bn1``, ``layer1`` ... ``layer4``, ``fc``; inside a block ``conv1``/``bn1``/.../``downsample``)
 are the same, so a torchvision ``state_dict`` loads with ``strict=True`` and gives the same
-outputs. ResNeXt's grouped convolutions (``groups``, ``width_per_group``) are in, as torchvision
-has them; what is left out: the dilated option (``replace_stride_with_dilation``) and a pluggable
-``norm_layer``; the book does not use them.
+outputs. ResNeXt's grouped convolutions and wide ResNet's wider bottleneck (``groups``,
+``width_per_group``) are in, as torchvision has them; what is left out: the dilated option
+(``replace_stride_with_dilation``) and a pluggable ``norm_layer``; the book does not use them.
 
 Like torchvision, the bottleneck puts its stride on the 3x3 convolution ("ResNet v1.5"), not on
 the first 1x1 convolution as in the original paper.
@@ -180,7 +180,8 @@ class ResNet(nn.Module):
         se: a :class:`SqueezeExcite` gate on every block's residual branch, before the addition
             (``se`` in each block; SE-ResNet, Hu et al., 2018).
         groups, width_per_group: ResNeXt's grouped 3x3 convolutions in every ``Bottleneck``
-            (torchvision's options of the same names; ``32, 4`` is ResNeXt-50 32x4d).
+            (torchvision's options of the same names; ``32, 4`` is ResNeXt-50 32x4d; ``1, 128`` is
+            wide ResNet-50-2).
 
     Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes). The last stage works on
     (H/32, W/32) pixels (224 -> 7), or (H/8, W/8) with ``small_input`` (32 -> 4).
@@ -202,13 +203,14 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
     ) -> None:
         super().__init__()
-        if (groups, width_per_group) != (1, 64) and block is not Bottleneck:
+        # Passed to the blocks only when not the default: a BasicBlock takes no such arguments.
+        self.block_options = {} if (groups, width_per_group) == (1, 64) else {
+            "groups": groups, "width_per_group": width_per_group}
+        if self.block_options and block is not Bottleneck:
             raise ValueError("Grouped convolutions (groups, width_per_group) need the Bottleneck block, "
                              f"not {block.__name__}: ResNeXt widens the bottleneck's 3x3 convolution.")
         self.inplanes = 64  # channels entering the next block; _make_layer updates it
         self.avg_down, self.se = avg_down, se
-        # Only for grouped convolutions: a BasicBlock takes no such arguments.
-        self.block_options = {"groups": groups, "width_per_group": width_per_group} if groups != 1 else {}
         if small_input:
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         elif deep_stem:
