@@ -1,0 +1,141 @@
+"""Cross-check for issue 16: fast.ai's own leaderboard recipe, run by fast.ai's own code, on the
+Imagenette copy under the book's data root.
+
+The Imagenette leaderboard's 128 px / 5-epoch figures come from fastai's ``train_imagenette.py``
+with the "Jan 2020" parameters (fastai/imagenette, 2020-01-train.md):
+
+    --lr 8e-3 --sqrmom 0.99 --mom 0.95 --eps 1e-6 --bs 64 --opt ranger --sa 1
+    --fp16 1 --arch xse_resnext50 --pool MaxPool      (and --size 128 --epochs 5)
+
+i.e. fastai's xse_resnext50 (Mish, self-attention, max-pool shortcuts), Ranger, a flat-then-cosine
+schedule, weight decay 1e-2, label smoothing, random-resized crops of 35-100% and flips, trained
+from the 320 px release. This script builds that run with the fastai library's public API (it
+does not use the book's package at all), on whatever folder ``--data`` names, so the book's own
+figures can be read against the recipe they are compared with *on the same images*: if fastai's
+run lands where the book's does, the gap to the leaderboard is the data copy, not the book's code.
+
+fastai is not a dependency of the book. Install it beside the project's environment, without
+letting pip touch torch:
+
+    .venv/bin/pip install --target /tmp/fastai_pkgs --no-deps fastai fastdownload fastcore \\
+        fasttransform 'fastprogress==1.0.3' scikit-learn 'plum-dispatch<2.10' cloudpickle \\
+        beartype typing-extensions rich
+    PYTHONPATH=/tmp/fastai_pkgs .venv/bin/python bench/fastai_crosscheck.py \\
+        --data "$IMAGENET_BOOK_DATA/imagenette2-160" --json bench/results/NAME.json
+
+On a CPU it trains in float32 (fastai's ``to_fp16`` needs CUDA); with ``--fp16`` on a GPU it
+matches the leaderboard's setting. Figures are whatever the run prints: nothing is estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_data = Path(os.environ.get("IMAGENET_BOOK_DATA", "data")) / "imagenette2-160"
+    parser.add_argument("--data", type=Path, default=default_data,
+                        help="an Imagenette folder with train/ and val/ (default: %(default)s)")
+    parser.add_argument("--arch", default="xse_resnext50")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=8e-3)
+    parser.add_argument("--mom", type=float, default=0.95)
+    parser.add_argument("--sqrmom", type=float, default=0.99)
+    parser.add_argument("--eps", type=float, default=1e-6)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--sa", type=int, default=1)
+    parser.add_argument("--pool", default="MaxPool", choices=("MaxPool", "AvgPool"))
+    parser.add_argument("--fp16", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-batches", type=int, default=0,
+                        help="stop each epoch after this many batches (a trial of the set-up only)")
+    parser.add_argument("--json", type=Path, help="write the record here")
+    args = parser.parse_args(argv)
+
+    for split in ("train", "val"):
+        if not (args.data / split).is_dir():
+            sys.exit(f"{args.data / split}: not a folder. Point --data (or IMAGENET_BOOK_DATA) at an "
+                     "Imagenette copy with train/ and val/ class folders.")
+    try:
+        import torch
+        from fastai.callback.core import Callback, CancelEpochException
+        from fastai.layers import MaxPool, AvgPool, Mish
+        from fastai.losses import LabelSmoothingCrossEntropy
+        from fastai.metrics import accuracy
+        from fastai.optimizer import ranger
+        from fastai.torch_core import set_seed
+        from fastai.vision import models as fastai_models
+        from fastai.vision.all import (CategoryBlock, DataBlock, FlipItem, GrandparentSplitter,
+                                       ImageBlock, Learner, Normalize, RandomResizedCrop,
+                                       get_image_files, imagenet_stats, parent_label)
+        import fastai
+    except ImportError as error:
+        sys.exit(f"{error}: this cross-check needs the fastai library; see the install line at the "
+                 f"top of {Path(__file__).name}.")
+    from functools import partial
+
+    set_seed(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock),
+                      splitter=GrandparentSplitter(valid_name="val"),
+                      get_items=get_image_files, get_y=parent_label,
+                      item_tfms=[RandomResizedCrop(args.size, min_scale=0.35), FlipItem(0.5)],
+                      batch_tfms=[Normalize.from_stats(*imagenet_stats)])
+    dls = block.dataloaders(args.data, path=args.data, bs=args.bs, num_workers=args.workers,
+                            device=device)
+    pool = {"MaxPool": MaxPool, "AvgPool": AvgPool}[args.pool]
+    model = getattr(fastai_models.xresnet, args.arch)(n_out=len(dls.vocab), act_cls=Mish,
+                                                      sa=args.sa, sym=0, pool=pool)
+    opt = partial(ranger, mom=args.mom, sqr_mom=args.sqrmom, eps=args.eps, beta=0.0)
+
+    class Limit(Callback):
+        order = 1
+
+        def after_batch(self):
+            if self.training and args.limit_batches and self.iter + 1 >= args.limit_batches:
+                raise CancelEpochException()
+
+    learn = Learner(dls, model, opt_func=opt, metrics=[accuracy],
+                    loss_func=LabelSmoothingCrossEntropy(), cbs=[Limit()] if args.limit_batches else [])
+    if args.fp16:
+        learn = learn.to_fp16()
+    start = time.perf_counter()
+    learn.fit_flat_cos(args.epochs, args.lr, wd=1e-2)
+    wall = time.perf_counter() - start
+    # The recorder holds [train loss, valid loss, accuracy] per epoch.
+    per_epoch = [float(values[2]) for values in learn.recorder.values if len(values) > 2]
+    record = {
+        "name": "fastai-crosscheck",
+        "what": "fastai's train_imagenette.py recipe (Jan 2020 parameters) on the data under --data",
+        "command": "python bench/fastai_crosscheck.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "device": (torch.cuda.get_device_name(0) if device.type == "cuda"
+                   else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"),
+        "torch": torch.__version__, "fastai": fastai.__version__,
+        "data": str(args.data), "train_images": len(dls.train_ds), "val_images": len(dls.valid_ds),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
+        "precision": "fp16 mixed" if args.fp16 else "fp32",
+        "val_top1_per_epoch": per_epoch,
+        "val_top1": per_epoch[-1] if per_epoch else None,
+        "wall_s": round(wall, 1),
+    }
+    print(json.dumps(record, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(args.json)
+    return record
+
+
+if __name__ == "__main__":
+    main()
