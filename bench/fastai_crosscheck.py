@@ -33,9 +33,13 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,8 +62,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-batches", type=int, default=0,
                         help="stop each epoch after this many batches (a trial of the set-up only)")
-    parser.add_argument("--json", type=Path, help="write the record here")
+    parser.add_argument("--json", type=Path, help="write the run's raw record here")
+    parser.add_argument("--record", action="store_true",
+                        help=f"also write book/results/{RESULT}.json, the record chapter A2 renders")
+    parser.add_argument("--record-from", type=Path, metavar="RAW",
+                        help="write that record from a raw record an earlier run saved with --json; train nothing")
+    parser.add_argument("--commit", help="with --record-from: the commit of the code that run used, where its "
+                                          "raw record lacks one (default: this checkout's)")
     args = parser.parse_args(argv)
+    if args.record_from is not None:
+        raw = read_raw(args.record_from)
+        return write_book_record({"commit": args.commit or git_commit(), **raw})
 
     for split in ("train", "val"):
         if not (args.data / split).is_dir():
@@ -81,8 +94,6 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError as error:
         sys.exit(f"{error}: this cross-check needs the fastai library; see the install line at the "
                  f"top of {Path(__file__).name}.")
-    from functools import partial
-
     set_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     block = DataBlock(blocks=(ImageBlock, CategoryBlock),
@@ -114,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The recorder holds [train loss, valid loss, accuracy] per epoch.
     per_epoch = [float(values[2]) for values in learn.recorder.values if len(values) > 2]
     record = {
-        "name": "fastai-crosscheck",
+        "name": RESULT, "commit": git_commit(),
         "what": "fastai's train_imagenette.py recipe (Jan 2020 parameters) on the data under --data",
         "command": "python bench/fastai_crosscheck.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
@@ -134,7 +145,71 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(args.json)
+    if args.record:
+        write_book_record(record)
     return record
+
+
+RESULT = "fastai-crosscheck"
+#: How the book's record names the data and the command (no machine paths go into book/results).
+DATA_NAME = "Imagenette, the data root's copy (imagenette2-160)"
+COMMAND = ("PYTHONPATH=<fastai> python bench/fastai_crosscheck.py "
+           "--data $IMAGENET_BOOK_DATA/imagenette2-160 --json RAW.json  (then --record-from RAW.json)")
+
+
+def read_raw(path: Path) -> dict:
+    """A raw record this script wrote with ``--json``; a clear error for anything else."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        sys.exit(f"{path}: cannot read it as JSON ({error}); pass the file a run wrote with --json.")
+    missing = [k for k in ("val_top1_per_epoch", "settings", "device", "date", "train_images", "val_images")
+               if k not in raw]
+    if missing or raw.get("name") != RESULT:
+        sys.exit(f"{path}: not a raw record of {Path(__file__).name} (missing {missing}); "
+                 "pass the file a run wrote with --json.")
+    return raw
+
+
+def book_rows(raw: dict) -> list[dict]:
+    """The record's rows: val top-1 after each epoch of the run (the last row is the run's result),
+    each with ``epochs`` and ``img_size`` as the fast-recipe records carry them."""
+    per_epoch = raw["val_top1_per_epoch"]
+    settings = raw["settings"]
+    if len(per_epoch) != settings["epochs"]:
+        raise ValueError(f"the run recorded {len(per_epoch)} of its {settings['epochs']} epochs' val accuracy "
+                         "(a trial with --limit-batches, or a run cut short): nothing to record")
+    what = (f"fastai {raw['fastai']}: {settings['arch']} (Mish, self-attention {settings['sa']}, "
+            f"{settings['pool']} shortcuts), Ranger {settings['lr']:g} (mom {settings['mom']}, sqr_mom "
+            f"{settings['sqrmom']}), flat-cos, wd 1e-2, label smoothing, batch {settings['bs']}, "
+            f"crops 35-100% + flips, {raw['precision']}")
+    return [{"run": f"fastai, epoch {epoch}", "metric": "top1", "value": float(value), "epochs": epoch,
+             "img_size": settings["size"], "arch": settings["arch"], "what": what}
+            for epoch, value in enumerate(per_epoch, start=1)]
+
+
+def git_commit() -> str:
+    """This checkout's commit (short), ``+changes`` when its tracked files differ from it."""
+    run = partial(subprocess.run, cwd=ROOT, capture_output=True, text=True)
+    commit = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip() or "unknown"
+    return commit + ("+changes" if run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout else "")
+
+
+def write_book_record(raw: dict, folder: Path = ROOT / "book" / "results") -> dict:
+    """Write ``<folder>/fastai-crosscheck.json`` (default: the book's results) from a finished run's
+    raw record; returns what was written."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from imagenet_book.results import write_result
+
+    path = write_result(RESULT, chapter="chapters/A2_fast_recipe.ipynb", command=COMMAND,
+                        commit=raw["commit"], device=raw["device"], day=raw["date"],
+                        data={"name": DATA_NAME, "real": True, "train": raw["train_images"],
+                              "val": raw["val_images"]},
+                        rows=book_rows(raw), wall_s=raw["wall_s"], folder=folder,
+                        extra={"torch": raw["torch"], "fastai": raw["fastai"], "settings": {
+                            k: v for k, v in raw["settings"].items() if k != "data"}})
+    print(f"wrote {path}")
+    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""bench/fastai_crosscheck.py: fast.ai's leaderboard recipe run by the fastai library on the book's
+data, for issue 16's comparison. fastai is not installed with the project, so these tests check
+what a reader meets without it and how a finished run's raw record becomes the book's record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imagenet_book.results import read_result
+
+from scripts import ROOT, load_script
+
+SCRIPT = ROOT / "bench" / "fastai_crosscheck.py"
+crosscheck = load_script("bench/fastai_crosscheck.py", "fastai_crosscheck")
+
+
+def raw_record(per_epoch, epochs=5):
+    return {"name": "fastai-crosscheck", "commit": "abc1234", "date": "2026-12-06", "device": "CPU (x86_64, 2 cores)",
+            "torch": "2.14.1", "fastai": "2.8.12", "train_images": 9469, "val_images": 3925, "precision": "fp32",
+            "wall_s": 4000.0, "val_top1_per_epoch": per_epoch,
+            "settings": {"data": "/somewhere/imagenette2-160", "arch": "xse_resnext50", "size": 128, "epochs": epochs,
+                         "lr": 8e-3, "mom": 0.95, "sqrmom": 0.99, "bs": 64, "sa": 1, "pool": "MaxPool"}}
+
+
+def test_a_data_folder_without_train_and_val_is_named_with_the_fix(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"{tmp_path / 'train'}: not a folder" in done.stderr and "--data" in done.stderr
+
+
+def test_without_fastai_the_reader_is_sent_to_the_install_line(tmp_path):
+    try:
+        import fastai  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("fastai is installed here: the message for its absence cannot be seen")
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode != 0 and "needs the fastai library" in done.stderr and "fastai_crosscheck.py" in done.stderr
+
+
+def test_a_finished_run_becomes_a_record_the_chapter_reads(tmp_path):
+    written = crosscheck.write_book_record(raw_record([0.6, 0.7, 0.75, 0.8, 0.83]), folder=tmp_path)
+    result = read_result("fastai-crosscheck", folder=tmp_path)
+    assert result == written and result["commit"] == "abc1234" and result["device"] == "CPU (x86_64, 2 cores)"
+    assert [(r["epochs"], r["value"]) for r in result["rows"]] == [(1, 0.6), (2, 0.7), (3, 0.75), (4, 0.8), (5, 0.83)]
+    assert {r["img_size"] for r in result["rows"]} == {128} and "Ranger 0.008" in result["rows"][-1]["what"]
+    assert "/somewhere" not in json.dumps(result)  # no machine path goes into book/results
+
+
+def test_a_trial_or_a_cut_short_run_is_not_recorded(tmp_path):
+    with pytest.raises(ValueError, match="recorded 0 of its 5 epochs"):
+        crosscheck.write_book_record(raw_record([]), folder=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_file_that_is_not_a_raw_record_is_named(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"name": "something else"}))
+    with pytest.raises(SystemExit, match="other.json: not a raw record"):
+        crosscheck.read_raw(other)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(SystemExit, match="broken.json: cannot read it as JSON"):
+        crosscheck.read_raw(broken)
