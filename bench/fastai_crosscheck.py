@@ -21,7 +21,12 @@ letting pip touch torch:
         fasttransform 'fastprogress==1.0.3' scikit-learn 'plum-dispatch<2.10' cloudpickle \\
         beartype typing-extensions rich
     PYTHONPATH=/tmp/fastai_pkgs .venv/bin/python bench/fastai_crosscheck.py \\
-        --data "$IMAGENET_BOOK_DATA/imagenette2-160" --json bench/results/NAME.json
+        --data "$IMAGENET_BOOK_DATA/imagenette2-160" --json /tmp/xse_resnext50.json
+    (the same with --arch xresnet18 --json /tmp/xresnet18.json, for a network of ResNet-18's size)
+    .venv/bin/python bench/fastai_crosscheck.py --record-from /tmp/xse_resnext50.json /tmp/xresnet18.json
+
+The raw records hold machine paths, so they stay out of the repository; the last command writes
+``book/results/fastai-crosscheck.json`` (rows: val top-1 after each epoch of each network).
 
 On a CPU it trains in float32 (fastai's ``to_fp16`` needs CUDA); with ``--fp16`` on a GPU it
 matches the leaderboard's setting. Figures are whatever the run prints: nothing is estimated.
@@ -63,16 +68,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit-batches", type=int, default=0,
                         help="stop each epoch after this many batches (a trial of the set-up only)")
     parser.add_argument("--json", type=Path, help="write the run's raw record here")
-    parser.add_argument("--record", action="store_true",
-                        help=f"also write book/results/{RESULT}.json, the record chapter A2 renders")
-    parser.add_argument("--record-from", type=Path, metavar="RAW",
-                        help="write that record from a raw record an earlier run saved with --json; train nothing")
-    parser.add_argument("--commit", help="with --record-from: the commit of the code that run used, where its "
-                                          "raw record lacks one (default: this checkout's)")
+    parser.add_argument("--record-from", type=Path, nargs="+", metavar="RAW",
+                        help=f"train nothing: write book/results/{RESULT}.json (what chapter A2 renders) from "
+                             "the raw records of finished runs (--json), one or several networks")
+    parser.add_argument("--commit", help="with --record-from: the commit of the code a raw record's run used, "
+                                          "for raw records that lack one (default: this checkout's)")
     args = parser.parse_args(argv)
     if args.record_from is not None:
-        raw = read_raw(args.record_from)
-        return write_book_record({"commit": args.commit or git_commit(), **raw})
+        commit = args.commit or git_commit()
+        return write_book_record([{"commit": commit, **read_raw(path)} for path in args.record_from])
 
     for split in ("train", "val"):
         if not (args.data / split).is_dir():
@@ -145,16 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(args.json)
-    if args.record:
-        write_book_record(record)
     return record
 
 
 RESULT = "fastai-crosscheck"
 #: How the book's record names the data and the command (no machine paths go into book/results).
 DATA_NAME = "Imagenette, the data root's copy (imagenette2-160)"
-COMMAND = ("PYTHONPATH=<fastai> python bench/fastai_crosscheck.py "
-           "--data $IMAGENET_BOOK_DATA/imagenette2-160 --json RAW.json  (then --record-from RAW.json)")
+COMMAND = ("PYTHONPATH=<fastai> python bench/fastai_crosscheck.py --data $IMAGENET_BOOK_DATA/imagenette2-160 "
+           "[--arch ARCH] --json RAW.json, then --record-from RAW.json ...")
 
 
 def read_raw(path: Path) -> dict:
@@ -183,8 +185,9 @@ def book_rows(raw: dict) -> list[dict]:
             f"{settings['pool']} shortcuts), Ranger {settings['lr']:g} (mom {settings['mom']}, sqr_mom "
             f"{settings['sqrmom']}), flat-cos, wd 1e-2, label smoothing, batch {settings['bs']}, "
             f"crops 35-100% + flips, {raw['precision']}")
-    return [{"run": f"fastai, epoch {epoch}", "metric": "top1", "value": float(value), "epochs": epoch,
-             "img_size": settings["size"], "arch": settings["arch"], "what": what}
+    return [{"run": f"fastai {settings['arch']}, epoch {epoch}", "metric": "top1", "value": float(value),
+             "epochs": epoch, "img_size": settings["size"], "arch": settings["arch"], "what": what,
+             "commit": raw["commit"], "device": raw["device"], "train_s": raw["wall_s"]}
             for epoch, value in enumerate(per_epoch, start=1)]
 
 
@@ -195,19 +198,30 @@ def git_commit() -> str:
     return commit + ("+changes" if run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout else "")
 
 
-def write_book_record(raw: dict, folder: Path = ROOT / "book" / "results") -> dict:
-    """Write ``<folder>/fastai-crosscheck.json`` (default: the book's results) from a finished run's
-    raw record; returns what was written."""
+def write_book_record(raws: list[dict], folder: Path = ROOT / "book" / "results") -> dict:
+    """Write ``<folder>/fastai-crosscheck.json`` (default: the book's results) from finished runs'
+    raw records, one network each, on the same data; returns what was written."""
     sys.path.insert(0, str(ROOT / "src"))
     from imagenet_book.results import write_result
 
+    arches = [raw["settings"]["arch"] for raw in raws]
+    if len(set(arches)) != len(arches):
+        raise ValueError(f"two raw records of the same network ({arches}): record each network once")
+    if len({(raw["train_images"], raw["val_images"]) for raw in raws}) != 1:
+        raise ValueError("the raw records were made on different data (their image counts differ)")
+
+    def joined(key: str) -> str:
+        return ", ".join(dict.fromkeys(raw[key] for raw in raws))
+
     path = write_result(RESULT, chapter="chapters/A2_fast_recipe.ipynb", command=COMMAND,
-                        commit=raw["commit"], device=raw["device"], day=raw["date"],
-                        data={"name": DATA_NAME, "real": True, "train": raw["train_images"],
-                              "val": raw["val_images"]},
-                        rows=book_rows(raw), wall_s=raw["wall_s"], folder=folder,
-                        extra={"torch": raw["torch"], "fastai": raw["fastai"], "settings": {
-                            k: v for k, v in raw["settings"].items() if k != "data"}})
+                        commit=joined("commit"), device=joined("device"), day=max(raw["date"] for raw in raws),
+                        data={"name": DATA_NAME, "real": True, "train": raws[0]["train_images"],
+                              "val": raws[0]["val_images"]},
+                        rows=[row for raw in raws for row in book_rows(raw)],
+                        wall_s=sum(raw["wall_s"] for raw in raws), folder=folder,
+                        extra={"torch": joined("torch"), "fastai": joined("fastai"), "settings": {
+                            raw["settings"]["arch"]: {k: v for k, v in raw["settings"].items() if k != "data"}
+                            for raw in raws}})
     print(f"wrote {path}")
     return json.loads(path.read_text())
 

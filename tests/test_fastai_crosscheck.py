@@ -18,11 +18,11 @@ SCRIPT = ROOT / "bench" / "fastai_crosscheck.py"
 crosscheck = load_script("bench/fastai_crosscheck.py", "fastai_crosscheck")
 
 
-def raw_record(per_epoch, epochs=5):
-    return {"name": "fastai-crosscheck", "commit": "abc1234", "date": "2026-12-06", "device": "CPU (x86_64, 2 cores)",
+def raw_record(per_epoch, epochs=5, arch="xse_resnext50", commit="abc1234"):
+    return {"name": "fastai-crosscheck", "commit": commit, "date": "2026-12-06", "device": "CPU (x86_64, 2 cores)",
             "torch": "2.14.1", "fastai": "2.8.12", "train_images": 9469, "val_images": 3925, "precision": "fp32",
             "wall_s": 4000.0, "val_top1_per_epoch": per_epoch,
-            "settings": {"data": "/somewhere/imagenette2-160", "arch": "xse_resnext50", "size": 128, "epochs": epochs,
+            "settings": {"data": "/somewhere/imagenette2-160", "arch": arch, "size": 128, "epochs": epochs,
                          "lr": 8e-3, "mom": 0.95, "sqrmom": 0.99, "bs": 64, "sa": 1, "pool": "MaxPool"}}
 
 
@@ -45,18 +45,33 @@ def test_without_fastai_the_reader_is_sent_to_the_install_line(tmp_path):
     assert done.returncode != 0 and "needs the fastai library" in done.stderr and "fastai_crosscheck.py" in done.stderr
 
 
-def test_a_finished_run_becomes_a_record_the_chapter_reads(tmp_path):
-    written = crosscheck.write_book_record(raw_record([0.6, 0.7, 0.75, 0.8, 0.83]), folder=tmp_path)
+def test_finished_runs_become_a_record_the_chapter_reads(tmp_path):
+    raws = [raw_record([0.6, 0.7, 0.75, 0.8, 0.83]), raw_record([0.5, 0.6, 0.7, 0.75, 0.8], arch="xresnet18",
+                                                                 commit="def5678")]
+    written = crosscheck.write_book_record(raws, folder=tmp_path)
     result = read_result("fastai-crosscheck", folder=tmp_path)
-    assert result == written and result["commit"] == "abc1234" and result["device"] == "CPU (x86_64, 2 cores)"
-    assert [(r["epochs"], r["value"]) for r in result["rows"]] == [(1, 0.6), (2, 0.7), (3, 0.75), (4, 0.8), (5, 0.83)]
+    assert result == written and result["commit"] == "abc1234, def5678" and result["device"] == "CPU (x86_64, 2 cores)"
+    big = [(r["epochs"], r["value"]) for r in result["rows"] if r["arch"] == "xse_resnext50"]
+    assert big == [(1, 0.6), (2, 0.7), (3, 0.75), (4, 0.8), (5, 0.83)]
+    assert [r["commit"] for r in result["rows"] if r["arch"] == "xresnet18"] == ["def5678"] * 5
     assert {r["img_size"] for r in result["rows"]} == {128} and "Ranger 0.008" in result["rows"][-1]["what"]
+    assert result["wall_s"] == 8000.0 and set(result["extra"]["settings"]) == {"xse_resnext50", "xresnet18"}
     assert "/somewhere" not in json.dumps(result)  # no machine path goes into book/results
+
+
+def test_the_same_network_twice_or_other_data_is_refused(tmp_path):
+    run = raw_record([0.6, 0.7, 0.75, 0.8, 0.83])
+    with pytest.raises(ValueError, match="same network"):
+        crosscheck.write_book_record([run, run], folder=tmp_path)
+    other = {**raw_record([0.5] * 5, arch="xresnet18"), "val_images": 500}
+    with pytest.raises(ValueError, match="different data"):
+        crosscheck.write_book_record([run, other], folder=tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_trial_or_a_cut_short_run_is_not_recorded(tmp_path):
     with pytest.raises(ValueError, match="recorded 0 of its 5 epochs"):
-        crosscheck.write_book_record(raw_record([]), folder=tmp_path)
+        crosscheck.write_book_record([raw_record([])], folder=tmp_path)
     assert not list(tmp_path.iterdir())
 
 

@@ -30,6 +30,9 @@ def test_a_written_result_reads_back_with_its_provenance(tmp_path):
     assert "CPU (2 cores)" in line and "make reference" in line and "0123456789" in line
     table = results.result_table(got)
     assert "| imagenet1k-probe | mAP | 0.386 |" in table and table.endswith(line)
+    two = _write(tmp_path, commit="0123456789abcdef, fedcba9876543210")
+    several = results.read_result("voc-multilabel", two.parent)
+    assert "at commits 0123456789, fedcba9876." in results.provenance(several)
 
 
 def test_machine_paths_and_malformed_results_are_refused(tmp_path):

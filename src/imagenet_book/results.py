@@ -149,16 +149,19 @@ def read_result(name: str, folder: str | os.PathLike[str] | None = None) -> dict
 def provenance(result: dict[str, Any]) -> str:
     """One line: what data (real or stand-in, sizes), which device, when, which command and commit.
     The evaluated images are "val" unless ``data["evaluated_on"]`` names them (a study scored on
-    held-out training images).
+    held-out training images); a record whose runs were made at several commits (``"commit": "a, b"``)
+    names each.
 
     Taught in: chapters/06_pretraining.ipynb.
     """
     d = result["data"]
     kind = "real data" if d["real"] else "stand-in data"
     minutes = result["wall_s"] / 60
+    several = result["commit"].split(", ")  # runs made at several commits name each one
+    commits = ("s " if len(several) > 1 else " ") + ", ".join(c[:10] for c in several)
     return (f"Recorded run '{result['name']}': {d['name']} ({kind}; {d['train']:,} train / {d['val']:,} "
             f"{d.get('evaluated_on', 'val')} images), {result['device']}, {result['date']}, {minutes:.0f} min, "
-            f"`{result['command']}` at commit {result['commit'][:10]}.")
+            f"`{result['command']}` at commit{commits}.")
 
 
 def not_recorded(name: str) -> str:
