@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-batches", type=int, default=0,
                         help="stop each epoch after this many batches (a trial of the set-up only)")
+    parser.add_argument("--book-loop", action="store_true",
+                        help="train fastai's network with the book's code instead of fastai's: its fast loader, "
+                             "engine.fit, its Ranger (beta1 0.9: pass --mom 0.9) and flat-then-cosine schedule, "
+                             "bf16 where the hardware has it; the network and the settings stay fastai's")
     parser.add_argument("--json", type=Path, help="write the run's raw record here")
     parser.add_argument("--record-from", type=Path, nargs="+", metavar="RAW",
                         help=f"train nothing: write book/results/{RESULT}.json (what chapter A2 renders) from "
@@ -98,6 +102,21 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError as error:
         sys.exit(f"{error}: this cross-check needs the fastai library; see the install line at the "
                  f"top of {Path(__file__).name}.")
+    pool = {"MaxPool": MaxPool, "AvgPool": AvgPool}[args.pool]
+
+    def network(num_classes: int) -> torch.nn.Module:
+        return getattr(fastai_models.xresnet, args.arch)(n_out=num_classes, act_cls=Mish, sa=args.sa, sym=0,
+                                                         pool=pool)
+
+    network.__name__ = f"fastai's {args.arch}"
+    common = {"name": RESULT, "commit": git_commit(),
+              "command": "python bench/fastai_crosscheck.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "fastai": fastai.__version__,
+              "data": str(args.data),
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                           if k not in ("json", "record_from", "commit")}}
+    if args.book_loop:
+        return save(args, {**common, **book_loop(args, network)})
     set_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     block = DataBlock(blocks=(ImageBlock, CategoryBlock),
@@ -107,9 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
                       batch_tfms=[Normalize.from_stats(*imagenet_stats)])
     dls = block.dataloaders(args.data, path=args.data, bs=args.bs, num_workers=args.workers,
                             device=device)
-    pool = {"MaxPool": MaxPool, "AvgPool": AvgPool}[args.pool]
-    model = getattr(fastai_models.xresnet, args.arch)(n_out=len(dls.vocab), act_cls=Mish,
-                                                      sa=args.sa, sym=0, pool=pool)
+    model = network(len(dls.vocab))
     opt = partial(ranger, mom=args.mom, sqr_mom=args.sqrmom, eps=args.eps, beta=0.0)
 
     class Limit(Callback):
@@ -128,27 +145,62 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - start
     # The recorder holds [train loss, valid loss, accuracy] per epoch.
     per_epoch = [float(values[2]) for values in learn.recorder.values if len(values) > 2]
-    record = {
-        "name": RESULT, "commit": git_commit(),
-        "what": "fastai's train_imagenette.py recipe (Jan 2020 parameters) on the data under --data",
-        "command": "python bench/fastai_crosscheck.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "device": (torch.cuda.get_device_name(0) if device.type == "cuda"
-                   else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"),
-        "torch": torch.__version__, "fastai": fastai.__version__,
-        "data": str(args.data), "train_images": len(dls.train_ds), "val_images": len(dls.valid_ds),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
+    return save(args, {
+        **common, "loop": "fastai",
+        "device": torch_device_name(device), "train_images": len(dls.train_ds), "val_images": len(dls.valid_ds),
         "precision": "fp16 mixed" if args.fp16 else "fp32",
-        "val_top1_per_epoch": per_epoch,
-        "val_top1": per_epoch[-1] if per_epoch else None,
-        "wall_s": round(wall, 1),
-    }
+        "val_top1_per_epoch": per_epoch, "val_top1": per_epoch[-1] if per_epoch else None,
+        "wall_s": round(wall, 1)})
+
+
+def book_loop(args: argparse.Namespace, network) -> dict:
+    """fastai's network trained by the book's fast recipe code (``fastrecipe.train_recipe`` with
+    ``build=``) at fastai's settings; the val top-1 at the end (the book's loop measures once)."""
+    import dataclasses
+
+    sys.path.insert(0, str(ROOT / "src"))
+    import imagenet_book
+    from imagenet_book import fastrecipe as fr
+
+    if args.mom != 0.9 or args.sqrmom != 0.99 or args.eps != 1e-6:
+        sys.exit("--book-loop: the book's fast recipe runs Ranger with beta1 0.9, beta2 0.99 and eps 1e-6; pass "
+                 "--mom 0.9 (and leave --sqrmom and --eps at their defaults) so the record says what ran.")
+    if args.data.name not in ("imagenette2-160", "imagenette2-320", "imagenette2"):
+        sys.exit(f"--book-loop: {args.data} must be named imagenette2-160 (or -320, or imagenette2), "
+                 "as the book's data rule looks for it in its data root.")
+    cfg = imagenet_book.start("local", seed=args.seed, quiet=True, data_root=args.data.parent)
+    every = dataclasses.replace(cfg.profile, train_per_class=None, val_per_class=None)  # all images, as fastai
+    cfg = dataclasses.replace(cfg, profile=every)
+    recipe = fr.Recipe(arch="not used: build=", crop_scale=(0.35, 1.0), optimizer="ranger", lr=args.lr,
+                       weight_decay=1e-2, decay_norm_and_bias=False, schedule="flatcos", warmup_fraction=0.0,
+                       label_smoothing=0.1, mixed_precision=True, ema=False)
+    found = fr.train_recipe(cfg, recipe, epochs=args.epochs, img_size=args.size, batch_size=args.bs,
+                            build=network, log=print)
+    device = torch_device_name(cfg.device)
+    return {"loop": "book", "device": device, "train_images": found["train"], "val_images": found["val"],
+            "precision": found["amp"], "val_top1_per_epoch": None, "val_top1": found["top1"],
+            "val_top1_flips": found["top1_flip"], "val_top5": found["top5"], "wall_s": found["train_s"],
+            "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(recipe).items()}}
+
+
+def torch_device_name(device) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def save(args: argparse.Namespace, record: dict) -> dict:
+    """Print the run's raw record and write it to ``--json`` (atomically)."""
     print(json.dumps(record, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(args.json)
+    return record
     return record
 
 
@@ -174,10 +226,21 @@ def read_raw(path: Path) -> dict:
 
 
 def book_rows(raw: dict) -> list[dict]:
-    """The record's rows: val top-1 after each epoch of the run (the last row is the run's result),
-    each with ``epochs`` and ``img_size`` as the fast-recipe records carry them."""
-    per_epoch = raw["val_top1_per_epoch"]
+    """The record's rows, each with ``epochs`` and ``img_size`` as the fast-recipe records carry them:
+    for a run of fastai's loop, val top-1 after each epoch (the last row is the run's result); for a
+    run of the book's loop (``--book-loop``), which measures once, one row at the end."""
     settings = raw["settings"]
+    if raw.get("loop", "fastai") == "book":
+        what = (f"fastai's {settings['arch']} (Mish, self-attention {settings['sa']}, {settings['pool']} "
+                f"shortcuts) trained by the book's fast recipe code: its fast loader, engine.fit, Ranger "
+                f"{settings['lr']:g} (beta1 0.9), flat-then-cosine, decoupled decay 1e-2 (not on BN/bias), label "
+                f"smoothing 0.1, crops 35-100% + flips, batch {settings['bs']}, {raw['precision']}")
+        return [{"run": f"fastai's {settings['arch']}, the book's loop", "metric": "top1",
+                 "value": float(raw["val_top1"]), "epochs": settings["epochs"], "img_size": settings["size"],
+                 "arch": settings["arch"], "loop": "book", "what": what, "top5": raw["val_top5"],
+                 "top1_flips": raw["val_top1_flips"], "commit": raw["commit"], "device": raw["device"],
+                 "train_s": raw["wall_s"]}]
+    per_epoch = raw["val_top1_per_epoch"]
     if len(per_epoch) != settings["epochs"]:
         raise ValueError(f"the run recorded {len(per_epoch)} of its {settings['epochs']} epochs' val accuracy "
                          "(a trial with --limit-batches, or a run cut short): nothing to record")
@@ -186,8 +249,8 @@ def book_rows(raw: dict) -> list[dict]:
             f"{settings['sqrmom']}), flat-cos, wd 1e-2, label smoothing, batch {settings['bs']}, "
             f"crops 35-100% + flips, {raw['precision']}")
     return [{"run": f"fastai {settings['arch']}, epoch {epoch}", "metric": "top1", "value": float(value),
-             "epochs": epoch, "img_size": settings["size"], "arch": settings["arch"], "what": what,
-             "commit": raw["commit"], "device": raw["device"], "train_s": raw["wall_s"]}
+             "epochs": epoch, "img_size": settings["size"], "arch": settings["arch"], "loop": "fastai",
+             "what": what, "commit": raw["commit"], "device": raw["device"], "train_s": raw["wall_s"]}
             for epoch, value in enumerate(per_epoch, start=1)]
 
 
@@ -204,9 +267,9 @@ def write_book_record(raws: list[dict], folder: Path = ROOT / "book" / "results"
     sys.path.insert(0, str(ROOT / "src"))
     from imagenet_book.results import write_result
 
-    arches = [raw["settings"]["arch"] for raw in raws]
-    if len(set(arches)) != len(arches):
-        raise ValueError(f"two raw records of the same network ({arches}): record each network once")
+    runs = [(raw["settings"]["arch"], raw.get("loop", "fastai")) for raw in raws]
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"two raw records of the same network and loop ({runs}): record each once")
     if len({(raw["train_images"], raw["val_images"]) for raw in raws}) != 1:
         raise ValueError("the raw records were made on different data (their image counts differ)")
 
@@ -220,8 +283,8 @@ def write_book_record(raws: list[dict], folder: Path = ROOT / "book" / "results"
                         rows=[row for raw in raws for row in book_rows(raw)],
                         wall_s=sum(raw["wall_s"] for raw in raws), folder=folder,
                         extra={"torch": joined("torch"), "fastai": joined("fastai"), "settings": {
-                            raw["settings"]["arch"]: {k: v for k, v in raw["settings"].items() if k != "data"}
-                            for raw in raws}})
+                            f"{arch}, {loop} loop": {k: v for k, v in raw["settings"].items() if k != "data"}
+                            for (arch, loop), raw in zip(runs, raws)}})
     print(f"wrote {path}")
     return json.loads(path.read_text())
 

@@ -55,8 +55,19 @@ def test_finished_runs_become_a_record_the_chapter_reads(tmp_path):
     assert big == [(1, 0.6), (2, 0.7), (3, 0.75), (4, 0.8), (5, 0.83)]
     assert [r["commit"] for r in result["rows"] if r["arch"] == "xresnet18"] == ["def5678"] * 5
     assert {r["img_size"] for r in result["rows"]} == {128} and "Ranger 0.008" in result["rows"][-1]["what"]
-    assert result["wall_s"] == 8000.0 and set(result["extra"]["settings"]) == {"xse_resnext50", "xresnet18"}
+    assert result["wall_s"] == 8000.0
+    assert set(result["extra"]["settings"]) == {"xse_resnext50, fastai loop", "xresnet18, fastai loop"}
     assert "/somewhere" not in json.dumps(result)  # no machine path goes into book/results
+
+
+def test_a_run_of_the_book_s_loop_is_one_row_beside_fastai_s_epochs(tmp_path):
+    book = {**raw_record(None), "loop": "book", "val_top1": 0.84, "val_top5": 0.98, "val_top1_flips": 0.85,
+            "precision": "bfloat16"}
+    result = crosscheck.write_book_record([raw_record([0.6, 0.7, 0.75, 0.8, 0.83]), book], folder=tmp_path)
+    (row,) = [r for r in result["rows"] if r["loop"] == "book"]
+    assert (row["value"], row["epochs"], row["top1_flips"]) == (0.84, 5, 0.85) and "book's fast recipe" in row["what"]
+    assert [r["epochs"] for r in result["rows"] if r["loop"] == "fastai"] == [1, 2, 3, 4, 5]
+    assert set(result["extra"]["settings"]) == {"xse_resnext50, fastai loop", "xse_resnext50, book loop"}
 
 
 def test_the_same_network_twice_or_other_data_is_refused(tmp_path):

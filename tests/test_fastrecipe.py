@@ -337,6 +337,23 @@ def test_training_on_a_holdout_scores_held_out_training_images_not_val(smoke_cfg
     assert held["train"] + held["val"] == full["train"] and 0 < held["val"] < full["train"] // 2
 
 
+def test_a_network_of_ones_own_is_trained_by_the_recipe_in_place_of_its_arch(smoke_cfg):
+    built, initial = [], []
+
+    def small_net(num_classes):
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, num_classes))
+        built.append(net)
+        initial.extend(p.detach().clone() for p in net.parameters())
+        return net
+
+    found = fastrecipe.train_recipe(smoke_cfg, fastrecipe.TEXTBOOK, epochs=1, img_size=16, batch_size=8,
+                                    build=small_net, log=None)
+    (net,) = built  # built once, for the source's classes, and that network is the one trained
+    assert net[-1].out_features == 10 and 0.0 <= found["top1"] <= 1.0
+    assert any(not torch.equal(a, b.detach().cpu()) for a, b in zip(initial, net.parameters()))
+
+
 def test_search_keeps_each_stages_best_held_out_option_and_trains_each_recipe_once(smoke_cfg):
     trained = []
 

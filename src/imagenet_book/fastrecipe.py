@@ -248,9 +248,14 @@ class FlipAverage(nn.Module):
 
 def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_size: int,
                  data: str = "imagenette", source: DataSource | None = None, holdout: float = 0.0,
-                 progress: bool = False, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                 build: Callable[[int], nn.Module] | None = None, progress: bool = False,
+                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Train ``recipe`` for ``epochs`` at ``img_size`` with :func:`imagenet_book.engine.fit` on the
     profile's ``data`` (the book's fast loader), then evaluate it on the whole val split four ways.
+
+    ``build``: a network of your own, ``build(num_classes)``, trained by the recipe instead of
+    ``recipe.arch``'s (``recipe.zero_init_residual`` is then left to it; the recipe's activation
+    still replaces its ``nn.ReLU`` modules).
 
     ``holdout > 0``: train on the training split less a held-out share of each class
     (:func:`~imagenet_book.data.fast.holdout_split` with that fraction) and evaluate on the
@@ -288,7 +293,11 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
                                preload=on_gpu, progress=progress, train=False)
     val_loader, big_loader = (evaluation(side, fraction) for side, fraction in ((img_size, 0.875), (test_side, 1.0)))
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-    net = pretrain.build_model(recipe.arch, source.num_classes, zero_init_residual=recipe.zero_init_residual)
+    if build is None:
+        net = pretrain.build_model(recipe.arch, source.num_classes, zero_init_residual=recipe.zero_init_residual)
+    else:
+        net = build(source.num_classes)
+    name = recipe.arch if build is None else getattr(build, "__name__", type(net).__name__)
     use_activation(net, recipe.activation)
     config = recipe_config(recipe, epochs=epochs, steps_per_epoch=len(train_loader), batch_size=batch_size,
                            img_size=img_size)
@@ -296,7 +305,7 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
     amp = ("bf16" if engine.bf16_is_fast(device) else None) if recipe.mixed_precision else "fp32"
     channels_last = recipe.mixed_precision
     if log is not None:
-        log(f"fast recipe: {recipe.arch} ({recipe.activation}), {len(train_loader.cache)} images x {epochs} epochs "
+        log(f"fast recipe: {name} ({recipe.activation}), {len(train_loader.cache)} images x {epochs} epochs "
             f"at {list(sizes)} px, "
             f"{config.optimizer} peak {config.lr:g} ({config.schedule}), device {device}")
     sync(device)
