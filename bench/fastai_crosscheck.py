@@ -254,6 +254,10 @@ def book_rows(raw: dict) -> list[dict]:
             for epoch, value in enumerate(per_epoch, start=1)]
 
 
+#: Options a raw record may hold that are not the run's settings (or are machine paths).
+_NOT_SETTINGS = ("data", "json", "record", "record_from", "commit")
+
+
 def git_commit() -> str:
     """This checkout's commit (short), ``+changes`` when its tracked files differ from it."""
     run = partial(subprocess.run, cwd=ROOT, capture_output=True, text=True)
@@ -283,7 +287,7 @@ def write_book_record(raws: list[dict], folder: Path = ROOT / "book" / "results"
                         rows=[row for raw in raws for row in book_rows(raw)],
                         wall_s=sum(raw["wall_s"] for raw in raws), folder=folder,
                         extra={"torch": joined("torch"), "fastai": joined("fastai"), "settings": {
-                            f"{arch}, {loop} loop": {k: v for k, v in raw["settings"].items() if k != "data"}
+                            f"{arch}, {loop} loop": {k: v for k, v in raw["settings"].items() if k not in _NOT_SETTINGS}
                             for (arch, loop), raw in zip(runs, raws)}})
     print(f"wrote {path}")
     return json.loads(path.read_text())
