@@ -225,32 +225,38 @@ def read_raw(path: Path) -> dict:
     return raw
 
 
+def network_label(settings: dict) -> str:
+    """The network a run trained, as rows and the record's settings name it: the arch, and what of
+    the leaderboard's settings it leaves out (``--sa 0``, ``--pool AvgPool``)."""
+    return (settings["arch"] + ("" if settings["sa"] else " without self-attention")
+            + ("" if settings["pool"] == "MaxPool" else f" with {settings['pool']} shortcuts"))
+
+
 def book_rows(raw: dict) -> list[dict]:
     """The record's rows, each with ``epochs`` and ``img_size`` as the fast-recipe records carry them:
     for a run of fastai's loop, val top-1 after each epoch (the last row is the run's result); for a
     run of the book's loop (``--book-loop``), which measures once, one row at the end."""
     settings = raw["settings"]
+    network = (f"{settings['arch']} (Mish, self-attention {'on' if settings['sa'] else 'off'}, "
+               f"{settings['pool']} shortcuts)")
+    same = {"img_size": settings["size"], "arch": settings["arch"], "network": network_label(settings),
+            "commit": raw["commit"], "device": raw["device"], "train_s": raw["wall_s"]}
     if raw.get("loop", "fastai") == "book":
-        what = (f"fastai's {settings['arch']} (Mish, self-attention {settings['sa']}, {settings['pool']} "
-                f"shortcuts) trained by the book's fast recipe code: its fast loader, engine.fit, Ranger "
-                f"{settings['lr']:g} (beta1 0.9), flat-then-cosine, decoupled decay 1e-2 (not on BN/bias), label "
-                f"smoothing 0.1, crops 35-100% + flips, batch {settings['bs']}, {raw['precision']}")
-        return [{"run": f"fastai's {settings['arch']}, the book's loop", "metric": "top1",
-                 "value": float(raw["val_top1"]), "epochs": settings["epochs"], "img_size": settings["size"],
-                 "arch": settings["arch"], "loop": "book", "what": what, "top5": raw["val_top5"],
-                 "top1_flips": raw["val_top1_flips"], "commit": raw["commit"], "device": raw["device"],
-                 "train_s": raw["wall_s"]}]
+        what = (f"fastai's {network} trained by the book's fast recipe code: its fast loader, engine.fit, "
+                f"Ranger {settings['lr']:g} (beta1 0.9), flat-then-cosine, decoupled decay 1e-2 (not on BN/bias), "
+                f"label smoothing 0.1, crops 35-100% + flips, batch {settings['bs']}, {raw['precision']}")
+        return [{"run": f"fastai's {network_label(settings)}, the book's loop", "metric": "top1",
+                 "value": float(raw["val_top1"]), "epochs": settings["epochs"], "loop": "book", "what": what,
+                 "top5": raw["val_top5"], "top1_flips": raw["val_top1_flips"], **same}]
     per_epoch = raw["val_top1_per_epoch"]
     if len(per_epoch) != settings["epochs"]:
         raise ValueError(f"the run recorded {len(per_epoch)} of its {settings['epochs']} epochs' val accuracy "
                          "(a trial with --limit-batches, or a run cut short): nothing to record")
-    what = (f"fastai {raw['fastai']}: {settings['arch']} (Mish, self-attention {settings['sa']}, "
-            f"{settings['pool']} shortcuts), Ranger {settings['lr']:g} (mom {settings['mom']}, sqr_mom "
+    what = (f"fastai {raw['fastai']}: {network}, Ranger {settings['lr']:g} (mom {settings['mom']}, sqr_mom "
             f"{settings['sqrmom']}), flat-cos, wd 1e-2, label smoothing, batch {settings['bs']}, "
             f"crops 35-100% + flips, {raw['precision']}")
-    return [{"run": f"fastai {settings['arch']}, epoch {epoch}", "metric": "top1", "value": float(value),
-             "epochs": epoch, "img_size": settings["size"], "arch": settings["arch"], "loop": "fastai",
-             "what": what, "commit": raw["commit"], "device": raw["device"], "train_s": raw["wall_s"]}
+    return [{"run": f"fastai {network_label(settings)}, epoch {epoch}", "metric": "top1", "value": float(value),
+             "epochs": epoch, "loop": "fastai", "what": what, **same}
             for epoch, value in enumerate(per_epoch, start=1)]
 
 
@@ -271,7 +277,7 @@ def write_book_record(raws: list[dict], folder: Path = ROOT / "book" / "results"
     sys.path.insert(0, str(ROOT / "src"))
     from imagenet_book.results import write_result
 
-    runs = [(raw["settings"]["arch"], raw.get("loop", "fastai")) for raw in raws]
+    runs = [(network_label(raw["settings"]), raw.get("loop", "fastai")) for raw in raws]
     if len(set(runs)) != len(runs):
         raise ValueError(f"two raw records of the same network and loop ({runs}): record each once")
     if len({(raw["train_images"], raw["val_images"]) for raw in raws}) != 1:

@@ -63,16 +63,19 @@ def test_finished_runs_become_a_record_the_chapter_reads(tmp_path):
 def test_a_run_of_the_book_s_loop_is_one_row_beside_fastai_s_epochs(tmp_path):
     book = {**raw_record(None), "loop": "book", "val_top1": 0.84, "val_top5": 0.98, "val_top1_flips": 0.85,
             "precision": "bfloat16"}
-    result = crosscheck.write_book_record([raw_record([0.6, 0.7, 0.75, 0.8, 0.83]), book], folder=tmp_path)
-    (row,) = [r for r in result["rows"] if r["loop"] == "book"]
+    without = {**book, "val_top1": 0.82, "settings": {**book["settings"], "sa": 0}}
+    result = crosscheck.write_book_record([raw_record([0.6, 0.7, 0.75, 0.8, 0.83]), book, without], folder=tmp_path)
+    row, other = [r for r in result["rows"] if r["loop"] == "book"]
+    assert (other["network"], other["value"]) == ("xse_resnext50 without self-attention", 0.82)
     assert (row["value"], row["epochs"], row["top1_flips"]) == (0.84, 5, 0.85) and "book's fast recipe" in row["what"]
     assert [r["epochs"] for r in result["rows"] if r["loop"] == "fastai"] == [1, 2, 3, 4, 5]
-    assert set(result["extra"]["settings"]) == {"xse_resnext50, fastai loop", "xse_resnext50, book loop"}
+    assert set(result["extra"]["settings"]) == {"xse_resnext50, fastai loop", "xse_resnext50, book loop",
+                                                "xse_resnext50 without self-attention, book loop"}
 
 
 def test_the_same_network_twice_or_other_data_is_refused(tmp_path):
     run = raw_record([0.6, 0.7, 0.75, 0.8, 0.83])
-    with pytest.raises(ValueError, match="same network"):
+    with pytest.raises(ValueError, match="same network and loop"):
         crosscheck.write_book_record([run, run], folder=tmp_path)
     other = {**raw_record([0.5] * 5, arch="xresnet18"), "val_images": 500}
     with pytest.raises(ValueError, match="different data"):
