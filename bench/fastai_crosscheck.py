@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python bench/fastai_crosscheck.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "fastai": fastai.__version__,
               "data": str(args.data),
-              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                           if k not in ("json", "record_from", "commit")}}
+              "settings": {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}}
     if args.book_loop:
         return save(args, {**common, **book_loop(args, network)})
     set_seed(args.seed)
@@ -201,7 +200,6 @@ def save(args: argparse.Namespace, record: dict) -> dict:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         tmp.replace(args.json)
     return record
-    return record
 
 
 RESULT = "fastai-crosscheck"
@@ -261,7 +259,7 @@ def book_rows(raw: dict) -> list[dict]:
 
 
 #: Options a raw record may hold that are not the run's settings (or are machine paths).
-_NOT_SETTINGS = ("data", "json", "record", "record_from", "commit")
+_NOT_SETTINGS = ("data", "json", "record_from", "commit")
 
 
 def git_commit() -> str:

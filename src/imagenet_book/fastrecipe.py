@@ -294,10 +294,11 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
     val_loader, big_loader = (evaluation(side, fraction) for side, fraction in ((img_size, 0.875), (test_side, 1.0)))
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     if build is None:
-        net = pretrain.build_model(recipe.arch, source.num_classes, zero_init_residual=recipe.zero_init_residual)
+        net, name = pretrain.build_model(recipe.arch, source.num_classes,
+                                         zero_init_residual=recipe.zero_init_residual), recipe.arch
     else:
         net = build(source.num_classes)
-    name = recipe.arch if build is None else getattr(build, "__name__", type(net).__name__)
+        name = getattr(build, "__name__", type(net).__name__)
     use_activation(net, recipe.activation)
     config = recipe_config(recipe, epochs=epochs, steps_per_epoch=len(train_loader), batch_size=batch_size,
                            img_size=img_size)
