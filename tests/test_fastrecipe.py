@@ -15,8 +15,8 @@ from torch import nn
 
 from imagenet_book import fastrecipe, reference, results
 from imagenet_book.data.fast import FastLoader, ImageCache
-from imagenet_book.models import (BasicBlock, Bottleneck, ResNet, SqueezeExcite, resnet18, resnet18d, resnet50d,
-                                  seresnet18d, seresnet50d, seresnext50d)
+from imagenet_book.models import (BasicBlock, Bottleneck, ResNet, SelfAttention, SqueezeExcite, resnet18, resnet18d,
+                                  resnet50d, saresnet18d, seresnet18d, seresnet50d, seresnext50d)
 from imagenet_book.optim import Lamb, Lion, Ranger
 from imagenet_book.recipe import FLAT_FRACTION, RecipeError, TrainConfig, lr_factor, make_optimizer, param_groups
 
@@ -161,6 +161,47 @@ def test_squeeze_excite_gates_each_channel_by_the_whole_image():
     block = net.layer1[1].eval()
     z = torch.rand(1, 64, 8, 8)
     torch.testing.assert_close(block(z), z)
+
+
+def test_self_attention_adds_the_images_gram_matrix_times_a_spectrally_normed_projection():
+    torch.manual_seed(4)
+    layer = SelfAttention(6)
+    x = torch.randn(2, 6, 4, 5)
+    torch.testing.assert_close(layer(x), x)  # gamma starts at 0: the identity
+    with torch.no_grad():
+        layer.gamma.fill_(0.5)
+    for _ in range(50):  # training-mode calls run the power iteration that estimates the top singular value
+        layer(x)
+    layer.eval()
+    w = layer.conv.parametrizations.weight.original.detach().squeeze(-1)
+    w_sn = w / torch.linalg.matrix_norm(w, 2)
+    assert torch.linalg.matrix_norm(layer.conv.weight.detach().squeeze(-1), 2).item() == pytest.approx(1.0, abs=1e-4)
+    flat = x.flatten(2)
+    expected = x + 0.5 * (flat @ flat.transpose(1, 2) @ (w_sn @ flat)).view_as(x)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
+    # Unlike a convolution, it mixes the whole image: one far pixel changes the output at another,
+    # and one image's output does not depend on the others in the batch.
+    y = x.clone()
+    y[0, :, 3, 4] += 1.0
+    assert not torch.allclose(layer(y)[0, :, 0, 0], layer(x)[0, :, 0, 0])
+    torch.testing.assert_close(layer(y)[1], layer(x)[1])
+
+
+def test_sa_resnet_d_has_one_self_attention_layer_at_the_end_of_the_first_stage():
+    net = saresnet18d(num_classes=10, zero_init_residual=True)
+    where = [name for name, m in net.named_modules() if isinstance(m, SelfAttention)]
+    assert where == ["layer1.1.attention"]
+    plain = resnet18d(num_classes=10)
+    assert sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in plain.parameters()) == 64 * 64 + 1
+    assert not any("attention" in k for k in plain.state_dict())
+    # Everything but the new layer has ResNet-18-D's keys and shapes.
+    keys = {k: v.shape for k, v in net.state_dict().items() if ".attention." not in k}
+    assert keys == {k: v.shape for k, v in plain.state_dict().items()}
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    # Bottlenecks take it too (in the last block of the first stage), and the EMA's copy keeps it.
+    deep = ResNet(Bottleneck, [2, 1, 1, 1], num_classes=10, self_attention=True)
+    assert deep.layer1[1].attention.conv.in_channels == 256 and not hasattr(deep.layer1[0], "attention")
+    assert isinstance(copy.deepcopy(net).layer1[1].attention, SelfAttention)
 
 
 def test_resnet_d_has_the_deep_stem_and_the_pooling_shortcut():
@@ -452,31 +493,45 @@ def test_the_third_round_starts_from_the_recipe_the_second_round_kept():
         set(o.changes) == {"test_flip", "test_size"} for o in test_time.options)
 
 
-def test_third_round_study_records_both_stages_from_one_training_per_network(tiny, tmp_path, monkeypatch):  # noqa: F811
+def test_the_fourth_round_tries_self_attention_with_both_optimizers_from_the_kept_recipe():
+    attention, test_time = fastrecipe.FOURTH_ROUND
+    tried = [dataclasses.replace(fastrecipe.SEARCHED, **o.changes) for o in attention.options]
+    assert [(r.arch, r.optimizer) for r in tried] == [("resnet18d", "sgd"), ("saresnet18d", "sgd"),
+                                                      ("saresnet18d", "ranger")]
+    assert tried[2] == dataclasses.replace(fastrecipe.SEARCHED, arch="saresnet18d", **fastrecipe.RANGER)
+    assert test_time == fastrecipe.STAGES[-1]
+
+
+@pytest.mark.parametrize("experiment, label, stages", [
+    ("fast-recipe-third-round", "third round", fastrecipe.THIRD_ROUND),
+    ("fast-recipe-fourth-round", "fourth round", fastrecipe.FOURTH_ROUND)])
+def test_later_round_studies_record_both_stages_from_one_training_per_recipe(tiny, tmp_path, monkeypatch,  # noqa: F811
+                                                                             experiment, label, stages):
     _imagenette_tree(tiny.data_root, train=2, val=1)
     monkeypatch.setattr(reference, "FAST", {"epochs": 1, "img_size": 24, "batch_size": 10})
     trained = []
     train = fastrecipe.train_recipe
-    monkeypatch.setattr(fastrecipe, "train_recipe", lambda cfg, recipe, **k: trained.append(recipe.arch) or train(
+    monkeypatch.setattr(fastrecipe, "train_recipe", lambda cfg, recipe, **k: trained.append(recipe) or train(
         cfg, recipe, **k))
     out = tmp_path / "results"
-    assert "fast-recipe-third-round" in reference.STUDIES
-    reference.run_reference(tiny, ["fast-recipe-third-round"], folder=out, log=lambda _: None)
-    result = results.read_result("fast-recipe-third-round", out)
-    assert result["command"] == "python -m imagenet_book reference fast-recipe-third-round"
-    network, test_time = fastrecipe.THIRD_ROUND
+    assert experiment in reference.STUDIES
+    reference.run_reference(tiny, [experiment], folder=out, log=lambda _: None)
+    result = results.read_result(experiment, out)
+    assert result["command"] == f"python -m imagenet_book reference {experiment}"
+    network, test_time = stages
     assert [r["run"] for r in result["rows"]] == (
         [f"{network.name}: {o.name}" for o in network.options]
-        + [f"{test_time.name}: {o.name}" for o in test_time.options] + ["third round"])
-    # Two networks trained on the held-out split, then the chosen one on the whole: the test-time
-    # stage re-reads the chosen network's run.
+        + [f"{test_time.name}: {o.name}" for o in test_time.options] + [label])
+    # Each option of the network stage trained on the held-out split, then the chosen one on the
+    # whole: the test-time stage re-reads the chosen network's run.
     chosen = {r["stage"]: r["option"] for r in result["rows"] if r.get("chosen")}
-    arch = {"ResNet-18-D, SGD 0.4 (as kept)": "resnet18d", "SE-ResNeXt-50-D, Ranger": "seresnext50d"}[
-        chosen[network.name]]
-    assert trained == ["resnet18d", "seresnext50d", arch] and result["extra"]["recipe"]["arch"] == arch
+    options = [dataclasses.replace(fastrecipe.SEARCHED, **o.changes) for o in network.options]
+    pick = options[[o.name for o in network.options].index(chosen[network.name])]
+    assert [r.training_key() for r in trained] == [r.training_key() for r in options + [pick]]
+    assert (result["extra"]["recipe"]["arch"], result["extra"]["recipe"]["optimizer"]) == (pick.arch, pick.optimizer)
     kept = next(r for r in result["rows"] if r.get("stage") == network.name and r["chosen"])
     read = [r for r in result["rows"] if r.get("stage") == test_time.name]
     assert {r["train_s"] for r in read} == {kept["train_s"]} and read[0]["value"] == kept["value"]
     assert result["extra"]["recipe"]["test_flip"] == (chosen[test_time.name] in ("flips", "both"))
     table = fastrecipe.search_table(result)
-    assert f"| {network.name} |" in table and "| third round (val) |" in table and table.count("**") == 4
+    assert f"| {network.name} |" in table and f"| {label} (val) |" in table and table.count("**") == 4

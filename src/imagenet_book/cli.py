@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pretrain-weight-decay, voc-multilabel, voc-data-efficiency, "
                                    "voc-detection, voc-segmentation, backbone-stages, fast-recipe, "
                                    "fast-recipe-search, fast-recipe-second-round, fast-recipe-third-round, "
-                                   "selfsup-imagenette, "
+                                   "fast-recipe-fourth-round, selfsup-imagenette, "
                                    "selfsup-schedule, lfw-verification. "
                                    "pretrain-weight-decay is a study, run once to choose the "
                                    "pretraining's weight decay: it runs only when named. "
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the recipe fast-recipe-search chose: it runs only when named. "
                                    "fast-recipe-third-round is a study, run once to search on from "
                                    "the recipe the second round kept: it runs only when named. "
+                                   "fast-recipe-fourth-round is a study, run once to try self-attention "
+                                   "in ResNet-18-D: it runs only when named. "
                                    "fast-recipe and fast-recipe-search are sized for a GPU: on a "
                                    "CPU they run only when named.")
     p.add_argument("names", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")

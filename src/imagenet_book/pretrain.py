@@ -88,7 +88,8 @@ from .recipe import (CROP_SCALE, PRETRAIN_WEIGHT_DECAY, ZERO_INIT_RESIDUAL, Trai
                      simclr_recipe, simclr_sizes)
 from .errors import BookError
 from .files import check_writable, hold_lock, read_state, save_atomically
-from .models import resnet18, resnet18d, resnet34, resnet50, resnet50d, seresnet18d, seresnet50d, seresnext50d
+from .models import (resnet18, resnet18d, resnet34, resnet50, resnet50d, saresnet18d, seresnet18d, seresnet50d,
+                     seresnext50d)
 
 __all__ = ["ARCHS", "COMPUTE", "DATASETS", "PretrainError", "PretrainResult", "PretrainedCheckpoint",
            "PretrainedNotFoundError", "METHODS", "build_model", "checkpoint_stem", "default_checkpoint",
@@ -99,7 +100,8 @@ __all__ = ["ARCHS", "COMPUTE", "DATASETS", "PretrainError", "PretrainResult", "P
 ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet34": resnet34,
                                               "resnet50": resnet50, "resnet18d": resnet18d,
                                               "resnet50d": resnet50d, "seresnet18d": seresnet18d,
-                                              "seresnet50d": seresnet50d, "seresnext50d": seresnext50d}
+                                              "seresnet50d": seresnet50d, "seresnext50d": seresnext50d,
+                                              "saresnet18d": saresnet18d}
 #: Datasets the data rule knows (``classification_source``): real when present, else stand-in.
 DATASETS = ("imagenette", "imagewoof", "standin")
 #: How a backbone is pretrained: with the labels (:func:`pretrain`, chapter 06) or without them

@@ -28,7 +28,9 @@ their own live run at the profile's budget.
   network and optimizer chosen together: Ranger, squeeze-excitation gates, depth with Ranger
   (:data:`imagenet_book.fastrecipe.SECOND_ROUND`); and ``fast-recipe-third-round`` (a study): the
   leaderboard's network, SE-ResNeXt-50-D with Ranger, against the recipe kept, then the test-time
-  levers (:data:`imagenet_book.fastrecipe.THIRD_ROUND`);
+  levers (:data:`imagenet_book.fastrecipe.THIRD_ROUND`); and ``fast-recipe-fourth-round`` (a study):
+  fast.ai's self-attention layer in ResNet-18-D, with SGD and with Ranger
+  (:data:`imagenet_book.fastrecipe.FOURTH_ROUND`);
 * ``selfsup-imagenette`` (chapter 11): SimCLR without labels against supervised pretraining at an
   equal budget: k-NN and linear probe on Imagenette, transfer to the VOC-format set; and
   ``selfsup-schedule`` (a study, left out like the other): the same SimCLR at
@@ -738,6 +740,12 @@ def fast_recipe_third_round(cfg: Any, log: Callable[[str], None]) -> dict[str, A
     return _next_round(cfg, "fast-recipe-third-round", "third round", fastrecipe.THIRD_ROUND, log)
 
 
+def fast_recipe_fourth_round(cfg: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The search's fourth round (:data:`imagenet_book.fastrecipe.FOURTH_ROUND`: self-attention in
+    ResNet-18-D), recorded like the second."""
+    return _next_round(cfg, "fast-recipe-fourth-round", "fourth round", fastrecipe.FOURTH_ROUND, log)
+
+
 def _next_round(cfg: Any, experiment: str, label: str, stages: tuple[Any, ...],
                 log: Callable[[str], None]) -> dict[str, Any]:
     """A round of the search from :data:`imagenet_book.fastrecipe.SEARCHED` through ``stages``,
@@ -779,6 +787,7 @@ EXPERIMENTS: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] =
     "fast-recipe-search": fast_recipe_search,
     "fast-recipe-second-round": fast_recipe_second_round,
     "fast-recipe-third-round": fast_recipe_third_round,
+    "fast-recipe-fourth-round": fast_recipe_fourth_round,
     "selfsup-imagenette": selfsup_imagenette,
     "selfsup-schedule": selfsup_schedule,
     "lfw-verification": lfw_verification,
@@ -791,10 +800,11 @@ GPU_EXPERIMENTS = ("fast-recipe", "fast-recipe-search")
 
 #: Studies, run once beside a reference recipe: one that chose a constant of it (recorded with the
 #: choice), one that measured it beyond the chapter's budget, one that searched on from a recorded
-#: choice (twice). ``make reference`` leaves them out; named, they run (anywhere: the rounds' runs
-#: take about 10 minutes each for ResNet-18-D, 30 for ResNet-50-D, 45 for SE-ResNeXt-50-D on a
+#: choice (three times). ``make reference`` leaves them out; named, they run (anywhere: the rounds'
+#: runs take about 10 minutes each for ResNet-18-D, 30 for ResNet-50-D, 45 for SE-ResNeXt-50-D on a
 #: 2-core CPU with AMX).
-STUDIES = ("pretrain-weight-decay", "selfsup-schedule", "fast-recipe-second-round", "fast-recipe-third-round")
+STUDIES = ("pretrain-weight-decay", "selfsup-schedule", "fast-recipe-second-round", "fast-recipe-third-round",
+           "fast-recipe-fourth-round")
 
 
 def run_reference(cfg: Any, names: list[str] | None = None, *, folder: str | Path | None = None,

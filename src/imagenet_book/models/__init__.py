@@ -4,7 +4,7 @@
   Taught in: chapters/03_vgg16.ipynb
 * :mod:`.resnet`: ``resnet18``, ``resnet34``, ``resnet50`` (``resnet18d``, ``resnet50d``: ResNet-D;
   ``seresnet18d``, ``seresnet50d``: with ``SqueezeExcite`` gates; ``seresnext50d``: and ResNeXt's
-  grouped convolutions)
+  grouped convolutions; ``saresnet18d``: with a ``SelfAttention`` layer)
   and ``ResNet`` with its ``BasicBlock`` / ``Bottleneck`` blocks. Taught in: chapters/04_resnet.ipynb
 * :mod:`.segmentation`: ``FCN`` (FCN-32s / FCN-8s head on a backbone), ``segmentation_loss``
   (masks are drawn by ``imagenet_book.viz.colorize_mask`` / ``overlay_mask``).
@@ -20,8 +20,8 @@ and the outputs match.
 from .backbone import BackboneClassifier, ResNetBackbone
 from .efficientnet_lite import (EfficientNetLite, EfficientNetLiteBackbone, convert_lite_state_dict,
                                efficientnet_lite0)
-from .resnet import (BasicBlock, Bottleneck, ResNet, SqueezeExcite, resnet18, resnet18d, resnet34, resnet50, resnet50d,
-                     seresnet18d, seresnet50d, seresnext50d)
+from .resnet import (BasicBlock, Bottleneck, ResNet, SelfAttention, SqueezeExcite, resnet18, resnet18d, resnet34,
+                     resnet50, resnet50d, saresnet18d, seresnet18d, seresnet50d, seresnext50d)
 from .segmentation import FCN, FCNHead, segmentation_loss
 from .summary import LayerRow, LayerTable, format_table, layer_table
 from .vgg import VGG, VGG16_CFG, make_features, vgg16, vgg16_bn
@@ -50,7 +50,9 @@ __all__ = [
     "resnet34",
     "resnet50",
     "resnet50d",
+    "SelfAttention",
     "SqueezeExcite",
+    "saresnet18d",
     "seresnet18d",
     "seresnet50d",
     "seresnext50d",

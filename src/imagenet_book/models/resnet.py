@@ -16,6 +16,9 @@ the 7x7 stem convolution by three 3x3 convolutions (32, 32, 64 channels; the fir
 and ``avg_down=True`` makes the downsampling shortcut average-pool 2x2 before a stride-1 1x1
 convolution, instead of a stride-2 1x1 convolution that ignores three pixels out of four.
 ``resnet18d`` / ``resnet50d`` turn both on (the layout of timm's models of the same names).
+Two more options are levers of fast.ai's Imagenette leaderboard recipe: ``se=True`` puts a
+:class:`SqueezeExcite` gate in every block, ``self_attention=True`` one :class:`SelfAttention`
+layer in the last block of the first stage (``saresnet18d``).
 
 One option is ours: ``small_input=True`` swaps the ImageNet stem (7x7 convolution with stride 2,
 then a 3x3 max-pool with stride 2: 224 px become 56 px) for the CIFAR stem of He et al. (3x3
@@ -32,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "SqueezeExcite", "resnet18", "resnet18d", "resnet34", "resnet50",
-           "resnet50d", "seresnet18d", "seresnet50d", "seresnext50d"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "SelfAttention", "SqueezeExcite", "resnet18", "resnet18d", "resnet34",
+           "resnet50", "resnet50d", "saresnet18d", "seresnet18d", "seresnet50d", "seresnext50d"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -79,6 +82,41 @@ class SqueezeExcite(nn.Module):
         return x * gate.sigmoid()
 
 
+class SelfAttention(nn.Module):
+    """fast.ai's "simple self-attention" (S. Arnaud's SimpleSelfAttention, after SAGAN's layer,
+    Zhang et al., 2019), the layer of the leaderboard's Imagenette networks: every pixel's feature
+    vector ``x_p`` (``C`` channels) gets ``gamma * G (W x_p)`` added, where ``G = sum_q x_q x_q^T``
+    is the image's ``C x C`` Gram matrix of features (which channels fire together, anywhere in
+    the image) and ``W`` a ``C x C`` 1x1 convolution. So each pixel is mixed with the whole
+    image's statistics, at ``O(H W C^2)`` cost: no ``(HW)^2`` attention map. (fast.ai computes
+    ``G (W x)``; ``(G W) x`` is the same product with one large matrix product fewer.)
+
+    ``gamma`` starts at 0 (the layer starts as the identity, and training decides how much of it
+    to use); ``W`` is spectrally normalised (divided by its largest singular value, estimated by
+    one step of power iteration per training step:
+    :func:`torch.nn.utils.parametrizations.spectral_norm`), as in fast.ai's layer, so the
+    product of three ``x``-sized terms cannot blow up through ``W``.
+
+    Shapes: float (N, C, H, W) -> float (N, C, H, W).
+
+    Taught in: chapters/A2_fast_recipe.ipynb
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        conv = nn.Conv1d(channels, channels, 1, bias=False)
+        nn.init.kaiming_normal_(conv.weight)
+        self.conv = nn.utils.parametrizations.spectral_norm(conv)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.flatten(2)                         # (N, C, HW)
+        gram = flat @ flat.transpose(1, 2)          # (N, C, C): sum over pixels of x x^T
+        w = self.conv.weight.squeeze(-1)            # (C, C): the 1x1 convolution's matrix, normalised
+        mixed = (gram @ w) @ flat                   # (N, C, HW): G W x at every pixel, G W first (cheaper)
+        return x + self.gamma * mixed.view_as(x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions and a shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
@@ -93,7 +131,8 @@ class BasicBlock(nn.Module):
     expansion: int = 1  # output channels = planes * expansion
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
@@ -103,6 +142,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         if se:  # only when asked: the default block keeps torchvision's state_dict keys
             self.se = SqueezeExcite(planes)
+        if attention:
+            self.attention = SelfAttention(planes)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -110,6 +151,8 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if hasattr(self, "se"):
             out = self.se(out)
+        if hasattr(self, "attention"):
+            out = self.attention(out)
         identity = x if self.downsample is None else self.downsample(x)
         out += identity  # in place, as torchvision: no extra activation-sized tensor
         return self.relu(out)
@@ -135,7 +178,7 @@ class Bottleneck(nn.Module):
 
     def __init__(
         self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, se: bool = False,
-        groups: int = 1, width_per_group: int = 64,
+        attention: bool = False, groups: int = 1, width_per_group: int = 64,
     ) -> None:
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups  # torchvision's rule: = planes by default
@@ -147,6 +190,8 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         if se:
             self.se = SqueezeExcite(planes * self.expansion)
+        if attention:
+            self.attention = SelfAttention(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -156,6 +201,8 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         if hasattr(self, "se"):
             out = self.se(out)
+        if hasattr(self, "attention"):
+            out = self.attention(out)
         identity = x if self.downsample is None else self.downsample(x)
         out += identity
         return self.relu(out)
@@ -179,6 +226,9 @@ class ResNet(nn.Module):
             so a timm ``resnet18d``/``resnet50d`` state_dict loads with ``strict=True``.
         se: a :class:`SqueezeExcite` gate on every block's residual branch, before the addition
             (``se`` in each block; SE-ResNet, Hu et al., 2018).
+        self_attention: a :class:`SelfAttention` layer on the residual branch of the last block of
+            the first stage (``layer1[-1].attention``), after its SE gate: where fast.ai's xresnet
+            puts its one ``sa`` layer (1/4 of the input's side: 32 x 32 pixels at 128 px).
         groups, width_per_group: ResNeXt's grouped 3x3 convolutions in every ``Bottleneck``
             (torchvision's options of the same names; ``32, 4`` is ResNeXt-50 32x4d; ``1, 128`` is
             wide ResNet-50-2).
@@ -201,6 +251,7 @@ class ResNet(nn.Module):
         se: bool = False,
         groups: int = 1,
         width_per_group: int = 64,
+        self_attention: bool = False,
     ) -> None:
         super().__init__()
         # Passed to the blocks only when not the default: a BasicBlock takes no such arguments.
@@ -222,7 +273,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer1 = self._make_layer(block, 64, layers[0], attention=self_attention)
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
@@ -248,9 +299,10 @@ class ResNet(nn.Module):
                     nn.init.constant_(m.bn2.weight, 0)
 
     def _make_layer(
-        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1, attention: bool = False
     ) -> nn.Sequential:
-        """One stage: ``blocks`` blocks; the first may downsample (``stride``) and widen.
+        """One stage: ``blocks`` blocks; the first may downsample (``stride``) and widen; with
+        ``attention`` the last one has a :class:`SelfAttention` layer.
 
         Shapes: (N, self.inplanes, H, W)
         -> (N, planes * block.expansion, ceil(H / stride), ceil(W / stride)).
@@ -270,9 +322,11 @@ class ResNet(nn.Module):
                     conv1x1(self.inplanes, planes * block.expansion, stride),
                     nn.BatchNorm2d(planes * block.expansion),
                 )
-        layers = [block(self.inplanes, planes, stride, downsample, se=self.se, **self.block_options)]
+        layers = [block(self.inplanes, planes, stride, downsample, se=self.se, attention=attention and blocks == 1,
+                        **self.block_options)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, se=self.se, **self.block_options) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, se=self.se, attention=attention and i == blocks - 1,
+                         **self.block_options) for i in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -321,7 +375,7 @@ def resnet50(
 def _resnet_d(block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int, zero_init_residual: bool,
               small_input: bool, **options: Any) -> ResNet:
     """ResNet-D (``deep_stem``, unless ``small_input`` asks for the CIFAR stem, and ``avg_down``);
-    ``options``: ``ResNet``'s ``se``, ``groups``, ``width_per_group``."""
+    ``options``: ``ResNet``'s ``se``, ``groups``, ``width_per_group``, ``self_attention``."""
     return ResNet(block, layers, num_classes, zero_init_residual, small_input, deep_stem=not small_input,
                   avg_down=True, **options)
 
@@ -350,6 +404,20 @@ def resnet50d(
     Taught in: chapters/A2_fast_recipe.ipynb
     """
     return _resnet_d(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual, small_input)
+
+
+def saresnet18d(
+    *, num_classes: int = 1000, zero_init_residual: bool = False, small_input: bool = False
+) -> ResNet:
+    """SA-ResNet-18-D: ResNet-18-D with one :class:`SelfAttention` layer in the last block of the
+    first stage (``ResNet``'s ``self_attention``), where fast.ai's xresnet18 has it with ``sa=True``;
+    11,712,841 parameters with the defaults.
+
+    Shapes: float32 (N, 3, H, W) -> float32 logits (N, num_classes).
+
+    Taught in: chapters/A2_fast_recipe.ipynb
+    """
+    return _resnet_d(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual, small_input, self_attention=True)
 
 
 def seresnet18d(
