@@ -22,7 +22,9 @@ letting pip touch torch:
         beartype typing-extensions rich
     PYTHONPATH=/tmp/fastai_pkgs .venv/bin/python bench/fastai_crosscheck.py \\
         --data "$IMAGENET_BOOK_DATA/imagenette2-160" --json /tmp/xse_resnext50.json
-    (the same with --arch xresnet18 --json /tmp/xresnet18.json, for a network of ResNet-18's size)
+    (the same with --arch xresnet18 --json /tmp/xresnet18.json, for a network of ResNet-18's size;
+    with --book-loop --mom 0.9, fastai's network trained by the book's code; and with
+    --arch book:saresnet18d --book-loop --mom 0.9, the book's own network at the same settings)
     .venv/bin/python bench/fastai_crosscheck.py --record-from /tmp/xse_resnext50.json /tmp/xresnet18.json
 
 The raw records hold machine paths, so they stay out of the repository; the last command writes
@@ -52,7 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
     default_data = Path(os.environ.get("IMAGENET_BOOK_DATA", "data")) / "imagenette2-160"
     parser.add_argument("--data", type=Path, default=default_data,
                         help="an Imagenette folder with train/ and val/ (default: %(default)s)")
-    parser.add_argument("--arch", default="xse_resnext50")
+    parser.add_argument("--arch", default="xse_resnext50",
+                        help="a network of fastai's xresnet module, or book:NAME for the book's own network NAME "
+                             "(imagenet_book.pretrain.ARCHS; with Mish and zero-initialised residual branches, as "
+                             "fastai's; --book-loop only): the control beside fastai's network")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=8e-3)
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         commit = args.commit or git_commit()
         return write_book_record([{"commit": commit, **read_raw(path)} for path in args.record_from])
 
+    book_arch = book_network_name(args)
     for split in ("train", "val"):
         if not (args.data / split).is_dir():
             sys.exit(f"{args.data / split}: not a folder. Point --data (or IMAGENET_BOOK_DATA) at an "
@@ -102,13 +108,15 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError as error:
         sys.exit(f"{error}: this cross-check needs the fastai library; see the install line at the "
                  f"top of {Path(__file__).name}.")
-    pool = {"MaxPool": MaxPool, "AvgPool": AvgPool}[args.pool]
+    pool = {"MaxPool": MaxPool, "AvgPool": AvgPool, None: None}[args.pool]
 
     def network(num_classes: int) -> torch.nn.Module:
+        if book_arch is not None:
+            return book_network(book_arch, num_classes)
         return getattr(fastai_models.xresnet, args.arch)(n_out=num_classes, act_cls=Mish, sa=args.sa, sym=0,
                                                          pool=pool)
 
-    network.__name__ = f"fastai's {args.arch}"
+    network.__name__ = network_label(vars(args)) if book_arch else f"fastai's {args.arch}"
     common = {"name": RESULT, "commit": git_commit(),
               "command": "python bench/fastai_crosscheck.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "fastai": fastai.__version__,
@@ -150,6 +158,36 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": "fp16 mixed" if args.fp16 else "fp32",
         "val_top1_per_epoch": per_epoch, "val_top1": per_epoch[-1] if per_epoch else None,
         "wall_s": round(wall, 1)})
+
+
+def book_network_name(args: argparse.Namespace) -> str | None:
+    """The book's network ``--arch book:NAME`` asks for (None for a fastai network), checked before
+    anything is imported or trained; its ``--sa``/``--pool`` (fastai's options) set to None."""
+    if not args.arch.startswith("book:"):
+        return None
+    name = args.arch.removeprefix("book:")
+    sys.path.insert(0, str(ROOT / "src"))
+    from imagenet_book.pretrain import ARCHS
+
+    if name not in ARCHS:
+        sys.exit(f"--arch {args.arch}: the book has no network {name!r}; choose one of: "
+                 + ", ".join(f"book:{arch}" for arch in ARCHS))
+    if not args.book_loop:
+        sys.exit(f"--arch {args.arch}: the book's own network runs with --book-loop (and --mom 0.9) only: it is "
+                 "the control beside fastai's network in the book's loop.")
+    if args.sa != 1 or args.pool != "MaxPool":
+        sys.exit("--sa and --pool are options of fastai's networks; leave them out with --arch book:NAME.")
+    args.sa = args.pool = None
+    return name
+
+
+def book_network(name: str, num_classes: int):
+    """The book's network ``name`` as the control runs it: with Mish in place of every ReLU and
+    zero-initialised residual branches, as fastai's xresnet has both."""
+    from imagenet_book import fastrecipe
+    from imagenet_book.pretrain import ARCHS
+
+    return fastrecipe.use_activation(ARCHS[name](num_classes=num_classes, zero_init_residual=True), "mish")
 
 
 def book_loop(args: argparse.Namespace, network) -> dict:
@@ -225,7 +263,10 @@ def read_raw(path: Path) -> dict:
 
 def network_label(settings: dict) -> str:
     """The network a run trained, as rows and the record's settings name it: the arch, and what of
-    the leaderboard's settings it leaves out (``--sa 0``, ``--pool AvgPool``)."""
+    the leaderboard's settings it leaves out (``--sa 0``, ``--pool AvgPool``); for ``book:NAME``,
+    "the book's NAME"."""
+    if settings["arch"].startswith("book:"):
+        return f"the book's {settings['arch'].removeprefix('book:')}"
     return (settings["arch"] + ("" if settings["sa"] else " without self-attention")
             + ("" if settings["pool"] == "MaxPool" else f" with {settings['pool']} shortcuts"))
 
@@ -235,15 +276,18 @@ def book_rows(raw: dict) -> list[dict]:
     for a run of fastai's loop, val top-1 after each epoch (the last row is the run's result); for a
     run of the book's loop (``--book-loop``), which measures once, one row at the end."""
     settings = raw["settings"]
-    network = (f"{settings['arch']} (Mish, self-attention {'on' if settings['sa'] else 'off'}, "
+    book = settings["arch"].startswith("book:")
+    owner = "" if book else "fastai's "  # network_label says "the book's" itself
+    network = (f"{network_label(settings)} (Mish, zero-initialised residual branches)" if book else
+               f"{settings['arch']} (Mish, self-attention {'on' if settings['sa'] else 'off'}, "
                f"{settings['pool']} shortcuts)")
     same = {"img_size": settings["size"], "arch": settings["arch"], "network": network_label(settings),
             "commit": raw["commit"], "device": raw["device"], "train_s": raw["wall_s"]}
     if raw.get("loop", "fastai") == "book":
-        what = (f"fastai's {network} trained by the book's fast recipe code: its fast loader, engine.fit, "
+        what = (f"{owner}{network} trained by the book's fast recipe code: its fast loader, engine.fit, "
                 f"Ranger {settings['lr']:g} (beta1 0.9), flat-then-cosine, decoupled decay 1e-2 (not on BN/bias), "
                 f"label smoothing 0.1, crops 35-100% + flips, batch {settings['bs']}, {raw['precision']}")
-        return [{"run": f"fastai's {network_label(settings)}, the book's loop", "metric": "top1",
+        return [{"run": f"{owner}{network_label(settings)}, the book's loop", "metric": "top1",
                  "value": float(raw["val_top1"]), "epochs": settings["epochs"], "loop": "book", "what": what,
                  "top5": raw["val_top5"], "top1_flips": raw["val_top1_flips"], **same}]
     per_epoch = raw["val_top1_per_epoch"]

@@ -98,3 +98,27 @@ def test_a_file_that_is_not_a_raw_record_is_named(tmp_path):
     broken.write_text("{")
     with pytest.raises(SystemExit, match="broken.json: cannot read it as JSON"):
         crosscheck.read_raw(broken)
+
+
+def test_the_book_s_own_network_is_a_control_of_the_book_s_loop_only(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    refused = {("--arch", "book:resnet99"): "the book has no network 'resnet99'",
+               ("--arch", "book:saresnet18d"): "runs with --book-loop",
+               ("--arch", "book:saresnet18d", "--book-loop", "--mom", "0.9", "--sa", "0"): "options of fastai's"}
+    for options, message in refused.items():
+        done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), *options], capture_output=True,
+                              text=True)
+        assert done.returncode != 0 and message in done.stderr, (options, done.stderr)
+    net = crosscheck.book_network("saresnet18d", 10)
+    assert type(net.layer1[1].relu).__name__ == "Mish" and not net.layer1[1].bn2.weight.detach().any()
+    book = {**raw_record(None, arch="book:saresnet18d"), "loop": "book", "val_top1": 0.81, "val_top5": 0.98,
+            "val_top1_flips": 0.82, "precision": "bfloat16"}
+    book["settings"].update(sa=None, pool=None)
+    fastai_net = {**raw_record(None, arch="xresnet18"), "loop": "book", "val_top1": 0.83, "val_top5": 0.98,
+                  "val_top1_flips": 0.84, "precision": "bfloat16"}
+    result = crosscheck.write_book_record([fastai_net, book], folder=tmp_path / "results")
+    ours, theirs = result["rows"][1], result["rows"][0]
+    assert ours["run"] == "the book's saresnet18d, the book's loop" and ours["network"] == "the book's saresnet18d"
+    assert ours["what"].startswith("the book's saresnet18d (Mish, zero-initialised") and ours["value"] == 0.81
+    assert theirs["run"] == "fastai's xresnet18, the book's loop" and theirs["what"].startswith("fastai's xresnet18")
