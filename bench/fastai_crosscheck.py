@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a network of fastai's xresnet module, or book:NAME for the book's own network NAME "
                              "(imagenet_book.pretrain.ARCHS; with Mish and zero-initialised residual branches, as "
                              "fastai's; --book-loop only): the control beside fastai's network")
+    parser.add_argument("--book-shortcut", choices=("avg", "max"), default="avg",
+                        help="with --arch book:NAME: the downsampling shortcut's pooling (max: fastai's MaxPool)")
+    parser.add_argument("--book-init", choices=("book", "fastai"), default="book",
+                        help="with --arch book:NAME: the book's initialisation, or fastai's init_cnn (Kaiming normal "
+                             "by fan-in of every convolution and linear layer, biases 0)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=8e-3)
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def network(num_classes: int) -> torch.nn.Module:
         if book_arch is not None:
-            return book_network(book_arch, num_classes)
+            return book_network(book_arch, num_classes, shortcut=args.book_shortcut, init=args.book_init)
         return getattr(fastai_models.xresnet, args.arch)(n_out=num_classes, act_cls=Mish, sa=args.sa, sym=0,
                                                          pool=pool)
 
@@ -164,6 +169,9 @@ def book_network_name(args: argparse.Namespace) -> str | None:
     """The book's network ``--arch book:NAME`` asks for (None for a fastai network), checked before
     anything is imported or trained; its ``--sa``/``--pool`` (fastai's options) set to None."""
     if not args.arch.startswith("book:"):
+        if (args.book_shortcut, args.book_init) != ("avg", "book"):
+            sys.exit("--book-shortcut and --book-init change the book's network: use them with --arch book:NAME.")
+        args.book_shortcut = args.book_init = None
         return None
     name = args.arch.removeprefix("book:")
     sys.path.insert(0, str(ROOT / "src"))
@@ -181,13 +189,32 @@ def book_network_name(args: argparse.Namespace) -> str | None:
     return name
 
 
-def book_network(name: str, num_classes: int):
+def book_network(name: str, num_classes: int, *, shortcut: str = "avg", init: str = "book"):
     """The book's network ``name`` as the control runs it: with Mish in place of every ReLU and
-    zero-initialised residual branches, as fastai's xresnet has both."""
+    zero-initialised residual branches, as fastai's xresnet has both; with ``shortcut="max"`` the
+    downsampling shortcuts max-pool instead of average-pooling, and with ``init="fastai"`` every
+    convolution and linear layer is initialised as fastai's ``init_cnn`` does it (Kaiming normal by
+    fan-in, biases 0; the last BatchNorm of each block stays at 0): fastai's two other differences."""
+    import torch
+    from torch import nn
+
     from imagenet_book import fastrecipe
     from imagenet_book.pretrain import ARCHS
 
-    return fastrecipe.use_activation(ARCHS[name](num_classes=num_classes, zero_init_residual=True), "mish")
+    net = fastrecipe.use_activation(ARCHS[name](num_classes=num_classes, zero_init_residual=True), "mish")
+    if shortcut == "max":
+        for module in net.modules():
+            if isinstance(module, nn.Sequential) and module and isinstance(module[0], nn.AvgPool2d):
+                module[0] = nn.MaxPool2d(module[0].kernel_size, ceil_mode=True)
+    if init == "fastai":
+        with torch.no_grad():
+            for module in net.modules():
+                if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                    weight = getattr(module, "parametrizations", None)
+                    nn.init.kaiming_normal_(weight.weight.original if weight is not None else module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+    return net
 
 
 def book_loop(args: argparse.Namespace, network) -> dict:
@@ -266,7 +293,9 @@ def network_label(settings: dict) -> str:
     the leaderboard's settings it leaves out (``--sa 0``, ``--pool AvgPool``); for ``book:NAME``,
     "the book's NAME"."""
     if settings["arch"].startswith("book:"):
-        return f"the book's {settings['arch'].removeprefix('book:')}"
+        return (f"the book's {settings['arch'].removeprefix('book:')}"
+                + (" with max-pool shortcuts" if settings.get("book_shortcut") == "max" else "")
+                + (" with fastai's initialisation" if settings.get("book_init") == "fastai" else ""))
     return (settings["arch"] + ("" if settings["sa"] else " without self-attention")
             + ("" if settings["pool"] == "MaxPool" else f" with {settings['pool']} shortcuts"))
 

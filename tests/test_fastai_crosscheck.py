@@ -122,3 +122,25 @@ def test_the_book_s_own_network_is_a_control_of_the_book_s_loop_only(tmp_path):
     assert ours["run"] == "the book's saresnet18d, the book's loop" and ours["network"] == "the book's saresnet18d"
     assert ours["what"].startswith("the book's saresnet18d (Mish, zero-initialised") and ours["value"] == 0.81
     assert theirs["run"] == "fastai's xresnet18, the book's loop" and theirs["what"].startswith("fastai's xresnet18")
+
+
+def test_fastai_s_two_other_differences_can_be_put_into_the_book_s_network(tmp_path):
+    from torch import nn
+
+    plain = crosscheck.book_network("saresnet18d", 10)
+    both = crosscheck.book_network("saresnet18d", 10, shortcut="max", init="fastai")
+    assert isinstance(plain.layer2[0].downsample[0], nn.AvgPool2d)
+    assert isinstance(both.layer2[0].downsample[0], nn.MaxPool2d) and both.layer2[0].downsample[0].ceil_mode
+    # Kaiming normal by fan-in: the stem's first convolution (27 inputs) and the classifier (512) are
+    # scaled by sqrt(2 / fan_in); the book's scales convolutions by fan-out and keeps PyTorch's classifier.
+    for net, stem, fc in ((both, (2 / 27) ** 0.5, (2 / 512) ** 0.5), (plain, (2 / 288) ** 0.5, (1 / 512 / 3) ** 0.5)):
+        assert abs(float(net.conv1[0].weight.std()) / stem - 1) < 0.15
+        assert abs(float(net.fc.weight.std()) / fc - 1) < 0.1
+    assert not both.fc.bias.detach().any() and not both.layer1[1].bn2.weight.detach().any()
+    label = crosscheck.network_label({"arch": "book:saresnet18d", "book_shortcut": "max", "book_init": "fastai"})
+    assert label == "the book's saresnet18d with max-pool shortcuts with fastai's initialisation"
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--book-shortcut", "max"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "use them with --arch book:NAME" in done.stderr
