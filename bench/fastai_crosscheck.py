@@ -293,9 +293,10 @@ def network_label(settings: dict) -> str:
     the leaderboard's settings it leaves out (``--sa 0``, ``--pool AvgPool``); for ``book:NAME``,
     "the book's NAME"."""
     if settings["arch"].startswith("book:"):
-        return (f"the book's {settings['arch'].removeprefix('book:')}"
-                + (" with max-pool shortcuts" if settings.get("book_shortcut") == "max" else "")
-                + (" with fastai's initialisation" if settings.get("book_init") == "fastai" else ""))
+        name = f"the book's {settings['arch'].removeprefix('book:')}"
+        changes = [change for change, on in (("max-pool shortcuts", settings.get("book_shortcut") == "max"),
+                                             ("fastai's initialisation", settings.get("book_init") == "fastai")) if on]
+        return f"{name} with {' and '.join(changes)}" if changes else name
     return (settings["arch"] + ("" if settings["sa"] else " without self-attention")
             + ("" if settings["pool"] == "MaxPool" else f" with {settings['pool']} shortcuts"))
 

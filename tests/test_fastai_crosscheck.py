@@ -138,7 +138,9 @@ def test_fastai_s_two_other_differences_can_be_put_into_the_book_s_network(tmp_p
         assert abs(float(net.fc.weight.std()) / fc - 1) < 0.1
     assert not both.fc.bias.detach().any() and not both.layer1[1].bn2.weight.detach().any()
     label = crosscheck.network_label({"arch": "book:saresnet18d", "book_shortcut": "max", "book_init": "fastai"})
-    assert label == "the book's saresnet18d with max-pool shortcuts with fastai's initialisation"
+    assert label == "the book's saresnet18d with max-pool shortcuts and fastai's initialisation"
+    assert crosscheck.network_label({"arch": "book:saresnet18d", "book_init": "fastai"}) == (
+        "the book's saresnet18d with fastai's initialisation")
     for split in ("train", "val"):
         (tmp_path / split).mkdir()
     done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--book-shortcut", "max"],

@@ -309,7 +309,8 @@ def train_recipe(cfg: Any, recipe: Recipe, *, epochs: int, img_size: int, batch_
     amp = ("bf16" if engine.bf16_is_fast(device) else None) if recipe.mixed_precision else "fp32"
     channels_last = recipe.mixed_precision
     if log is not None:
-        log(f"fast recipe: {name} ({recipe.activation}), {len(train_loader.cache)} images x {epochs} epochs "
+        activation = "its own activations" if build is not None and recipe.activation == "relu" else recipe.activation
+        log(f"fast recipe: {name} ({activation}), {len(train_loader.cache)} images x {epochs} epochs "
             f"at {list(sizes)} px, "
             f"{config.optimizer} peak {config.lr:g} ({config.schedule}), device {device}")
     sync(device)
