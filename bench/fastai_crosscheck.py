@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def book_network_name(args: argparse.Namespace) -> str | None:
     """The book's network ``--arch book:NAME`` asks for (None for a fastai network), checked before
-    anything is imported or trained; its ``--sa``/``--pool`` (fastai's options) set to None."""
+    fastai is imported or anything trains; ``--sa``/``--pool`` (fastai's options) are then set to
+    None, and for a fastai network ``--book-shortcut``/``--book-init``, so the record holds only
+    the options that applied."""
     if not args.arch.startswith("book:"):
         if (args.book_shortcut, args.book_init) != ("avg", "book"):
             sys.exit("--book-shortcut and --book-init change the book's network: use them with --arch book:NAME.")

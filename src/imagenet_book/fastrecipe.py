@@ -60,9 +60,8 @@ from .data.imagenet import DataSource
 from .recipe import TrainConfig
 
 __all__ = ["ACTIVATIONS", "FOURTH_ROUND", "FlipAverage", "HOLDOUT_FRACTION", "LADDER", "Lever", "RANGER", "Recipe",
-           "SEARCHED",
-           "SEARCH_START", "SECOND_ROUND", "SIDE", "STAGES", "Stage", "TEXTBOOK", "TEST_SIZE_FACTOR", "THIRD_ROUND",
-           "ablation",
+           "SEARCHED", "SEARCH_START", "SECOND_ROUND", "SIDE", "STAGES", "Stage", "TEXTBOOK", "TEST_SIZE_FACTOR",
+           "THIRD_ROUND", "ablation",
            "ablation_table", "final_recipe", "holdout_split", "metric_key", "progressive_sizes", "recipe_config",
            "rung", "run_key", "search", "search_table", "train_recipe", "use_activation"]
 
@@ -528,7 +527,7 @@ THIRD_ROUND: tuple[Stage, ...] = (
 )
 
 #: A fourth round, from :data:`SEARCHED` again: the lever the cross-check against fast.ai's own code
-#: pointed to (its ResNet-18 lost 1.4 of its 2.2 points over the book's without it): fast.ai's
+#: pointed to (without it, fastai's ResNet-18 lost 1.4 of its 2.2 points over the book's): fast.ai's
 #: self-attention layer in the last block of the first stage (``saresnet18d``), with the kept
 #: optimizer and with the leaderboard's, against the recipe kept so far; then the test-time stage.
 #: ResNet-18's size: a quarter of SE-ResNeXt-50-D's training time. Fixed before its runs.
