@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         return getattr(fastai_models.xresnet, args.arch)(n_out=num_classes, act_cls=Mish, sa=args.sa, sym=0,
                                                          pool=pool)
 
-    network.__name__ = network_label(vars(args)) if book_arch else f"fastai's {args.arch}"
+    network.__name__ = ("" if book_arch else "fastai's ") + network_label(vars(args))  # as the rows name it
     common = {"name": RESULT, "commit": git_commit(),
               "command": "python bench/fastai_crosscheck.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "fastai": fastai.__version__,
@@ -199,6 +199,7 @@ def book_network(name: str, num_classes: int, *, shortcut: str = "avg", init: st
     fan-in, biases 0; the last BatchNorm of each block stays at 0): fastai's two other differences."""
     import torch
     from torch import nn
+    from torch.nn.utils import parametrize
 
     from imagenet_book import fastrecipe
     from imagenet_book.pretrain import ARCHS
@@ -212,8 +213,8 @@ def book_network(name: str, num_classes: int, *, shortcut: str = "avg", init: st
         with torch.no_grad():
             for module in net.modules():
                 if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                    weight = getattr(module, "parametrizations", None)
-                    nn.init.kaiming_normal_(weight.weight.original if weight is not None else module.weight)
+                    spectral = parametrize.is_parametrized(module, "weight")  # the self-attention's W
+                    nn.init.kaiming_normal_(module.parametrizations.weight.original if spectral else module.weight)
                     if module.bias is not None:
                         nn.init.zeros_(module.bias)
     return net
